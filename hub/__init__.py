@@ -1,0 +1,54 @@
+"""Cleanroom hub: the Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from hub.settings import Settings, load_settings
+
+csrf = CSRFProtect()
+
+
+def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
+    """Build the app from settings (``config`` overrides the environment and instance file)."""
+    from hub import db, web
+    from hub.accounts.views import bp as auth_bp
+    from hub.accounts.views import tokens_bp
+    from hub.admin.views import bp as admin_bp
+    from hub.api.views import bp as api_bp
+    from hub.portal.views import bp as portal_bp
+    from hub.portal.views import health as health_bp
+    from hub.storage import get_storage
+
+    settings = config if isinstance(config, Settings) else load_settings(config)
+    settings.check_production()
+    logging.basicConfig(level=settings.log_level)
+
+    app = Flask(__name__)
+    app.config.update(
+        CLEANROOM_SETTINGS=settings,
+        SECRET_KEY=settings.secret_key,
+        SESSION_COOKIE_NAME="cleanroom_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.uses_tls or settings.is_production,
+        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_lifetime_minutes),
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        WTF_CSRF_SSL_STRICT=settings.uses_tls,
+        MAX_FORM_MEMORY_SIZE=1 << 20,
+    )
+    settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db.init_app(app, db.Database(settings.effective_database_url))
+    app.extensions["cleanroom.storage"] = get_storage(settings)
+    csrf.init_app(app)
+    web.init_app(app)
+
+    for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, api_bp):
+        app.register_blueprint(bp)
+    csrf.exempt(api_bp)  # bearer tokens only, never cookies: nothing to forge
+    return app

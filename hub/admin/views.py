@@ -1,0 +1,175 @@
+"""The steward's administration pages: institutions, users and the audit ledger."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from sqlalchemy import Select, select
+
+from hub.accounts import services as accounts
+from hub.accounts.models import Institution, InstitutionKind, Role, User
+from hub.audit.models import AuditEntry
+from hub.audit.services import verify
+from hub.db import get_db, utcnow
+from hub.errors import CleanroomError, NotFound
+from hub.web import actor, guard
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+PAGE = 100
+
+
+@bp.route("/")
+@guard("read", "admin")
+def index() -> ResponseReturnValue:
+    return redirect(url_for("admin.institutions"))
+
+
+@bp.route("/institutions", methods=["GET", "POST"])
+@guard("write", "admin/institutions")
+def institutions() -> ResponseReturnValue:
+    db = get_db()
+    form = {"slug": "", "name": "", "kind": "hospital"}
+    status = 200
+    if request.method == "POST":
+        form = {k: request.form.get(k, "").strip() for k in form}
+        try:
+            accounts.create_institution(db, form["slug"], form["name"], form["kind"],
+                                        actor=actor())
+            db.commit()
+            flash(f"Institution {form['slug']} added.", "info")
+            return redirect(url_for("admin.institutions"))
+        except CleanroomError as err:
+            db.rollback()
+            flash(err.message, "error")
+            status = err.status
+    rows = db.scalars(select(Institution).order_by(Institution.slug)).all()
+    return render_template("admin/institutions.html", institutions=rows, form=form,
+                           kinds=[k.value for k in InstitutionKind]), status
+
+
+@bp.route("/users", methods=["GET", "POST"])
+@guard("write", "admin/users")
+def users() -> ResponseReturnValue:
+    db = get_db()
+    form = {"username": "", "display_name": "", "email": "", "role": "researcher",
+            "institution": ""}
+    status = 200
+    if request.method == "POST":
+        form = {k: request.form.get(k, "").strip() for k in form}
+        try:
+            accounts.create_user(
+                db, form["username"], request.form.get("password", ""), form["role"],
+                institution=form["institution"] or None, actor=actor(),
+                display_name=form["display_name"], email=form["email"],
+            )
+            db.commit()
+            flash(f"User {form['username']} added.", "info")
+            return redirect(url_for("admin.users"))
+        except CleanroomError as err:
+            db.rollback()
+            flash(err.message, "error")
+            status = err.status
+    rows = db.scalars(select(User).order_by(User.username)).all()
+    insts = db.scalars(select(Institution).order_by(Institution.slug)).all()
+    return render_template("admin/users.html", users=rows, institutions=insts, form=form,
+                           roles=[r.value for r in Role], now=utcnow()), status
+
+
+@bp.route("/users/<int:user_id>/<any(unlock,disable,enable):op>", methods=["POST"])
+@guard("write", "admin/users/{user_id}")
+def user_action(user_id: int, op: str) -> ResponseReturnValue:
+    db = get_db()
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}.")
+    if op == "unlock":
+        accounts.unlock(db, user, actor=actor())
+    else:
+        accounts.set_active(db, user, op == "enable", actor=actor())
+    db.commit()
+    flash(f"User {user.username}: {op}d.", "info")
+    return redirect(url_for("admin.users"))
+
+
+def _audit_query() -> tuple[Select[tuple[AuditEntry]], dict[str, str]]:
+    filters = {k: request.args.get(k, "").strip() for k in ("actor", "action", "target",
+                                                              "since", "until")}
+    q = select(AuditEntry)
+    if filters["actor"]:
+        q = q.where(AuditEntry.actor.contains(filters["actor"]))
+    if filters["action"]:
+        q = q.where(AuditEntry.action.startswith(filters["action"]))
+    if filters["target"]:
+        q = q.where(AuditEntry.target.contains(filters["target"]))
+    if filters["since"]:
+        q = q.where(AuditEntry.at >= filters["since"])
+    if filters["until"]:
+        # ``until`` is a date: include that whole day.
+        q = q.where(AuditEntry.at < filters["until"] + "~")
+    return q, filters
+
+
+@bp.route("/audit")
+@guard("read", "admin/audit")
+def audit() -> ResponseReturnValue:
+    db = get_db()
+    q, filters = _audit_query()
+    try:
+        before = int(request.args.get("before", "0"))
+    except ValueError:
+        before = 0
+    if before:
+        q = q.where(AuditEntry.id < before)
+    entries = db.scalars(q.order_by(AuditEntry.id.desc()).limit(PAGE)).all()
+    result = verify(db) if request.args.get("verify") else None
+    return render_template("admin/audit.html", entries=entries, filters=filters,
+                           verification=result, page=PAGE)
+
+
+def csv_safe(value: object) -> str:
+    """Neutralise spreadsheet formulas: a cell starting with = + - @ (or tab/CR) is
+    prefixed with a quote so Excel and LibreOffice show it as text."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
+
+
+@bp.route("/audit.csv")
+@guard("read", "admin/audit")
+def audit_csv() -> ResponseReturnValue:
+    db = get_db()
+    q, _ = _audit_query()
+
+    def rows() -> Iterator[str]:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["id", "at", "actor", "action", "target", "detail", "prev_hash",
+                         "entry_hash"])
+        for e in db.scalars(q.order_by(AuditEntry.id).execution_options(yield_per=1000)):
+            writer.writerow([csv_safe(v) for v in (e.id, e.at, e.actor, e.action, e.target,
+                                                    e.detail, e.prev_hash, e.entry_hash)])
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+        yield buf.getvalue()
+
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": "attachment; filename=cleanroom-audit.csv"},
+    )

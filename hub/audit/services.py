@@ -1,0 +1,164 @@
+"""Append to and verify the audit ledger.
+
+Each entry's hash covers the previous entry's hash and the entry's own canonical JSON
+(``at``, ``actor``, ``action``, ``target``, ``detail``). :func:`verify` walks the chain and
+names the first entry that was edited, deleted or moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from hub.audit.models import AuditEntry, AuditHead
+
+GENESIS = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def entry_hash(prev_hash: str, at: str, actor: str, action: str, target: str,
+               detail: str) -> str:
+    body = canonical_json(
+        {"at": at, "actor": actor, "action": action, "target": target, "detail": detail}
+    )
+    return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+
+
+def _lock_head(session: Session) -> AuditHead:
+    head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
+    if head is None:
+        head = AuditHead(id=1, last_id=0, last_hash=GENESIS)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str = "",
+    detail: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Append an entry in the caller's transaction: it lands if and only if the action does.
+
+    On PostgreSQL the head row is locked ``FOR UPDATE``; on SQLite every transaction begins
+    IMMEDIATE. Either way, appends are serialised and the chain cannot fork.
+    """
+    head = _lock_head(session)
+    at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    detail_json = canonical_json(detail or {})
+    digest = entry_hash(head.last_hash, at, actor, action, target, detail_json)
+    entry = AuditEntry(
+        id=head.last_id + 1,
+        at=at,
+        actor=actor[:200],
+        action=action,
+        target=target[:300],
+        detail=detail_json,
+        prev_hash=head.last_hash,
+        entry_hash=digest,
+    )
+    session.add(entry)
+    head.last_id = entry.id
+    head.last_hash = digest
+    session.flush()
+    return entry
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    entries: int
+    problem: str = ""
+    entry_id: int | None = None
+    kind: str = ""  # edited, deleted, reordered, truncated
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit ledger intact: {self.entries} entries, chain verified."
+        return f"audit ledger BROKEN at entry {self.entry_id} ({self.kind}): {self.problem}"
+
+
+def _iter_entries(session: Session, batch: int = 5000) -> Iterator[AuditEntry]:
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEntry).where(AuditEntry.id > last).order_by(AuditEntry.id).limit(batch)
+        ).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1].id
+        session.expunge_all()
+
+
+def verify(session: Session) -> Verification:
+    """Walk the whole chain in id order; report the first break."""
+    # Where each stored hash sits, to tell a moved entry from an edited or deleted one.
+    position = {
+        h: i for i, h in session.execute(select(AuditEntry.entry_hash, AuditEntry.id)).all()
+    }
+    expected_prev = GENESIS
+    expected_id = 1
+    count = 0
+    for e in _iter_entries(session):
+        count += 1
+        recomputed = entry_hash(e.prev_hash, e.at, e.actor, e.action, e.target, e.detail)
+        if e.prev_hash != expected_prev:
+            if e.prev_hash in position:
+                return Verification(
+                    False, count,
+                    f"entry {e.id} links to entry {position[e.prev_hash]}, not to the entry "
+                    "before it: entries were reordered.",
+                    e.id, "reordered",
+                )
+            if e.id != expected_id:
+                missing = (f"entry {expected_id}" if e.id == expected_id + 1
+                           else f"entries {expected_id}-{e.id - 1}")
+                return Verification(
+                    False, count, f"{missing} deleted: entry {e.id} links to a hash that is "
+                    "no longer in the ledger.", expected_id, "deleted",
+                )
+            return Verification(
+                False, count,
+                f"entry {expected_id - 1} was edited: entry {e.id} links to a hash that no "
+                "longer matches it." if expected_id > 1 else
+                f"entry {e.id}'s link to the start of the ledger was edited.",
+                expected_id - 1 if expected_id > 1 else e.id, "edited",
+            )
+        if recomputed != e.entry_hash:
+            return Verification(
+                False, count,
+                f"entry {e.id} ({e.action} by {e.actor} at {e.at}) was edited: its content "
+                "no longer matches its hash.", e.id, "edited",
+            )
+        if e.id != expected_id:
+            return Verification(
+                False, count, f"entry ids jump from {expected_id - 1} to {e.id}.", expected_id,
+                "deleted",
+            )
+        expected_prev = e.entry_hash
+        expected_id += 1
+    head = session.get(AuditHead, 1)
+    last_id, last_hash = (head.last_id, head.last_hash) if head else (0, GENESIS)
+    if last_id != expected_id - 1 or last_hash != expected_prev:
+        return Verification(
+            False, count,
+            f"the ledger should end at entry {last_id} but ends at entry {expected_id - 1}: "
+            "its last entries were deleted (or its head was edited).",
+            expected_id, "truncated",
+        )
+    return Verification(True, count)

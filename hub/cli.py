@@ -1,0 +1,211 @@
+"""The ``cleanroom`` command: one click group; each package adds its own subcommands."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from functools import cached_property
+from typing import Any
+
+import click
+from sqlalchemy import exc as sa_exc
+
+from hub.db import Database, check_connection, describe_operational_error
+from hub.errors import CleanroomError
+from hub.settings import Settings, load_settings, settings_markdown
+
+
+class Hub:
+    """What subcommands share: settings and the database, opened on first use."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def database(self) -> Database:
+        db = Database(self.settings.effective_database_url)
+        check_connection(db.engine, db.url)
+        return db
+
+    def require_current_schema(self) -> Database:
+        from hub import schema
+
+        db = self.database
+        current, head = schema.current_revision(db), schema.head_revision(db)
+        if current != head:
+            raise click.ClickException(
+                f"the database schema is at revision {current or '(empty)'} but this Cleanroom "
+                f"needs {head}: run `cleanroom db upgrade` first."
+            )
+        return db
+
+
+pass_hub = click.make_pass_decorator(Hub, ensure=True)
+
+
+class CleanroomGroup(click.Group):
+    """Turns the project's errors into one readable line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CleanroomError as err:
+            raise click.ClickException(err.message) from None
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as err:
+            url = ctx.find_object(Hub).settings.effective_database_url if ctx.find_object(
+                Hub) else "?"
+            raise click.ClickException(describe_operational_error(url, err)) from None
+
+
+@click.group(cls=CleanroomGroup)
+@click.version_option(package_name="cgt-cleanroom")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Cleanroom: a neutral data-sharing hub for cell and gene therapy process data."""
+    ctx.ensure_object(Hub)
+
+
+@cli.command("config")
+@click.option("--markdown", is_flag=True, help="Print the documentation table instead.")
+@pass_hub
+def config_cmd(hub: Hub, markdown: bool) -> None:
+    """Print the effective settings (secrets masked) and where each came from."""
+    if markdown:
+        click.echo(settings_markdown(), nl=False)
+        return
+    rows = hub.settings.masked()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        click.echo(f"{name:<{width}}  {value}  [{source}]")
+    for problem in _production_problems(hub.settings):
+        click.secho(f"warning: {problem}", fg="yellow", err=True)
+
+
+def _production_problems(settings: Settings) -> list[str]:
+    try:
+        settings.check_production()
+    except CleanroomError as err:
+        return [err.message]
+    return []
+
+
+@cli.group()
+def db() -> None:
+    """Metadata database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_hub
+def db_upgrade(hub: Hub, revision: str) -> None:
+    """Create or migrate the schema (Alembic)."""
+    from hub import schema
+
+    schema.upgrade(hub.database, revision)
+    click.echo(f"database at revision {schema.current_revision(hub.database)} "
+               f"({hub.database.engine.url.render_as_string(hide_password=True)})")
+
+
+@db.command("current")
+@pass_hub
+def db_current(hub: Hub) -> None:
+    """Show the schema revision and whether it is the newest."""
+    from hub import schema
+
+    current, head = schema.current_revision(hub.database), schema.head_revision(hub.database)
+    state = "up to date" if current == head else f"behind (newest is {head})"
+    click.echo(f"{current or '(empty)'}: {state}")
+
+
+def _start_worker(hub: Hub) -> Any:
+    from hub.jobs.services import Worker, load_task_modules
+
+    load_task_modules(hub.settings.task_modules)
+    worker = Worker(hub.database, hub.settings)
+    worker.start_thread()
+    return worker
+
+
+@cli.command()
+@click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
+@click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
+@pass_hub
+def serve(hub: Hub, host: str | None, port: int | None) -> None:
+    """Serve the portal and API with waitress (and the embedded worker, if enabled)."""
+    from waitress import create_server
+
+    from hub import create_app
+
+    settings = hub.settings
+    settings.check_production()
+    hub.require_current_schema()
+    app = create_app(settings)
+    host = host or settings.host
+    port = port or settings.port
+    worker = _start_worker(hub) if settings.embedded_worker else None
+    server = create_server(app, host=host, port=port, threads=settings.threads,
+                           ident="cleanroom", clear_untrusted_proxy_headers=True)
+    click.echo(f"Cleanroom portal on http://{host}:{server.effective_port}/ "
+               f"(public URL {settings.public_url})")
+
+    def stop(*_: Any) -> None:
+        if worker is not None:
+            worker.stop()
+        server.close()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+        click.echo("Cleanroom stopped.")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run at most one job, then exit.")
+@pass_hub
+def worker(hub: Hub, once: bool) -> None:
+    """Run a job worker process (production: run several)."""
+    from hub.jobs.services import Worker, load_task_modules
+
+    hub.require_current_schema()
+    load_task_modules(hub.settings.task_modules)
+    w = Worker(hub.database, hub.settings)
+    click.echo(f"worker {w.worker_id} started", err=True)
+    if once:
+        state = w.run_once()
+        click.echo(f"job finished: {state}" if state else "no job was waiting")
+        return
+    signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    try:
+        w.run_forever()
+    except KeyboardInterrupt:
+        w.stop()
+
+
+@cli.command()
+@click.pass_context
+@pass_hub
+def up(hub: Hub, ctx: click.Context) -> None:
+    """Migrate the database and start the system on the current settings."""
+    from hub import schema
+
+    schema.upgrade(hub.database)
+    ctx.invoke(serve)
+
+
+def _register() -> None:
+    from hub.accounts.cli import institution, token, user
+    from hub.audit.cli import audit
+    from hub.demo import demo
+    from hub.jobs.cli import job
+
+    for command in (institution, user, token, audit, job, demo):
+        cli.add_command(command)
+
+
+_register()

@@ -1,0 +1,9 @@
+"""Every model, imported in one place so that Alembic and ``create_all`` see them all."""
+
+from hub.accounts.models import ApiToken, Institution, LoginAttempt, User
+from hub.audit.models import AuditEntry, AuditHead
+from hub.db import Base
+from hub.jobs.models import Job
+
+__all__ = ["ApiToken", "AuditEntry", "AuditHead", "Base", "Institution", "Job", "LoginAttempt",
+           "User"]

@@ -1,0 +1,369 @@
+"""The one table of settings.
+
+Each setting is read, in order of precedence, from the ``CLEANROOM_<NAME>`` environment
+variable, from the instance file (TOML, ``CLEANROOM_CONFIG`` or ``<data_dir>/cleanroom.toml``)
+and from its default. ``cleanroom config`` prints the effective values with secrets masked;
+``docs/configuration.md`` is generated from this table and a test keeps it in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.errors import ConfigurationError
+
+DEV_SECRET_KEY = "insecure-development-secret-key"
+DEV_HMAC_KEY = "insecure-development-hmac-key"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+
+    @property
+    def env(self) -> str:
+        return f"CLEANROOM_{self.name.upper()}"
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def parse(self, raw: Any, source: str) -> Any:
+        """Coerce a raw value (string from the environment, TOML value) to this setting's type."""
+        kind = self.type
+        try:
+            if kind is bool:
+                if isinstance(raw, bool):
+                    value: Any = raw
+                elif str(raw).strip().lower() in {"1", "true", "yes", "on"}:
+                    value = True
+                elif str(raw).strip().lower() in {"0", "false", "no", "off", ""}:
+                    value = False
+                else:
+                    raise ValueError(raw)
+            elif kind is int:
+                value = int(raw)
+            elif kind is float:
+                value = float(raw)
+            else:
+                value = str(raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(
+                f"setting {self.name} ({source}): {raw!r} is not a valid {kind.__name__}"
+            ) from None
+        if self.choices and value not in self.choices:
+            raise ConfigurationError(
+                f"setting {self.name} ({source}): {value!r} is not one of "
+                f"{', '.join(self.choices)}"
+            )
+        return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "mode",
+        "development",
+        "`development` or `production`. Production refuses to start with the built-in "
+        "secret or HMAC key and marks cookies Secure.",
+        choices=("development", "production"),
+    ),
+    Setting(
+        "data_dir",
+        "cleanroom-data",
+        "Directory for the embedded database, the local object store and the instance file. "
+        "Created with mode 0700.",
+    ),
+    Setting(
+        "database_url",
+        "",
+        "SQLAlchemy URL of the metadata database. Empty means SQLite (WAL) at "
+        "`<data_dir>/cleanroom.db`; `postgresql://user:password@host/db` for production.",
+        secret=True,
+    ),
+    Setting(
+        "secret_key",
+        DEV_SECRET_KEY,
+        "Signs session cookies and CSRF tokens. Set a long random value in production.",
+        secret=True,
+    ),
+    Setting(
+        "hmac_key",
+        DEV_HMAC_KEY,
+        "Key of the HMAC-SHA256 pseudonyms. Only the hub holds it; changing it means "
+        "re-pseudonymising the pool.",
+        secret=True,
+    ),
+    Setting(
+        "public_url",
+        "http://127.0.0.1:8000",
+        "URL users reach the portal at. An `https://` URL turns on HSTS and Secure cookies.",
+    ),
+    Setting("host", "127.0.0.1", "Address `cleanroom serve` listens on."),
+    Setting("port", 8000, "Port `cleanroom serve` listens on."),
+    Setting("threads", 8, "Request threads of the WSGI server (waitress)."),
+    Setting(
+        "embedded_worker",
+        True,
+        "Run a job worker thread inside `cleanroom serve` (the embedded default). Turn off "
+        "when separate `cleanroom worker` processes run.",
+    ),
+    Setting(
+        "storage_backend",
+        "local",
+        "Object store for the quarantine and pool zones: `local` directory or `s3`.",
+        choices=("local", "s3"),
+    ),
+    Setting(
+        "storage_path",
+        "",
+        "Root of the local object store. Empty means `<data_dir>/objects`.",
+    ),
+    Setting("s3_bucket", "", "Bucket of the S3 backend."),
+    Setting(
+        "s3_endpoint_url",
+        "",
+        "Endpoint of an S3-compatible store (MinIO, Ceph). Empty means AWS.",
+    ),
+    Setting("s3_region", "us-east-1", "Region of the S3 backend."),
+    Setting(
+        "s3_access_key_id",
+        "",
+        "Access key of the S3 backend. Empty means boto3's usual credential chain.",
+        secret=True,
+    ),
+    Setting("s3_secret_access_key", "", "Secret key of the S3 backend.", secret=True),
+    Setting(
+        "s3_sse",
+        "",
+        "Server-side encryption header sent with every object: empty, `AES256` or `aws:kms`.",
+        choices=("", "AES256", "aws:kms"),
+    ),
+    Setting("s3_sse_kms_key_id", "", "KMS key id when `s3_sse` is `aws:kms`."),
+    Setting(
+        "s3_part_size_mb",
+        8,
+        "Part size of multipart uploads to S3, in MiB (at least 5).",
+    ),
+    Setting(
+        "session_lifetime_minutes",
+        480,
+        "How long a portal login lasts.",
+    ),
+    Setting(
+        "login_max_failures",
+        5,
+        "Failed logins in a row after which an account is locked.",
+    ),
+    Setting(
+        "login_lockout_minutes",
+        15,
+        "How long a locked account stays locked.",
+    ),
+    Setting(
+        "login_rate_per_minute",
+        20,
+        "Login attempts accepted per client address per minute; more get HTTP 429.",
+    ),
+    Setting(
+        "token_default_days",
+        30,
+        "Lifetime of a new API token unless another is asked for.",
+    ),
+    Setting(
+        "token_max_days",
+        365,
+        "Longest lifetime an API token may be given.",
+    ),
+    Setting(
+        "job_lease_seconds",
+        60,
+        "A running job whose worker has not reported for this long is taken over by another.",
+    ),
+    Setting("job_max_attempts", 3, "Attempts before a job is marked failed."),
+    Setting("worker_poll_seconds", 1.0, "How often an idle worker looks for work."),
+    Setting(
+        "task_modules",
+        "",
+        "Comma-separated Python modules whose import registers extra job kinds (plug-ins).",
+    ),
+    Setting("log_level", "INFO", "Python logging level."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Settings(Mapping[str, Any]):
+    """Effective settings: a read-only mapping with attribute access."""
+
+    values: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    # Derived values -------------------------------------------------------------------
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.values["data_dir"]).expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        url: str = self.values["database_url"]
+        if not url:
+            return f"sqlite:///{self.data_path / 'cleanroom.db'}"
+        return url
+
+    @property
+    def effective_storage_path(self) -> Path:
+        path = self.values["storage_path"]
+        return Path(path).expanduser().resolve() if path else self.data_path / "objects"
+
+    @property
+    def is_production(self) -> bool:
+        return bool(self.values["mode"] == "production")
+
+    @property
+    def uses_tls(self) -> bool:
+        return str(self.values["public_url"]).lower().startswith("https://")
+
+    def masked(self) -> list[tuple[str, str, str]]:
+        """(name, value, source) rows with secrets masked, for display."""
+        rows = []
+        for s in SETTINGS:
+            value = self.values[s.name]
+            if s.secret and value:
+                shown = "********" if value not in (DEV_SECRET_KEY, DEV_HMAC_KEY) else (
+                    "******** (built-in development value)"
+                )
+            else:
+                shown = str(value)
+            rows.append((s.name, shown, self.sources.get(s.name, "default")))
+        return rows
+
+    def check_production(self) -> None:
+        """Refuse to run production on built-in keys: name the setting to change."""
+        if not self.is_production:
+            return
+        problems = []
+        if self.values["secret_key"] == DEV_SECRET_KEY:
+            problems.append("CLEANROOM_SECRET_KEY")
+        if self.values["hmac_key"] == DEV_HMAC_KEY:
+            problems.append("CLEANROOM_HMAC_KEY")
+        if problems:
+            raise ConfigurationError(
+                "production mode refuses the built-in development key(s): set "
+                + " and ".join(problems)
+                + " to a long random value (e.g. `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))'`)."
+            )
+        for name in ("secret_key", "hmac_key"):
+            if len(str(self.values[name])) < 32:
+                raise ConfigurationError(
+                    f"production mode needs CLEANROOM_{name.upper()} to be at least 32 "
+                    "characters long."
+                )
+
+
+def _read_instance_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"instance file {path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigurationError(f"instance file {path}: cannot read it ({exc.strerror})") from None
+    section = data.get("cleanroom", data)
+    unknown = sorted(set(section) - set(_BY_NAME))
+    if unknown:
+        raise ConfigurationError(
+            f"instance file {path}: unknown setting(s) {', '.join(unknown)}; "
+            "`cleanroom config` lists the valid names."
+        )
+    return dict(section)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the effective settings from defaults, the instance file, the environment and
+    explicit overrides (highest precedence; used by tests and ``create_app(config)``)."""
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(_BY_NAME))
+    if unknown:
+        raise ConfigurationError(f"unknown setting(s): {', '.join(unknown)}")
+
+    values: dict[str, Any] = {s.name: s.default for s in SETTINGS}
+    sources: dict[str, str] = {}
+
+    def apply(name: str, raw: Any, source: str) -> None:
+        values[name] = _BY_NAME[name].parse(raw, source)
+        sources[name] = source
+
+    # data_dir decides where the default instance file lives, so resolve it first.
+    if "data_dir" in overrides:
+        data_dir = overrides["data_dir"]
+    else:
+        data_dir = environ.get("CLEANROOM_DATA_DIR", values["data_dir"])
+    explicit = environ.get("CLEANROOM_CONFIG")
+    instance = Path(explicit) if explicit else Path(data_dir).expanduser() / "cleanroom.toml"
+    if explicit and not instance.is_file():
+        raise ConfigurationError(f"CLEANROOM_CONFIG points at {instance}, which does not exist.")
+    if instance.is_file():
+        for name, raw in _read_instance_file(instance).items():
+            apply(name, raw, f"file {instance.name}")
+    for s in SETTINGS:
+        if s.env in environ:
+            apply(s.name, environ[s.env], f"env {s.env}")
+    for name, raw in overrides.items():
+        apply(name, raw, "override")
+    return Settings(values, sources)
+
+
+def settings_markdown() -> str:
+    """The configuration table as Markdown (docs/configuration.md is this text)."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `cleanroom config --markdown`; a test fails when it is stale. -->",
+        "",
+        "Every setting is read from the environment variable shown, else from the instance "
+        "file (TOML, path in `CLEANROOM_CONFIG`, default `<data_dir>/cleanroom.toml`, keys "
+        "as in the first column, optionally under a `[cleanroom]` table), else from its "
+        "default. `cleanroom config` prints the effective values with secrets masked.",
+        "",
+        "| setting | environment variable | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        default = "" if s.default == "" else f"`{s.default}`"
+        if s.secret and s.default:
+            default = "(development value)"
+        text = s.help
+        if s.secret:
+            text += " *Secret: masked in output.*"
+        lines.append(f"| `{s.name}` | `{s.env}` | {default} | {text} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,222 @@
+"""Request plumbing shared by every blueprint: who is calling, the one guard decorator,
+error rendering and security headers."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, g, jsonify, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
+from sqlalchemy import exc as sa_exc
+from werkzeug.exceptions import HTTPException
+
+import policies
+from hub.accounts.models import User
+from hub.accounts.services import verify_token
+from hub.audit.services import record
+from hub.db import get_database, get_db
+from hub.errors import CleanroomError, DatabaseUnavailable, Forbidden, Unauthorized
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Endpoints reachable without signing in. A test enumerates the app's routes and proves
+#: every other endpoint carries :func:`guard`.
+OPEN_ENDPOINTS = frozenset({"static", "auth.login", "health.healthz"})
+
+
+def is_api_request() -> bool:
+    return request.path.startswith("/api/")
+
+
+# Who is calling -------------------------------------------------------------------------
+
+
+def current_user() -> User | None:
+    """The signed-in user (portal session) or the token's user (API), loaded once per
+    request. API routes accept only bearer tokens, so a browser's cookie can never drive
+    them (no CSRF through the API)."""
+    if "user" in g:
+        return cast(User | None, g.user)
+    g.user, g.token = None, None
+    if is_api_request():
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value:
+                raise Unauthorized(
+                    "send the API token as `Authorization: Bearer crt_...`.",
+                    code="invalid_token",
+                )
+            db = get_db()
+            token = verify_token(db, value)
+            g.user, g.token = token.user, token
+            record(db, actor=f"user:{token.user.username}", action="token.use",
+                   target=f"token:{token.lookup}",
+                   detail={"method": request.method, "path": request.path})
+            db.commit()
+    elif "uid" in session:
+        user = get_db().get(User, session["uid"])
+        if user is None or not user.is_active or user.session_epoch != session.get("epoch"):
+            session.clear()
+        else:
+            g.user = user
+    return cast(User | None, g.user)
+
+
+def actor() -> str:
+    user = current_user()
+    return f"user:{user.username}" if user else "anonymous"
+
+
+def guard(
+    action: str,
+    obj: str,
+    *,
+    scope: str | None = None,
+    owner: Callable[..., bool] | None = None,
+) -> Callable[[F], F]:
+    """Sign-in and permission check for a view, decided by :mod:`policies`.
+
+    ``obj`` may name view arguments (``"jobs/{job_id}"``). ``scope`` is the API-token scope
+    the route needs. ``owner(user, **view_args)`` says whether the object is the caller's own,
+    for rules that apply only to owners.
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user = current_user()
+            if user is None:
+                if is_api_request():
+                    raise Unauthorized(
+                        "this API needs a bearer token: `Authorization: Bearer crt_...`.",
+                        code="missing_token",
+                    )
+                return redirect(url_for("auth.login", next=request.full_path))
+            if scope is not None and is_api_request():
+                if g.token is None or scope not in g.token.scope_set:
+                    raise Forbidden(
+                        f"this API token lacks the {scope!r} scope; create one that has it.",
+                        code="insufficient_scope",
+                    )
+            target = obj.format(**kwargs)
+            is_owner = bool(owner(user, **kwargs)) if owner is not None else False
+            if not policies.allowed(user.role, action, target, owner=is_owner):
+                raise Forbidden(f"you may not {action} {target}.")
+            return view(*args, **kwargs)
+
+        wrapper._cleanroom_guard = (action, obj)  # type: ignore[attr-defined]
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def open_endpoint(view: F) -> F:
+    """Mark a view as deliberately reachable without signing in (see OPEN_ENDPOINTS)."""
+    view._cleanroom_open = True  # type: ignore[attr-defined]
+    return view
+
+
+# Errors ---------------------------------------------------------------------------------
+
+
+def _render_error(status: int, code: str, message: str) -> Response:
+    if is_api_request():
+        resp = jsonify({"error": {"code": code, "message": message}})
+    else:
+        resp = Response(
+            render_template("error.html", status=status, code=code, message=message),
+            mimetype="text/html",
+        )
+    resp.status_code = status
+    return resp
+
+
+def _handle_cleanroom(err: CleanroomError) -> Response:
+    if err.status >= 500:
+        log.error("%s: %s", err.code, err.message)
+    return _render_error(err.status, err.code, err.message)
+
+
+def _handle_csrf(err: CSRFError) -> Response:
+    return _render_error(
+        400, "csrf_failed",
+        "the form has expired or did not come from this site; reload the page and try again.",
+    )
+
+
+def _handle_http(err: HTTPException) -> Response:
+    code = (err.name or "error").lower().replace(" ", "_")
+    messages = {
+        404: "there is nothing at this address.",
+        405: f"{request.method} is not allowed here.",
+        413: "the request is too large.",
+    }
+    status = err.code or 500
+    return _render_error(status, code, messages.get(status, err.description or err.name))
+
+
+def _handle_db_down(err: sa_exc.OperationalError) -> Response:
+    from hub.db import describe_operational_error
+
+    log.error(describe_operational_error(get_database().url, err))
+    unavailable = DatabaseUnavailable(
+        "the metadata database is unavailable; try again shortly or tell the steward."
+    )
+    return _handle_cleanroom(unavailable)
+
+
+def _handle_unexpected(err: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return _render_error(
+        500, "internal_error",
+        "something went wrong on our side; it has been logged. Try again, and tell the "
+        "steward if it keeps happening.",
+    )
+
+
+# Security headers -----------------------------------------------------------------------
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _security_headers(resp: Response) -> Response:
+    from flask import current_app
+
+    resp.headers.setdefault("Content-Security-Policy", CSP)
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Referrer-Policy"] = "same-origin"
+    resp.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    resp.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+    if current_app.config["CLEANROOM_SETTINGS"].uses_tls:
+        resp.headers["Strict-Transport-Security"] = "max-age=63072000; includeSubDomains"
+    if "user" in g and g.user is not None:
+        resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(CleanroomError, _handle_cleanroom)
+    app.register_error_handler(CSRFError, _handle_csrf)
+    app.register_error_handler(HTTPException, _handle_http)
+    app.register_error_handler(sa_exc.OperationalError, _handle_db_down)
+    app.register_error_handler(Exception, _handle_unexpected)
+    app.after_request(_security_headers)
+
+    @app.context_processor
+    def _inject() -> dict[str, Any]:
+        user = g.get("user")
+
+        def can(action: str, obj: str) -> bool:
+            return user is not None and policies.allowed(user.role, action, obj)
+
+        return {"current_user": user, "can": can}
