@@ -93,6 +93,6 @@ def demo_seed(hub: Hub) -> None:
     click.echo(f"  portal:   {url}/")
     click.echo(f"  health:   {url}/healthz")
     click.echo(f"  logins (also in {_logins_file(hub.settings.data_path)}):")
-    for username, display, role, inst in USERS:
+    for username, _display, role, inst in USERS:
         click.echo(f"    {username:<18} {passwords[username]:<18} {role:<18} {inst}")
     click.echo("")

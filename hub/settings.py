@@ -17,7 +17,7 @@ from typing import Any
 
 from hub.errors import ConfigurationError
 
-DEV_SECRET_KEY = "insecure-development-secret-key"
+DEV_SECRET_KEY = "insecure-development-secret-key"  # noqa: S105 - the refused default
 DEV_HMAC_KEY = "insecure-development-hmac-key"
 
 

@@ -109,7 +109,7 @@ def verify(session: Session) -> Verification:
     """Walk the whole chain in id order; report the first break."""
     # Where each stored hash sits, to tell a moved entry from an edited or deleted one.
     position = {
-        h: i for i, h in session.execute(select(AuditEntry.entry_hash, AuditEntry.id)).all()
+        h: i for h, i in session.execute(select(AuditEntry.entry_hash, AuditEntry.id)).all()
     }
     expected_prev = GENESIS
     expected_id = 1

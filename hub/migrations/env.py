@@ -27,5 +27,5 @@ def run_migrations() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("offline (SQL script) migrations are not supported; run `cleanroom db upgrade`")
+    raise SystemExit("offline (SQL) migrations are unsupported; run `cleanroom db upgrade`")
 run_migrations()

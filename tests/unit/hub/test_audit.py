@@ -1,0 +1,144 @@
+"""The hash-chained audit ledger: appends, verification and the three kinds of tampering."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select, text, update
+
+from hub.audit.models import AuditEntry
+from hub.audit.services import GENESIS, record, verify
+from hub.db import Database
+from hub.jobs.services import job_dict
+
+pytestmark = pytest.mark.db
+
+
+def _fill(database: Database, n: int = 6) -> None:
+    for i in range(n):
+        with database.session() as s:
+            record(s, actor=f"user:u{i}", action="upload", target=f"dataset:{i}",
+                   detail={"rows": i * 10, "name": "Zoë"})
+
+
+def test_entries_form_a_chain(database: Database) -> None:
+    _fill(database, 4)
+    with database.session() as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        assert [e.id for e in entries] == [1, 2, 3, 4]
+        assert entries[0].prev_hash == GENESIS
+        for before, after in zip(entries, entries[1:], strict=False):
+            assert after.prev_hash == before.entry_hash
+        assert len({e.entry_hash for e in entries}) == 4
+        result = verify(s)
+    assert result.ok and result.entries == 4
+    assert "4 entries" in str(result)
+
+
+def test_an_empty_ledger_verifies(database: Database) -> None:
+    with database.session() as s:
+        assert verify(s).ok
+
+
+def test_an_entry_rolled_back_with_its_action_leaves_no_trace(database: Database) -> None:
+    _fill(database, 2)
+    with pytest.raises(RuntimeError), database.session() as s:
+        record(s, actor="user:x", action="release", target="dataset:9")
+        raise RuntimeError("the release failed")
+    with database.session() as s:
+        assert s.scalar(select(AuditEntry.id).order_by(AuditEntry.id.desc()).limit(1)) == 2
+        assert verify(s).ok
+    _fill(database, 1)
+    with database.session() as s:
+        assert verify(s).ok
+
+
+def test_edit_is_named(database: Database) -> None:
+    _fill(database)
+    with database.session() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.id == 3)
+                  .values(detail='{"name":"Zoë","rows":0}'))
+    with database.session() as s:
+        result = verify(s)
+    assert not result.ok
+    assert (result.entry_id, result.kind) == (3, "edited")
+    assert "entry 3" in str(result)
+
+
+def test_edit_with_recomputed_hash_is_named(database: Database) -> None:
+    """An editor who also recomputes the entry's own hash breaks the next entry's link."""
+    from hub.audit.services import entry_hash
+
+    _fill(database)
+    with database.session() as s:
+        e = s.get(AuditEntry, 2)
+        assert e is not None
+        e.actor = "user:someone-else"
+        e.entry_hash = entry_hash(e.prev_hash, e.at, e.actor, e.action, e.target, e.detail)
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.entry_id, result.kind) == (False, 2, "edited")
+
+
+def test_deletion_is_named(database: Database) -> None:
+    _fill(database)
+    with database.session() as s:
+        s.execute(text("DELETE FROM audit_entries WHERE id = 4"))
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.entry_id, result.kind) == (False, 4, "deleted")
+    assert "entry 4 deleted" in str(result)
+
+
+def test_reordering_is_named(database: Database) -> None:
+    _fill(database)
+    cols = ("at", "actor", "action", "target", "detail", "prev_hash", "entry_hash")
+    with database.session() as s:
+        a, b = s.get(AuditEntry, 3), s.get(AuditEntry, 4)
+        assert a is not None and b is not None
+        va, vb = ({c: getattr(x, c) for c in cols} for x in (a, b))
+        # Swap through a placeholder: entry_hash is unique.
+        s.execute(update(AuditEntry).where(AuditEntry.id == 3).values(entry_hash="x"))
+        s.execute(update(AuditEntry).where(AuditEntry.id == 4).values(**va))
+        s.execute(update(AuditEntry).where(AuditEntry.id == 3).values(**vb))
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.entry_id, result.kind) == (False, 3, "reordered")
+
+
+def test_truncating_the_tail_is_detected(database: Database) -> None:
+    _fill(database)
+    with database.session() as s:
+        s.execute(text("DELETE FROM audit_entries WHERE id >= 5"))
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.kind) == (False, "truncated")
+
+
+def test_cli_verify_names_the_entry_and_fails(runner, database: Database) -> None:
+    from hub.cli import cli
+
+    _fill(database)
+    ok = runner.invoke(cli, ["audit", "verify"])
+    assert ok.exit_code == 0, ok.output
+    assert "intact: 6 entries" in ok.output
+    with database.session() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.id == 5).values(actor="user:mallory"))
+    broken = runner.invoke(cli, ["audit", "verify"])
+    assert broken.exit_code == 1
+    assert "BROKEN at entry 5 (edited)" in broken.output
+    assert "Traceback" not in broken.output
+
+
+def test_verify_job_records_its_result(database: Database, settings) -> None:
+    from hub.jobs.services import Worker, enqueue, get_job, load_task_modules
+
+    load_task_modules()
+    _fill(database, 3)
+    with database.session() as s:
+        job_id = enqueue(s, "audit.verify", actor="user:steward").id
+    assert Worker(database, settings).run_once() == "succeeded"
+    with database.session() as s:
+        job = job_dict(get_job(s, job_id))
+        last = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).one()
+    assert job["result"] == {"ok": True, "entries": 4, "problem": ""}
+    assert last.action == "audit.verify"
