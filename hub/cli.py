@@ -144,8 +144,13 @@ def serve(hub: Hub, host: str | None, port: int | None) -> None:
     host = host or settings.host
     port = port or settings.port
     worker = _start_worker(hub) if settings.embedded_worker else None
+    proxy: dict[str, Any] = {}
+    if settings.trusted_proxy:
+        # Client addresses (rate limiting, audit) come from the proxy's header.
+        proxy = {"trusted_proxy": settings.trusted_proxy, "trusted_proxy_count": 1,
+                 "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
     server = create_server(app, host=host, port=port, threads=settings.threads,
-                           ident="cleanroom", clear_untrusted_proxy_headers=True)
+                           ident="cleanroom", clear_untrusted_proxy_headers=True, **proxy)
     click.echo(f"Cleanroom portal on http://{host}:{server.effective_port}/ "
                f"(public URL {settings.public_url})")
 

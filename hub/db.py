@@ -73,17 +73,28 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    url = normalise_url(url)
+    """An engine for ``url``; a URL that cannot work raises :class:`DatabaseUnavailable`."""
     try:
-        parsed = make_url(url)
-    except exc.ArgumentError:
+        return _make_engine(normalise_url(url))
+    except exc.ArgumentError as err:  # includes NoSuchModuleError (unknown dialect)
         raise DatabaseUnavailable(
-            "CLEANROOM_DATABASE_URL is not a valid database URL; expected e.g. "
-            "postgresql://user:password@host:5432/cleanroom"
+            f"CLEANROOM_DATABASE_URL is not a valid database URL ({err}); expected e.g. "
+            "postgresql://user:password@host:5432/cleanroom or sqlite:////path/cleanroom.db"
         ) from None
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as err:
+                raise DatabaseUnavailable(
+                    f"cannot create the database folder {folder}: {err.strerror}. "
+                    "Check CLEANROOM_DATA_DIR or CLEANROOM_DATABASE_URL."
+                ) from None
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -126,8 +137,8 @@ def describe_operational_error(url: str, err: exc.OperationalError | exc.Interfa
     reason = re.sub(r"\s+", " ", reason).strip()
     reason = reason.split("(Background on this error")[0].strip()
     return (
-        f"cannot reach the database at {safe_url(url)}: {reason}. "
-        "Check CLEANROOM_DATABASE_URL and that the database server is running."
+        f"cannot reach the database at {safe_url(url)}: {reason.rstrip('.')} "
+        "(check CLEANROOM_DATABASE_URL and that the database server is running)"
     )
 
 

@@ -183,7 +183,7 @@ def _finish(ctx: JobContext, **values: Any) -> bool:
         n = s.execute(
             update(Job)
             .where(Job.id == ctx.job_id, Job.lease_token == ctx.lease_token)
-            .values(finished_at=utcnow(), lease_token="", **values)
+            .values(**{"finished_at": utcnow(), "lease_token": "", **values})
         ).rowcount
     return bool(n)
 

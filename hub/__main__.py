@@ -1,0 +1,5 @@
+"""``python -m hub`` is the ``cleanroom`` command."""
+
+from hub.cli import cli
+
+cli()
