@@ -109,12 +109,4 @@ def test_readme_embeds_the_current_table() -> None:
 
     readme = (ROOT / "README.md").read_text()
     embedded = readme.split("<!-- settings:start -->\n")[1].split("<!-- settings:end -->")[0]
-    assert embedded == settings_table(), "regenerate the README's settings table"
-
-
-def test_readme_embeds_the_current_table() -> None:
-    from hub.settings import settings_table
-
-    readme = (ROOT / "README.md").read_text()
-    embedded = readme.split("<!-- settings:start -->\n")[1].split("<!-- settings:end -->")[0]
     assert embedded == settings_table(), "run scripts/update_docs.py"
