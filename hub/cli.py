@@ -53,8 +53,8 @@ class CleanroomGroup(click.Group):
         except CleanroomError as err:
             raise click.ClickException(err.message) from None
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as err:
-            url = ctx.find_object(Hub).settings.effective_database_url if ctx.find_object(
-                Hub) else "?"
+            hub = ctx.find_object(Hub)
+            url = hub.settings.effective_database_url if hub else "?"
             raise click.ClickException(describe_operational_error(url, err)) from None
 
 
@@ -193,14 +193,16 @@ def worker(hub: Hub, once: bool) -> None:
 
 
 @cli.command()
+@click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
+@click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
 @click.pass_context
 @pass_hub
-def up(hub: Hub, ctx: click.Context) -> None:
+def up(hub: Hub, ctx: click.Context, host: str | None, port: int | None) -> None:
     """Migrate the database and start the system on the current settings."""
     from hub import schema
 
     schema.upgrade(hub.database)
-    ctx.invoke(serve)
+    ctx.invoke(serve, host=host, port=port)
 
 
 def _register() -> None:

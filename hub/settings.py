@@ -211,21 +211,23 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 class Settings(Mapping[str, Any]):
     """Effective settings: a read-only mapping with attribute access."""
 
-    values: dict[str, Any]
+    data: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        return self.data[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.data)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.data)
 
     def __getattr__(self, key: str) -> Any:
+        if key.startswith("__") or key in ("data", "sources"):
+            raise AttributeError(key)  # not yet set (copy, pickle): no recursion
         try:
-            return self.values[key]
+            return self.data[key]
         except KeyError:
             raise AttributeError(key) from None
 
@@ -233,33 +235,33 @@ class Settings(Mapping[str, Any]):
 
     @property
     def data_path(self) -> Path:
-        return Path(self.values["data_dir"]).expanduser().resolve()
+        return Path(self.data["data_dir"]).expanduser().resolve()
 
     @property
     def effective_database_url(self) -> str:
-        url: str = self.values["database_url"]
+        url: str = self.data["database_url"]
         if not url:
             return f"sqlite:///{self.data_path / 'cleanroom.db'}"
         return url
 
     @property
     def effective_storage_path(self) -> Path:
-        path = self.values["storage_path"]
+        path = self.data["storage_path"]
         return Path(path).expanduser().resolve() if path else self.data_path / "objects"
 
     @property
     def is_production(self) -> bool:
-        return bool(self.values["mode"] == "production")
+        return bool(self.data["mode"] == "production")
 
     @property
     def uses_tls(self) -> bool:
-        return str(self.values["public_url"]).lower().startswith("https://")
+        return str(self.data["public_url"]).lower().startswith("https://")
 
     def masked(self) -> list[tuple[str, str, str]]:
         """(name, value, source) rows with secrets masked, for display."""
         rows = []
         for s in SETTINGS:
-            value = self.values[s.name]
+            value = self.data[s.name]
             if s.secret and value:
                 shown = "********" if value not in (DEV_SECRET_KEY, DEV_HMAC_KEY) else (
                     "******** (built-in development value)"
@@ -274,9 +276,9 @@ class Settings(Mapping[str, Any]):
         if not self.is_production:
             return
         problems = []
-        if self.values["secret_key"] == DEV_SECRET_KEY:
+        if self.data["secret_key"] == DEV_SECRET_KEY:
             problems.append("CLEANROOM_SECRET_KEY")
-        if self.values["hmac_key"] == DEV_HMAC_KEY:
+        if self.data["hmac_key"] == DEV_HMAC_KEY:
             problems.append("CLEANROOM_HMAC_KEY")
         if problems:
             raise ConfigurationError(
@@ -286,7 +288,7 @@ class Settings(Mapping[str, Any]):
                 "print(secrets.token_urlsafe(48))'`)."
             )
         for name in ("secret_key", "hmac_key"):
-            if len(str(self.values[name])) < 32:
+            if len(str(self.data[name])) < 32:
                 raise ConfigurationError(
                     f"production mode needs CLEANROOM_{name.upper()} to be at least 32 "
                     "characters long."

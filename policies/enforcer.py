@@ -18,7 +18,8 @@ _lock = threading.Lock()
 
 
 def _rules(path: Path) -> tuple[list[list[str]], list[list[str]]]:
-    p_rules, g_rules = [], []
+    p_rules: list[list[str]] = []
+    g_rules: list[list[str]] = []
     with path.open(newline="") as fh:
         for row in csv.reader(fh, skipinitialspace=True):
             if not row or row[0].lstrip().startswith("#"):

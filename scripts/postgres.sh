@@ -14,7 +14,8 @@ fi
 version=$(ls /etc/postgresql | sort -V | tail -n 1)
 
 as_postgres() {
-  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi
+  # From / : the postgres user may not be able to enter the current folder.
+  if [[ $(id -u) -eq 0 ]]; then (cd / && runuser -u postgres -- "$@"); else (cd / && sudo -u postgres "$@"); fi
 }
 
 if ! pg_ctlcluster "$version" main status >/dev/null 2>&1; then

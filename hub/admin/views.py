@@ -105,7 +105,7 @@ def user_action(user_id: int, op: str) -> ResponseReturnValue:
     return redirect(url_for("admin.users"))
 
 
-def _audit_query() -> tuple[Select[tuple[AuditEntry]], dict[str, str]]:
+def _audit_query() -> tuple[Select[AuditEntry], dict[str, str]]:
     filters = {k: request.args.get(k, "").strip() for k in ("actor", "action", "target",
                                                               "since", "until")}
     q = select(AuditEntry)

@@ -126,7 +126,7 @@ class JobContext:
         if self._lost.is_set():
             raise LeaseLost(f"job {self.job_id} was taken over by another worker")
         with self.database.session() as s:
-            n = s.execute(
+            n = s.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
                 update(Job)
                 .where(Job.id == self.job_id, Job.lease_token == self.lease_token,
                        Job.state == JobState.RUNNING)
@@ -180,7 +180,7 @@ def claim(database: Database, settings: Settings, worker_id: str) -> JobContext 
 
 def _finish(ctx: JobContext, **values: Any) -> bool:
     with ctx.database.session() as s:
-        n = s.execute(
+        n = s.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             update(Job)
             .where(Job.id == ctx.job_id, Job.lease_token == ctx.lease_token)
             .values(**{"finished_at": utcnow(), "lease_token": "", **values})

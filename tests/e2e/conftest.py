@@ -119,7 +119,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     stdout_path, stderr_path = root / "serve.out", root / "serve.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(  # noqa: S603
-            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            # What `make demo` runs after seeding.
+            [*command, "up", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=out,
             stderr=err,
