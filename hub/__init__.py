@@ -21,6 +21,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.accounts.views import tokens_bp
     from hub.admin.views import bp as admin_bp
     from hub.api.views import bp as api_bp
+    from hub.ingest.views import api as uploads_api
+    from hub.ingest.views import bp as datasets_bp
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
     from hub.storage import get_storage
@@ -41,6 +43,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         WTF_CSRF_SSL_STRICT=settings.uses_tls,
         MAX_FORM_MEMORY_SIZE=1 << 20,
+        # Larger declared bodies get 413 before a byte is read; streamed ones are cut off
+        # by the object store's own limit.
+        MAX_CONTENT_LENGTH=(settings.max_upload_mb << 20) + (1 << 20),
     )
     settings.data_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     db.init_app(app, db.Database(settings.effective_database_url))
@@ -48,7 +53,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     csrf.init_app(app)
     web.init_app(app)
 
-    for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, api_bp):
+    for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
+               uploads_api):
         app.register_blueprint(bp)
-    csrf.exempt(api_bp)  # bearer tokens only, never cookies: nothing to forge
+    for bp in (api_bp, uploads_api):
+        csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     return app

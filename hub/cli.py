@@ -209,9 +209,11 @@ def _register() -> None:
     from hub.accounts.cli import institution, token, user
     from hub.audit.cli import audit
     from hub.demo import demo
+    from hub.demodata.cli import demo_data
+    from hub.ingest.cli import upload
     from hub.jobs.cli import job
 
-    for command in (institution, user, token, audit, job, demo):
+    for command in (institution, user, token, audit, job, demo, upload, demo_data):
         cli.add_command(command)
 
 

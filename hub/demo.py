@@ -59,6 +59,72 @@ def _load_or_create_passwords(path: Path) -> dict[str, str]:
     return stored
 
 
+# Upload order: referenced tables first, so referential checks find their keys.
+TABLE_ORDER = ("episode", "collection", "batch", "custody_event", "release_test", "deviation",
+               "administration")
+DATA_USERS = {"northbridge-cell": "northbridge-data", "st-aurelia": "aurelia-data",
+              "kelvin-institute": "kelvin-data"}
+
+
+def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
+    """Generate the demo consortium's files and take each through the real pipeline
+    (upload, profile, mapping as proposed, validation, de-identification, release), as
+    its institution's data manager. Skipped for institutions that already have data."""
+    import tempfile
+
+    from hub.demodata import generate, table_of
+    from hub.ingest import services as ingest
+    from hub.ingest.models import DatasetVersion, VersionState
+    from hub.jobs.services import Worker, load_task_modules
+    from hub.storage import get_storage
+
+    load_task_modules(hub.settings.task_modules)
+    storage = get_storage(hub.settings)
+    database = hub.database
+    worker = Worker(database, hub.settings, worker_id="demo-seed")
+    lines: list[str] = []
+
+    def drain() -> None:
+        while worker.run_once() is not None:
+            pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = generate(Path(tmp), institutions=len(DATA_USERS), patients=patients, seed=seed)
+        for slug, username in DATA_USERS.items():
+            with database.session() as s:
+                user = s.scalar(select(User).where(User.username == username))
+                if user is None or s.scalar(select(DatasetVersion.id).where(
+                        DatasetVersion.institution_id == user.institution_id).limit(1)):
+                    continue
+                s.expunge(user)
+            uploads = []
+            for path in files:
+                if path.parent.name != slug:
+                    continue
+                for table, sheet in table_of(path):
+                    uploads.append((TABLE_ORDER.index(table), table, sheet, path))
+            for _, table, sheet, path in sorted(uploads, key=lambda u: u[0]):
+                with database.session() as s, path.open("rb") as fh:
+                    user = s.scalar(select(User).where(User.username == username))
+                    v = ingest.start_upload(s, hub.settings, storage, user=user, table=table,
+                                            filename=path.name, stream=fh, sheet=sheet or "")
+                    vid = v.id
+                drain()
+                with database.session() as s:
+                    v = ingest.get_version(s, vid)
+                    if v.state == VersionState.AWAITING_MAPPING:
+                        ingest.confirm_mapping(s, hub.settings, v, {},
+                                               actor=f"user:{username}")
+                drain()
+                with database.session() as s:
+                    v = ingest.get_version(s, vid)
+                    if v.state == VersionState.AWAITING_REVIEW:
+                        ingest.release(s, hub.settings, storage, v, actor=f"user:{username}")
+                    lines.append(f"{slug:<18} {table:<15} {v.state:<16} "
+                                 f"{v.valid_rows}/{v.rows} rows {v.error}")
+    return lines
+
+
 def seed(hub: Hub) -> dict[str, str]:
     """Create the demo institutions and users that do not exist yet."""
     passwords = _load_or_create_passwords(_logins_file(hub.settings.data_path))
@@ -80,13 +146,19 @@ def demo() -> None:
 
 
 @demo.command("seed")
+@click.option("--data/--no-data", default=True, show_default=True,
+              help="Also generate demo files and release them through the pipeline.")
+@click.option("--patients", default=120, show_default=True, help="Patients per institution.")
 @pass_hub
-def demo_seed(hub: Hub) -> None:
-    """Create demo institutions and users (idempotent) and print the logins."""
+def demo_seed(hub: Hub, data: bool, patients: int) -> None:
+    """Create demo institutions, users and data (idempotent) and print the logins."""
     from hub import schema
 
     schema.upgrade(hub.database)
     passwords = seed(hub)
+    if data:
+        for line in seed_data(hub, patients=patients):
+            click.echo(f"  data: {line}")
     url = hub.settings.public_url.rstrip("/")
     click.echo("")
     click.secho("Cleanroom demo consortium", bold=True)

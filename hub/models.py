@@ -3,7 +3,8 @@
 from hub.accounts.models import ApiToken, Institution, LoginAttempt, User
 from hub.audit.models import AuditEntry, AuditHead
 from hub.db import Base
+from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
 
-__all__ = ["ApiToken", "AuditEntry", "AuditHead", "Base", "Institution", "Job", "LoginAttempt",
-           "User"]
+__all__ = ["ApiToken", "AuditEntry", "AuditHead", "Base", "DatasetVersion", "Institution",
+           "InstitutionMapping", "Job", "LoginAttempt", "User"]

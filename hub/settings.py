@@ -160,6 +160,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Part size of multipart uploads to S3, in MiB (at least 5).",
     ),
     Setting(
+        "max_upload_mb",
+        2048,
+        "Largest upload accepted, in MiB; larger ones are refused before anything is kept.",
+    ),
+    Setting(
+        "raw_retention_days",
+        0,
+        "Days the raw (quarantine) copy of an upload is kept after release; 0 deletes it on "
+        "release.",
+    ),
+    Setting(
         "session_lifetime_minutes",
         480,
         "How long a portal login lasts.",

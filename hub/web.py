@@ -104,10 +104,10 @@ def guard(
                         f"this API token lacks the {scope!r} scope; create one that has it.",
                         code="insufficient_scope",
                     )
-            target = obj.format(**kwargs)
+            target, act = obj.format(**kwargs), action.format(**kwargs)
             is_owner = bool(owner(user, **kwargs)) if owner is not None else False
-            if not policies.allowed(user.role, action, target, owner=is_owner):
-                raise Forbidden(f"you may not {action} {target}.")
+            if not policies.allowed(user.role, act, target, owner=is_owner):
+                raise Forbidden(f"you may not {act} {target}.")
             return view(*args, **kwargs)
 
         wrapper._cleanroom_guard = (action, obj)  # type: ignore[attr-defined]

@@ -1,11 +1,13 @@
-"""Regenerate the documentation derived from code: docs/configuration.md and the settings
-table in README.md. Run: .venv/bin/python scripts/update_docs.py"""
+"""Regenerate the documentation derived from code: docs/configuration.md, the settings
+table in README.md and docs/cdm.md (the common data model).
+Run: .venv/bin/python scripts/update_docs.py"""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+from contracts.cdm import load_cdm, render_markdown
 from hub.settings import settings_markdown, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     (ROOT / "docs" / "configuration.md").write_text(settings_markdown())
+    (ROOT / "docs" / "cdm.md").write_text(render_markdown(load_cdm()))
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = re.sub(

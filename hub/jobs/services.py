@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -34,7 +34,7 @@ TaskFn = Callable[["JobContext"], dict[str, Any] | None]
 TASKS: dict[str, TaskFn] = {}
 
 # Modules whose import registers the built-in tasks.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("hub.jobs.tasks",)
+BUILTIN_TASK_MODULES: tuple[str, ...] = ("hub.jobs.tasks", "hub.ingest.services")
 
 
 def task(kind: str) -> Callable[[TaskFn], TaskFn]:
@@ -66,12 +66,13 @@ def enqueue(
     actor: str,
     max_attempts: int | None = None,
     settings: Settings | None = None,
+    run_after: datetime | None = None,
 ) -> Job:
     if kind not in TASKS:
         raise NotFound(f"no job kind {kind!r}; known kinds: {', '.join(sorted(TASKS))}")
     attempts = max_attempts or (settings.job_max_attempts if settings else 3)
     job = Job(kind=kind, payload=json.dumps(payload or {}), max_attempts=attempts,
-              created_by=actor)
+              created_by=actor, run_after=run_after or utcnow())
     session.add(job)
     session.flush()
     record(session, actor=actor, action="job.enqueue", target=f"job:{job.id}",

@@ -1,0 +1,1 @@
+"""The ingest pipeline: uploaded spreadsheets become checked, de-identified datasets."""

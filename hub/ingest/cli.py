@@ -1,0 +1,121 @@
+"""``cleanroom upload``: what a LIMS script does, from the command line, with progress."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from hub.cli import Hub, pass_hub
+
+
+class _ProgressReader:
+    """A file wrapper that advances a progress bar as requests streams it."""
+
+    def __init__(self, path: Path, bar: Any):
+        self.fh = path.open("rb")
+        self.size = path.stat().st_size
+        self.bar = bar
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.fh.read(n if n and n > 0 else 1 << 20)
+        self.bar.update(len(chunk))
+        return chunk
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _error(resp: requests.Response) -> str:
+    try:
+        err = resp.json()["error"]
+        return f"{err['message']} ({resp.status_code} {err['code']})"
+    except (ValueError, KeyError, TypeError):
+        return f"the hub answered {resp.status_code}"
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--table", required=True, help="CDM table, e.g. batch.")
+@click.option("--sheet", default="", help="Workbook sheet (XLSX with several sheets).")
+@click.option("--url", default=None, help="Hub URL (default: the public_url setting).")
+@click.option(
+    "--token",
+    envvar="CLEANROOM_TOKEN",
+    required=True,
+    help="API token with the upload scope (or set CLEANROOM_TOKEN).",
+)
+@click.option("--wait/--no-wait", default=True, help="Follow the processing job.")
+@pass_hub
+def upload(
+    hub: Hub, file: Path, table: str, sheet: str, url: str | None, token: str, wait: bool
+) -> None:
+    """Upload FILE into quarantine over the JSON API and follow its processing."""
+    base = (url or hub.settings.public_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+    params = {"table": table, "filename": file.name, "sheet": sheet}
+    size = os.path.getsize(file)
+    try:
+        with click.progressbar(
+            length=size, label=f"uploading {file.name}", file=click.get_text_stream("stderr")
+        ) as bar:
+            body = _ProgressReader(file, bar)
+            try:
+                resp = requests.post(
+                    f"{base}/api/v1/uploads",
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    timeout=(10, 3600),
+                )
+            finally:
+                body.close()
+        if resp.status_code != 201:
+            raise click.ClickException(_error(resp))
+        version = resp.json()
+        click.echo(
+            f"uploaded: dataset version {version['id']} ({table} v{version['version']},"
+            f" sha256 {version['sha256'][:12]}…)"
+        )
+        if not wait:
+            return
+        _follow(base, headers, version["id"])
+    except requests.ConnectionError:
+        raise click.ClickException(f"cannot reach the hub at {base}; check --url.") from None
+
+
+def _follow(base: str, headers: dict[str, str], version_id: int) -> None:
+    last = -1
+    with click.progressbar(
+        length=100, label="processing", file=click.get_text_stream("stderr")
+    ) as bar:
+        while True:
+            resp = requests.get(f"{base}/api/v1/uploads/{version_id}", headers=headers, timeout=30)
+            if resp.status_code != 200:
+                raise click.ClickException(_error(resp))
+            body = resp.json()
+            progress = body["progress"]
+            if progress["progress"] > last:
+                bar.update(progress["progress"] - max(last, 0))
+                last = progress["progress"]
+            if not progress["active"]:
+                break
+            time.sleep(0.5)
+    state = body["state"]
+    if state == "failed":
+        raise click.ClickException(body.get("error") or "processing failed")
+    click.echo(
+        f"dataset version {version_id}: {state.replace('_', ' ')}"
+        + (
+            f" — confirm the mapping at {base}/datasets/{version_id}"
+            if state == "awaiting_mapping"
+            else ""
+        )
+    )

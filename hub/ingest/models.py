@@ -1,0 +1,82 @@
+"""Uploaded dataset versions and each institution's remembered column mappings."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from hub.accounts.models import Institution
+from hub.db import Base, UTCDateTime, utcnow
+
+
+class VersionState(enum.StrEnum):
+    """Where a dataset version is in the pipeline. Only ``released`` versions are pooled."""
+
+    UPLOADED = "uploaded"  # raw file in quarantine, profiling queued
+    PROFILING = "profiling"
+    AWAITING_SHEET = "awaiting_sheet"  # a workbook with several sheets: which one?
+    AWAITING_MAPPING = "awaiting_mapping"  # the contributor confirms the column mapping
+    PROCESSING = "processing"  # map, validate, de-identify
+    AWAITING_REVIEW = "awaiting_review"  # the contributor reviews and releases
+    RELEASED = "released"
+    WITHDRAWN = "withdrawn"
+    REJECTED = "rejected"  # discarded by the contributor before release
+    FAILED = "failed"
+
+
+ACTIVE_STATES = frozenset({VersionState.UPLOADED, VersionState.PROFILING, VersionState.PROCESSING})
+
+
+class DatasetVersion(Base):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("institution_id", "cdm_table", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"), index=True)
+    cdm_table: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(32), default=VersionState.UPLOADED, index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    file_kind: Mapped[str] = mapped_column(String(16), default="")
+    sheet: Mapped[str] = mapped_column(String(255), default="")
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), default="")
+    # Object keys; emptied when the object is deleted.
+    raw_key: Mapped[str] = mapped_column(String(400), default="")
+    staged_key: Mapped[str] = mapped_column(String(400), default="")
+    held_key: Mapped[str] = mapped_column(String(400), default="")
+    report_key: Mapped[str] = mapped_column(String(400), default="")
+    pool_key: Mapped[str] = mapped_column(String(400), default="")
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    valid_rows: Mapped[int] = mapped_column(Integer, default=0)
+    profile: Mapped[str] = mapped_column(Text, default="{}")  # JSON: encoding, sheets, …
+    mapping: Mapped[str] = mapped_column(Text, default="{}")  # JSON MappingProposal
+    validation: Mapped[str] = mapped_column(Text, default="{}")  # JSON summary
+    deid: Mapped[str] = mapped_column(Text, default="{}")  # JSON de-identification report
+    error: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    released_by: Mapped[str] = mapped_column(String(200), default="")
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    withdrawn_by: Mapped[str] = mapped_column(String(200), default="")
+    raw_delete_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    institution: Mapped[Institution] = relationship()
+
+
+class InstitutionMapping(Base):
+    """The mapping an institution last confirmed for a table, offered on its next upload."""
+
+    __tablename__ = "institution_mappings"
+    __table_args__ = (UniqueConstraint("institution_id", "cdm_table"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    cdm_table: Mapped[str] = mapped_column(String(64))
+    mapping: Mapped[str] = mapped_column(Text, default="{}")  # JSON {source: target}
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

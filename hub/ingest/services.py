@@ -1,0 +1,617 @@
+"""The ingest pipeline: upload → profile → map → validate and de-identify → review → release.
+
+Each step that reads a file runs as a job; each state change is one transaction with its
+audit entry, so a crash leaves either the previous state or the complete new one. Objects
+are written before the state that points at them commits (an unreferenced object is
+invisible; the next attempt overwrites it) and deleted only after.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from anonymisation.deid import deidentify
+from contracts.cdm import CommonDataModel, Table, load_cdm
+from hub.accounts.models import User
+from hub.audit.services import record
+from hub.db import Database, utcnow
+from hub.errors import BadRequest, Conflict, NotFound
+from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
+from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
+from hub.ingest.parsing import FileKind, IngestError, list_sheets, read_table, safe_filename, sniff
+from hub.ingest.validation import csv_safe, report_csv, validate
+from hub.jobs.services import JobContext, enqueue, task
+from hub.settings import Settings
+from hub.storage import Storage, get_storage
+
+log = logging.getLogger(__name__)
+
+SNIFF_BYTES = 64 * 1024
+
+
+def cdm_table(name: str) -> Table:
+    cdm = load_cdm()
+    if name not in cdm.table_names:
+        raise BadRequest(
+            f"unknown table {name!r}; choose one of {', '.join(cdm.table_names)}.",
+            code="unknown_table",
+        )
+    return cdm.table(name)
+
+
+def get_version(session: Session, version_id: int) -> DatasetVersion:
+    version = session.get(DatasetVersion, version_id)
+    if version is None:
+        raise NotFound(f"no dataset version {version_id}.")
+    return version
+
+
+def _require_state(version: DatasetVersion, *states: VersionState, doing: str) -> None:
+    if version.state not in states:
+        raise Conflict(
+            f"dataset version {version.id} is {version.state.replace('_', ' ')}; it can be "
+            f"{doing} only when {' or '.join(s.replace('_', ' ') for s in states)}.",
+            code="wrong_state",
+        )
+
+
+# Upload -----------------------------------------------------------------------------------
+
+
+def start_upload(
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    *,
+    user: User,
+    table: str,
+    filename: str,
+    stream: IO[bytes],
+    sheet: str = "",
+) -> DatasetVersion:
+    """Stream an upload into quarantine, sniff it, record the version and queue profiling.
+
+    The caller must not hold a database transaction open while the bytes stream (SQLite
+    serialises writers); this function begins its own after the object is stored."""
+    if user.institution is None:
+        raise BadRequest("only members of an institution can upload datasets.")
+    cdm_table(table)
+    slug = user.institution.slug
+    name = safe_filename(filename)
+    key = f"quarantine/{slug}/{uuid.uuid4().hex}/raw"
+    info = storage.put(key, stream, max_bytes=settings.max_upload_mb << 20)
+    try:
+        with storage.open(key) as fh:
+            head = fh.read(SNIFF_BYTES)
+        kind = sniff(head, name)
+        version = DatasetVersion(
+            institution_id=user.institution_id,
+            cdm_table=table,
+            version=_next_version(session, user.institution_id, table),
+            state=VersionState.UPLOADED,
+            filename=name,
+            file_kind=kind,
+            sheet=sheet,
+            size=info.size,
+            sha256=info.sha256 or "",
+            raw_key=key,
+            created_by=f"user:{user.username}",
+        )
+        session.add(version)
+        session.flush()
+        job = enqueue(
+            session,
+            "ingest.profile",
+            {"version_id": version.id},
+            actor=f"user:{user.username}",
+            settings=settings,
+        )
+        version.job_id = job.id
+        record(
+            session,
+            actor=f"user:{user.username}",
+            action="upload",
+            target=f"dataset:{version.id}",
+            detail={
+                "table": table,
+                "filename": name,
+                "size": info.size,
+                "sha256": info.sha256,
+                "institution": slug,
+            },
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        storage.delete(key)  # nothing left behind
+        raise
+    return version
+
+
+def _next_version(session: Session, institution_id: int | None, table: str) -> int:
+    current = session.scalar(
+        select(func.max(DatasetVersion.version)).where(
+            DatasetVersion.institution_id == institution_id, DatasetVersion.cdm_table == table
+        )
+    )
+    return int(current or 0) + 1
+
+
+# Job plumbing -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _raw_copy(storage: Storage, key: str) -> Iterator[Path]:
+    """The raw upload as a local temporary file (parsers need to seek), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="cleanroom-ingest-") as tmp:
+        path = Path(tmp) / "raw"
+        with path.open("wb") as out:
+            for chunk in storage.iter_chunks(key):
+                out.write(chunk)
+        yield path
+
+
+def _put_bytes(storage: Storage, key: str, data: bytes) -> None:
+    storage.put(key, io.BytesIO(data))
+
+
+def _put_parquet(storage: Storage, key: str, frame: pd.DataFrame) -> None:
+    with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
+        pq.write_table(
+            pa.Table.from_pandas(frame, preserve_index=False), tmp.name, compression="zstd"
+        )
+        with open(tmp.name, "rb") as fh:
+            storage.put(key, fh)
+
+
+def _pick_sheet(sheets: list[str], table: Table) -> str | None:
+    if len(sheets) == 1:
+        return sheets[0]
+    wanted = {
+        table.name,
+        table.name + "s",
+        table.name.replace("_", " "),
+        table.name.replace("_", " ") + "s",
+    }
+    matches = [s for s in sheets if s.strip().casefold() in wanted]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
+    row = session.scalar(
+        select(InstitutionMapping).where(
+            InstitutionMapping.institution_id == version.institution_id,
+            InstitutionMapping.cdm_table == version.cdm_table,
+        )
+    )
+    return json.loads(row.mapping) if row else {}
+
+
+def _fail(database: Database, version_id: int, message: str) -> None:
+    with database.session() as s:
+        version = get_version(s, version_id)
+        version.state = VersionState.FAILED
+        version.error = message
+        record(
+            s,
+            actor="system",
+            action="ingest.failed",
+            target=f"dataset:{version_id}",
+            detail={"error": message},
+        )
+
+
+def _read(ctx: JobContext, version: DatasetVersion, path: Path, sheet: str | None) -> Any:
+    return read_table(path, FileKind(version.file_kind), sheet=sheet or None)
+
+
+@task("ingest.profile")
+def profile_job(ctx: JobContext) -> dict[str, Any]:
+    """Parse the upload and propose a column mapping."""
+    version_id = int(ctx.payload["version_id"])
+    storage = get_storage(ctx.settings)
+    with ctx.database.session() as s:
+        version = get_version(s, version_id)
+        version.state = VersionState.PROFILING
+        s.expunge(version)
+    ctx.progress(5, "reading the file")
+    table = cdm_table(version.cdm_table)
+    try:
+        with _raw_copy(storage, version.raw_key) as path:
+            sheet = version.sheet or None
+            sheets: list[str] = []
+            if version.file_kind == FileKind.XLSX:
+                sheets = list_sheets(path)
+                if sheet is None:
+                    sheet = _pick_sheet(sheets, table)
+                    if sheet is None:
+                        with ctx.database.session() as s:
+                            v = get_version(s, version_id)
+                            v.state = VersionState.AWAITING_SHEET
+                            v.profile = json.dumps({"sheets": sheets})
+                        return {"state": VersionState.AWAITING_SHEET}
+            ctx.progress(30, "parsing")
+            parsed = _read(ctx, version, path, sheet)
+    except IngestError as err:
+        _fail(ctx.database, version_id, err.message)
+        return {"state": VersionState.FAILED}
+    ctx.progress(70, "matching columns to the common data model")
+    with ctx.database.session() as s:
+        remembered = _remembered(s, version)
+    proposal = propose_mapping(parsed.frame, table, remembered)
+    with ctx.database.session() as s:
+        v = get_version(s, version_id)
+        v.sheet = sheet or ""
+        v.rows = parsed.rows
+        v.profile = json.dumps(
+            {
+                "sheets": sheets,
+                "encoding": parsed.encoding,
+                "delimiter": parsed.delimiter,
+                "rows": parsed.rows,
+                "columns": parsed.columns,
+                "warnings": parsed.warnings,
+            }
+        )
+        v.mapping = json.dumps(proposal.to_dict())
+        v.state = VersionState.AWAITING_MAPPING
+    return {"state": VersionState.AWAITING_MAPPING, "rows": parsed.rows}
+
+
+# Sheet and mapping choices -------------------------------------------------------------------
+
+
+def choose_sheet(
+    session: Session, settings: Settings, version: DatasetVersion, sheet: str, *, actor: str
+) -> None:
+    _require_state(version, VersionState.AWAITING_SHEET, doing="given a sheet")
+    sheets = json.loads(version.profile or "{}").get("sheets", [])
+    if sheet not in sheets:
+        raise BadRequest(f"the workbook has no sheet {sheet!r}; it has {', '.join(sheets)}.")
+    version.sheet = sheet
+    version.state = VersionState.UPLOADED
+    version.job_id = enqueue(
+        session, "ingest.profile", {"version_id": version.id}, actor=actor, settings=settings
+    ).id
+
+
+def confirm_mapping(
+    session: Session,
+    settings: Settings,
+    version: DatasetVersion,
+    choices: Mapping[str, Mapping[str, Any]],
+    *,
+    actor: str,
+) -> None:
+    """Apply the contributor's mapping: ``{source: {"target": cdm column or "", "unit":
+    label}}``. Remembers it for the institution's next upload and queues processing."""
+    _require_state(version, VersionState.AWAITING_MAPPING, doing="mapped")
+    table = cdm_table(version.cdm_table)
+    proposal = MappingProposal.from_dict(json.loads(version.mapping))
+    confirmed = proposal.with_choices(choices, table)
+    if confirmed.missing_required:
+        raise BadRequest(
+            "required column(s) "
+            + ", ".join(f"`{c}`" for c in confirmed.missing_required)
+            + " have no source column; map them or fix the file and upload again.",
+            code="missing_required",
+        )
+    version.mapping = json.dumps(confirmed.to_dict())
+    remembered = session.scalar(
+        select(InstitutionMapping).where(
+            InstitutionMapping.institution_id == version.institution_id,
+            InstitutionMapping.cdm_table == version.cdm_table,
+        )
+    )
+    if remembered is None:
+        remembered = InstitutionMapping(
+            institution_id=version.institution_id, cdm_table=version.cdm_table
+        )
+        session.add(remembered)
+    remembered.mapping = json.dumps(confirmed.as_mapping())
+    version.state = VersionState.PROCESSING
+    version.job_id = enqueue(
+        session, "ingest.process", {"version_id": version.id}, actor=actor, settings=settings
+    ).id
+    record(
+        session,
+        actor=actor,
+        action="ingest.map",
+        target=f"dataset:{version.id}",
+        detail={"mapping": confirmed.as_mapping()},
+    )
+
+
+# Validate and de-identify ---------------------------------------------------------------
+
+
+def _staging_prefix(version: DatasetVersion) -> str:
+    return version.raw_key.rsplit("/", 1)[0]
+
+
+def _pool_key(version: DatasetVersion, slug: str) -> str:
+    return f"pool/{version.cdm_table}/institution={slug}/version={version.version}/part-0.parquet"
+
+
+def _known_keys(
+    database: Database, storage: Storage, version: DatasetVersion, table: Table, key: bytes
+) -> dict[str, set[str]]:
+    """Keys of the institution's released tables that this table references, as raw-value
+    membership tests: the pool holds pseudonyms, so values are compared as pseudonyms."""
+    from anonymisation.transforms import pseudonymise
+
+    wanted = {c.references for c in table.columns if c.references}
+    known: dict[str, set[str]] = {}
+    for ref in sorted(r for r in wanted if r):
+        ref_table, ref_column = ref.split(".", 1)
+        with database.session() as s:
+            keys = s.scalars(
+                select(DatasetVersion.pool_key).where(
+                    DatasetVersion.institution_id == version.institution_id,
+                    DatasetVersion.cdm_table == ref_table,
+                    DatasetVersion.state == VersionState.RELEASED,
+                )
+            ).all()
+        if not keys:
+            continue
+        pseudonyms: set[str] = set()
+        for pool_key in keys:
+            with storage.open(pool_key) as fh:
+                column = pq.read_table(pa.BufferReader(fh.read()), columns=[ref_column])
+            pseudonyms.update(str(v) for v in column.column(0).to_pylist() if v is not None)
+        known[ref] = _PseudonymSet(pseudonyms, key, pseudonymise)
+    return known
+
+
+class _PseudonymSet(set[str]):
+    """A set of pseudonyms that answers membership for raw values."""
+
+    def __init__(self, pseudonyms: set[str], key: bytes, fn: Any):
+        super().__init__()
+        self.pseudonyms = pseudonyms
+        self.key = key
+        self.fn = fn
+
+    def __contains__(self, raw: object) -> bool:
+        return self.fn(pd.Series([raw]), self.key).iloc[0] in self.pseudonyms
+
+    def isin(self, values: pd.Series) -> pd.Series:
+        return self.fn(values, self.key).isin(self.pseudonyms)
+
+
+@task("ingest.process")
+def process_job(ctx: JobContext) -> dict[str, Any]:
+    """Apply the confirmed mapping, validate, de-identify the valid rows and stage them."""
+    version_id = int(ctx.payload["version_id"])
+    storage = get_storage(ctx.settings)
+    key = ctx.settings.hmac_key.encode()
+    with ctx.database.session() as s:
+        version = get_version(s, version_id)
+        slug = version.institution.slug
+        s.expunge(version)
+    table = cdm_table(version.cdm_table)
+    proposal = MappingProposal.from_dict(json.loads(version.mapping))
+    ctx.progress(5, "reading the file")
+    try:
+        with _raw_copy(storage, version.raw_key) as path:
+            parsed = _read(ctx, version, path, version.sheet)
+    except IngestError as err:
+        _fail(ctx.database, version_id, err.message)
+        return {"state": VersionState.FAILED}
+    ctx.progress(25, "mapping columns")
+    mapped = apply_mapping(parsed.frame, proposal, table)
+    ctx.progress(40, "validating")
+    known = _known_keys(ctx.database, storage, version, table, key)
+    result = validate(mapped, table, factors=proposal.factors(), known_keys=known)
+    ctx.progress(70, "de-identifying")
+    valid = result.frame[result.valid_mask]
+    classes = {c.name: str(c.identifier) for c in table.columns}
+    kinds = {c.name: str(c.type) for c in table.columns}
+    deid = deidentify(valid, classes, key, kinds=kinds)
+    ctx.progress(85, "staging the de-identified version")
+    prefix = _staging_prefix(version)
+    staged_key = f"{prefix}/deidentified.parquet"
+    report_key = f"{prefix}/validation-report.csv"
+    held_key = f"{prefix}/held-back.csv"
+    _put_parquet(storage, staged_key, deid.frame)
+    _put_bytes(storage, report_key, report_csv(result).encode("utf-8"))
+    _put_bytes(storage, held_key, _held_back_csv(parsed.frame, result).encode("utf-8"))
+    with ctx.database.session() as s:
+        v = get_version(s, version_id)
+        v.staged_key, v.report_key, v.held_key = staged_key, report_key, held_key
+        v.rows = int(len(result.frame))
+        v.valid_rows = int(result.valid_mask.sum())
+        v.validation = json.dumps(result.to_dict())
+        v.deid = json.dumps(deid.to_dict())
+        v.state = VersionState.AWAITING_REVIEW
+        record(
+            s,
+            actor="system",
+            action="ingest.processed",
+            target=f"dataset:{version_id}",
+            detail={"rows": v.rows, "valid_rows": v.valid_rows, "institution": slug},
+        )
+    return {"state": VersionState.AWAITING_REVIEW, "valid_rows": int(result.valid_mask.sum())}
+
+
+def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
+    """The rows held back, as the contributor uploaded them, with what is wrong with each.
+    Only the uploading institution can download it (it is raw data)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    errors = result.row_errors
+    writer.writerow(["row", "problems", *raw.columns])
+    if len(errors):
+        by_row = errors.groupby("row")["message"].apply(lambda m: "; ".join(m))
+        positions = [int(r) - 2 for r in by_row.index]  # file row 2 is the first data row
+        subset = raw.iloc[positions]
+        for (row, problems), values in zip(
+            by_row.items(), subset.itertuples(index=False), strict=True
+        ):
+            writer.writerow([row, csv_safe(problems), *(csv_safe(v) for v in values)])
+    return buf.getvalue()
+
+
+# Review, release, withdrawal ------------------------------------------------------------
+
+
+def release(
+    session: Session, settings: Settings, storage: Storage, version: DatasetVersion, *, actor: str
+) -> None:
+    """Publish the staged de-identified version to the pool, then drop the raw copy."""
+    _require_state(version, VersionState.AWAITING_REVIEW, doing="released")
+    if version.valid_rows == 0:
+        raise BadRequest("no row passed validation; fix the file and upload it again.")
+    pool_key = _pool_key(version, version.institution.slug)
+    storage.copy(version.staged_key, pool_key)  # invisible until the state below commits
+    version.pool_key = pool_key
+    version.state = VersionState.RELEASED
+    version.released_at = utcnow()
+    version.released_by = actor
+    if settings.raw_retention_days > 0:
+        version.raw_delete_after = utcnow() + timedelta(days=settings.raw_retention_days)
+        enqueue(
+            session,
+            "ingest.expire_raw",
+            {"version_id": version.id},
+            actor="system",
+            settings=settings,
+            run_after=version.raw_delete_after,
+        )
+    record(
+        session,
+        actor=actor,
+        action="release",
+        target=f"dataset:{version.id}",
+        detail={
+            "table": version.cdm_table,
+            "version": version.version,
+            "rows": version.valid_rows,
+            "held_back": version.rows - version.valid_rows,
+            "pool_key": pool_key,
+        },
+    )
+    session.commit()
+    _drop_quarantine(session, storage, version, keep_raw=settings.raw_retention_days > 0)
+
+
+def _drop_quarantine(
+    session: Session, storage: Storage, version: DatasetVersion, *, keep_raw: bool
+) -> None:
+    doomed = ["staged_key"] + ([] if keep_raw else ["raw_key"])
+    for attr in doomed:
+        key = getattr(version, attr)
+        if key:
+            storage.delete(key)
+            setattr(version, attr, "")
+    session.commit()
+
+
+@task("ingest.expire_raw")
+def expire_raw_job(ctx: JobContext) -> dict[str, Any]:
+    """Delete a released version's raw copy once its retention period is over."""
+    storage = get_storage(ctx.settings)
+    with ctx.database.session() as s:
+        version = get_version(s, int(ctx.payload["version_id"]))
+        if not version.raw_key:
+            return {"deleted": False}
+        storage.delete(version.raw_key)
+        version.raw_key = ""
+        record(s, actor="system", action="ingest.raw_deleted", target=f"dataset:{version.id}")
+    return {"deleted": True}
+
+
+def reject(session: Session, storage: Storage, version: DatasetVersion, *, actor: str) -> None:
+    """Discard a version before release: its quarantine objects are deleted."""
+    _require_state(
+        version,
+        VersionState.AWAITING_SHEET,
+        VersionState.AWAITING_MAPPING,
+        VersionState.AWAITING_REVIEW,
+        VersionState.FAILED,
+        doing="discarded",
+    )
+    version.state = VersionState.REJECTED
+    record(session, actor=actor, action="ingest.reject", target=f"dataset:{version.id}")
+    session.commit()
+    for attr in ("raw_key", "staged_key", "held_key", "report_key"):
+        key = getattr(version, attr)
+        if key:
+            storage.delete(key)
+            setattr(version, attr, "")
+    session.commit()
+
+
+def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, actor: str) -> None:
+    """Take a released version out of the pool: no query after this sees it."""
+    _require_state(version, VersionState.RELEASED, doing="withdrawn")
+    version.state = VersionState.WITHDRAWN
+    version.withdrawn_at = utcnow()
+    version.withdrawn_by = actor
+    record(
+        session,
+        actor=actor,
+        action="withdrawal",
+        target=f"dataset:{version.id}",
+        detail={"table": version.cdm_table, "version": version.version},
+    )
+    session.commit()
+    if version.pool_key:
+        storage.delete(version.pool_key)
+    session.commit()
+
+
+def released_keys(session: Session, table: str) -> list[str]:
+    """Pool objects of every released version of ``table`` (what the gateway may read)."""
+    return list(
+        session.scalars(
+            select(DatasetVersion.pool_key).where(
+                DatasetVersion.cdm_table == table, DatasetVersion.state == VersionState.RELEASED
+            )
+        )
+    )
+
+
+def version_dict(version: DatasetVersion) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "table": version.cdm_table,
+        "version": version.version,
+        "institution": version.institution.slug if version.institution else None,
+        "state": version.state,
+        "filename": version.filename,
+        "file_kind": version.file_kind,
+        "sheet": version.sheet or None,
+        "size": version.size,
+        "sha256": version.sha256,
+        "rows": version.rows,
+        "valid_rows": version.valid_rows,
+        "error": version.error or None,
+        "job_id": version.job_id,
+        "mapping": json.loads(version.mapping or "{}"),
+        "validation": json.loads(version.validation or "{}"),
+        "deidentification": json.loads(version.deid or "{}"),
+        "created_at": version.created_at.isoformat() if version.created_at else None,
+        "released_at": version.released_at.isoformat() if version.released_at else None,
+        "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,
+    }
+
+
+def cdm() -> CommonDataModel:
+    return load_cdm()

@@ -1,0 +1,300 @@
+"""Datasets in the portal and the JSON API: upload, mapping, report, review, release."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from sqlalchemy import select
+
+from hub.accounts.models import User
+from hub.db import get_db
+from hub.errors import BadRequest, CleanroomError, NotFound
+from hub.ingest import services
+from hub.ingest.models import ACTIVE_STATES, DatasetVersion
+from hub.jobs.models import Job
+from hub.settings import Settings
+from hub.storage import Storage
+from hub.web import actor, current_user, guard
+
+bp = Blueprint("datasets", __name__, url_prefix="/datasets")
+api = Blueprint("uploads_api", __name__, url_prefix="/api/v1/uploads")
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
+    return settings
+
+
+def _storage() -> Storage:
+    storage: Storage = current_app.extensions["cleanroom.storage"]
+    return storage
+
+
+def _same_institution(user: User, version_id: int, **_: object) -> bool:
+    version = get_db().get(DatasetVersion, version_id)
+    return (
+        version is not None
+        and user.institution_id is not None
+        and version.institution_id == user.institution_id
+    )
+
+
+def _visible_versions(user: User) -> list[DatasetVersion]:
+    q = select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200)
+    if user.institution_id is not None and user.role != "steward":
+        q = q.where(DatasetVersion.institution_id == user.institution_id)
+    return list(get_db().scalars(q))
+
+
+def _progress(version: DatasetVersion) -> dict[str, Any]:
+    job = get_db().get(Job, version.job_id) if version.job_id else None
+    return {
+        "state": version.state,
+        "active": version.state in ACTIVE_STATES,
+        "progress": job.progress if job else 0,
+        "message": job.message if job else "",
+        "job_state": job.state if job else None,
+        "error": version.error or (job.error if job and job.state == "failed" else ""),
+    }
+
+
+def _upload(table: str, filename: str, stream: Any, sheet: str) -> DatasetVersion:
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    db.commit()  # end the request's transaction: no lock is held while the bytes stream
+    return services.start_upload(
+        db,
+        _settings(),
+        _storage(),
+        user=user,
+        table=table,
+        filename=filename,
+        stream=stream,
+        sheet=sheet,
+    )
+
+
+# Portal ------------------------------------------------------------------------------------
+
+
+@bp.route("")
+@guard("read", "datasets")
+def index() -> ResponseReturnValue:
+    user = current_user()
+    assert user is not None
+    return render_template(
+        "datasets/index.html",
+        versions=_visible_versions(user),
+        tables=services.cdm().table_names,
+        max_mb=_settings().max_upload_mb,
+    )
+
+
+@bp.route("", methods=["POST"])
+@guard("upload", "datasets")
+def upload() -> ResponseReturnValue:
+    file = request.files.get("file")
+    table = request.form.get("table", "")
+    if file is None or not file.filename:
+        flash("choose a file to upload.", "error")
+        return redirect(url_for("datasets.index"))
+    try:
+        version = _upload(table, file.filename, file.stream, request.form.get("sheet", ""))
+    except CleanroomError as err:
+        flash(err.message, "error")
+        return redirect(url_for("datasets.index")), 303
+    flash(
+        f"“{version.filename}” uploaded as {version.cdm_table} version {version.version}.", "info"
+    )
+    return redirect(url_for("datasets.show", version_id=version.id), 303)
+
+
+@bp.route("/<int:version_id>")
+@guard("read", "datasets/{version_id}", owner=_same_institution)
+def show(version_id: int) -> ResponseReturnValue:
+    version = services.get_version(get_db(), version_id)
+    user = current_user()
+    assert user is not None
+    own = _same_institution(user, version_id)
+    table = services.cdm().table(version.cdm_table)
+    return render_template(
+        "datasets/show.html",
+        v=version,
+        own=own,
+        table=table,
+        progress=_progress(version),
+        profile=json.loads(version.profile or "{}"),
+        mapping=json.loads(version.mapping or "{}"),
+        validation=json.loads(version.validation or "{}"),
+        deid=json.loads(version.deid or "{}"),
+    )
+
+
+@bp.route("/<int:version_id>/status.json")
+@guard("read", "datasets/{version_id}", owner=_same_institution)
+def status(version_id: int) -> ResponseReturnValue:
+    return jsonify(_progress(services.get_version(get_db(), version_id)))
+
+
+@bp.route("/<int:version_id>/sheet", methods=["POST"])
+@guard("map", "datasets/{version_id}", owner=_same_institution)
+def sheet(version_id: int) -> ResponseReturnValue:
+    db = get_db()
+    version = services.get_version(db, version_id)
+    services.choose_sheet(db, _settings(), version, request.form.get("sheet", ""), actor=actor())
+    db.commit()
+    return redirect(url_for("datasets.show", version_id=version_id), 303)
+
+
+def _choices_from_form() -> dict[str, dict[str, str]]:
+    choices: dict[str, dict[str, str]] = {}
+    for field, value in request.form.items():
+        if field.startswith("target::"):
+            source = field.removeprefix("target::")
+            choices.setdefault(source, {})["target"] = value
+        elif field.startswith("unit::"):
+            source = field.removeprefix("unit::")
+            choices.setdefault(source, {})["unit"] = value
+    return choices
+
+
+@bp.route("/<int:version_id>/mapping", methods=["POST"])
+@guard("map", "datasets/{version_id}", owner=_same_institution)
+def mapping(version_id: int) -> ResponseReturnValue:
+    db = get_db()
+    version = services.get_version(db, version_id)
+    try:
+        services.confirm_mapping(db, _settings(), version, _choices_from_form(), actor=actor())
+    except CleanroomError as err:
+        db.rollback()
+        flash(err.message, "error")
+        return redirect(url_for("datasets.show", version_id=version_id), 303)
+    db.commit()
+    return redirect(url_for("datasets.show", version_id=version_id), 303)
+
+
+@bp.route("/<int:version_id>/<any(release,withdraw,reject):op>", methods=["POST"])
+@guard("{op}", "datasets/{version_id}", owner=_same_institution)
+def decide(version_id: int, op: str) -> ResponseReturnValue:
+    db = get_db()
+    version = services.get_version(db, version_id)
+    try:
+        _decide(op, version)
+    except CleanroomError as err:
+        db.rollback()
+        flash(err.message, "error")
+        return redirect(url_for("datasets.show", version_id=version_id), 303)
+    done = {
+        "release": "released to the pool",
+        "withdraw": "withdrawn from the pool",
+        "reject": "discarded",
+    }[op]
+    flash(f"{version.cdm_table} version {version.version} {done}.", "info")
+    return redirect(url_for("datasets.show", version_id=version_id), 303)
+
+
+def _decide(op: str, version: DatasetVersion) -> None:
+    db, storage = get_db(), _storage()
+    if op == "release":
+        services.release(db, _settings(), storage, version, actor=actor())
+    elif op == "withdraw":
+        services.withdraw(db, storage, version, actor=actor())
+    else:
+        services.reject(db, storage, version, actor=actor())
+
+
+@bp.route("/<int:version_id>/<any(report,'held-back'):which>.csv")
+@guard("report", "datasets/{version_id}", owner=_same_institution)
+def download(version_id: int, which: str) -> ResponseReturnValue:
+    version = services.get_version(get_db(), version_id)
+    key = version.report_key if which == "report" else version.held_key
+    if not key:
+        raise NotFound("this report is not available (yet, or any more).")
+    name = f"{version.cdm_table}-v{version.version}-{which}.csv"
+    return Response(
+        stream_with_context(_storage().iter_chunks(key)),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f"attachment; filename={name}"},
+    )
+
+
+# API ---------------------------------------------------------------------------------------
+
+
+@api.route("", methods=["POST"])
+@guard("upload", "datasets", scope="upload")
+def api_upload() -> ResponseReturnValue:
+    """Raw body (``Content-Type: application/octet-stream``) streamed straight to the store;
+    ``table``, ``filename`` and optional ``sheet`` as query parameters. A multipart form
+    with a ``file`` field is accepted too."""
+    table = request.args.get("table") or request.form.get("table", "")
+    sheet = request.args.get("sheet") or request.form.get("sheet", "")
+    if request.mimetype == "multipart/form-data":
+        file = request.files.get("file")
+        if file is None:
+            raise BadRequest("the form has no `file` field.")
+        version = _upload(table, file.filename or "upload", file.stream, sheet)
+    else:
+        filename = request.args.get("filename", "")
+        if not filename:
+            raise BadRequest(
+                "give the file's name as ?filename=… (its type is checked by "
+                "content, the name is kept for your records)."
+            )
+        version = _upload(table, filename, request.stream, sheet)
+    body = services.version_dict(version)
+    return jsonify(body), 201, {"Location": url_for("uploads_api.api_show", version_id=version.id)}
+
+
+@api.route("")
+@guard("read", "datasets", scope="read")
+def api_list() -> ResponseReturnValue:
+    user = current_user()
+    assert user is not None
+    return jsonify({"uploads": [services.version_dict(v) for v in _visible_versions(user)]})
+
+
+@api.route("/<int:version_id>")
+@guard("read", "datasets/{version_id}", owner=_same_institution)
+def api_show(version_id: int) -> ResponseReturnValue:
+    version = services.get_version(get_db(), version_id)
+    return jsonify({**services.version_dict(version), "progress": _progress(version)})
+
+
+@api.route("/<int:version_id>/mapping", methods=["POST"])
+@guard("map", "datasets/{version_id}", scope="upload", owner=_same_institution)
+def api_mapping(version_id: int) -> ResponseReturnValue:
+    """Body: ``{"columns": {source: {"target": cdm_column | "", "unit": label}}}``; an empty
+    body accepts the proposal as it stands."""
+    body = request.get_json(silent=True) or {}
+    choices = body.get("columns", {})
+    if not isinstance(choices, dict):
+        raise BadRequest("`columns` must be an object {source: {target, unit}}.")
+    db = get_db()
+    version = services.get_version(db, version_id)
+    services.confirm_mapping(db, _settings(), version, choices, actor=actor())
+    db.commit()
+    return jsonify(services.version_dict(version))
+
+
+@api.route("/<int:version_id>/<any(release,withdraw,reject):op>", methods=["POST"])
+@guard("{op}", "datasets/{version_id}", scope="upload", owner=_same_institution)
+def api_decide(version_id: int, op: str) -> ResponseReturnValue:
+    version = services.get_version(get_db(), version_id)
+    _decide(op, version)
+    return jsonify(services.version_dict(version))

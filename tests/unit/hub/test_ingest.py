@@ -1,0 +1,301 @@
+"""The ingest pipeline through the JSON API and the portal: upload → profile → mapping →
+validation and de-identification → review → release / withdrawal, and hostile input."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from hub.accounts import services as accounts
+from hub.audit.models import AuditEntry
+from hub.db import Database
+from hub.ingest.models import DatasetVersion
+from hub.jobs.services import Worker, load_task_modules
+from hub.settings import Settings
+from tests.conftest import AuthActions, Users, csrf_from
+
+pytestmark = pytest.mark.db
+
+EPISODE_CSV = (
+    "\ufeffPatient ID;Site;Product Class;Indication;Age;Sex;Patient Name;MRN;Weight (kg)\n"
+    "COI-0001;St Aurelia;autologous_car_t;LBCL;54;female;Jane Doe;MRN123456;71.5\n"
+    "COI-0002;St Aurelia;autologous_car_t;ALL;23;male;John Roe;MRN654321;80\n"
+    "COI-0003;=HYPERLINK(\"http://x\");autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n"
+    "COI-0004;St Aurelia;autologous_car_t;FL;130;male;Bob Loe;MRN222222;90\n"
+)
+
+BATCH_CSV = (
+    "Lot No.,COI,Manufacturing Facility,Platform,Outcome,Viability %\n"
+    "LOT-1,COI-0001,Northbridge,central,conforming,91.5\n"
+    "LOT-2,COI-0002,Northbridge,central,failed,62\n"
+    "LOT-3,COI-9999,Northbridge,central,conforming,88\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def _tasks() -> None:
+    load_task_modules()
+
+
+@pytest.fixture
+def token(users: Users, database: Database, settings: Settings) -> str:
+    users.make("nadia", "contributor")
+    with database.session() as s:
+        return accounts.create_token(s, settings, accounts.get_user(s, "nadia"), "lims",
+                                     ["upload", "read"], actor="t").secret
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def upload(client: FlaskClient, token: str, table: str, filename: str, data: bytes | str):
+    body = data.encode("utf-8") if isinstance(data, str) else data
+    return client.post(f"/api/v1/uploads?table={table}&filename={filename}", data=body,
+                       headers={**_auth(token), "Content-Type": "application/octet-stream"})
+
+
+def drain(database: Database, settings: Settings) -> None:
+    worker = Worker(database, settings, worker_id="test")
+    while worker.run_once() is not None:
+        pass
+
+
+def show(client: FlaskClient, token: str, version_id: int) -> dict:
+    resp = client.get(f"/api/v1/uploads/{version_id}", headers=_auth(token))
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def release_episode(client, token, database, settings) -> dict:
+    resp = upload(client, token, "episode", "episodes.csv", EPISODE_CSV)
+    assert resp.status_code == 201, resp.get_json()
+    vid = resp.get_json()["id"]
+    drain(database, settings)
+    assert client.post(f"/api/v1/uploads/{vid}/mapping", json={},
+                       headers=_auth(token)).status_code == 200
+    drain(database, settings)
+    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token))
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+def test_upload_to_release(client: FlaskClient, token: str, database: Database,
+                           settings: Settings, app) -> None:
+    storage = app.extensions["cleanroom.storage"]
+    resp = upload(client, token, "episode", "episodes.csv", EPISODE_CSV)
+    assert resp.status_code == 201
+    created = resp.get_json()
+    assert created["state"] == "uploaded" and created["file_kind"] == "csv"
+    assert resp.headers["Location"].endswith(f"/api/v1/uploads/{created['id']}")
+    vid = created["id"]
+
+    drain(database, settings)
+    profiled = show(client, token, vid)
+    assert profiled["state"] == "awaiting_mapping"
+    targets = {c["source"]: c["target"] for c in profiled["mapping"]["columns"]}
+    assert targets["Patient ID"] == "coi_id"
+    assert targets["Patient Name"] == "patient_name"
+    assert targets["Weight (kg)"] == "weight_kg"
+
+    assert client.post(f"/api/v1/uploads/{vid}/mapping", json={},
+                       headers=_auth(token)).status_code == 200
+    drain(database, settings)
+    reviewed = show(client, token, vid)
+    assert reviewed["state"] == "awaiting_review", reviewed["error"]
+    assert (reviewed["rows"], reviewed["valid_rows"]) == (4, 3)  # age 130 is held back
+
+    released = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token)).get_json()
+    assert released["state"] == "released"
+    with database.session() as s:
+        v = s.get(DatasetVersion, vid)
+        assert v is not None
+        pool_key, raw_key = v.pool_key, v.raw_key
+        actions = s.scalars(select(AuditEntry.action)).all()
+    assert pool_key == "pool/episode/institution=st-aurelia/version=1/part-0.parquet"
+    assert raw_key == ""  # the raw copy is deleted on release
+    assert not any(o.key.startswith("quarantine/") and o.key.endswith("/raw")
+                   for o in storage.list("quarantine/"))
+    with storage.open(pool_key) as fh:
+        pooled = pq.read_table(io.BytesIO(fh.read())).to_pandas()
+    assert "patient_name" not in pooled.columns and "mrn" not in pooled.columns
+    assert len(pooled) == 3
+    assert not pooled["coi_id"].str.startswith("COI-").any()
+    assert pooled["coi_id"].str.fullmatch(r"[0-9a-f]{32}").all()
+    # A cell that looks like a formula is data: stored as it came.
+    assert '=HYPERLINK("http://x")' in set(pooled["site"])
+    assert {"upload", "ingest.map", "ingest.processed", "release"} <= set(actions)
+
+
+def test_reports_are_downloadable_and_formula_safe(client: FlaskClient, token: str,
+                                                  database: Database, settings: Settings,
+                                                  auth: AuthActions) -> None:
+    vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
+    drain(database, settings)
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    drain(database, settings)
+    auth.login("nadia")
+    held = client.get(f"/datasets/{vid}/held-back.csv")
+    assert held.status_code == 200
+    text = held.get_data(as_text=True)
+    assert "130" in text and "row" in text.splitlines()[0]
+    report = client.get(f"/datasets/{vid}/report.csv").get_data(as_text=True)
+    assert "age" in report
+    for line in report.splitlines():
+        for cell in line.split(","):
+            assert not cell.startswith(("=", "+", "@")), line
+
+
+def test_referential_links_use_released_keys(client, token, database, settings) -> None:
+    release_episode(client, token, database, settings)
+    vid = upload(client, token, "batch", "batches.csv", BATCH_CSV).get_json()["id"]
+    drain(database, settings)
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    drain(database, settings)
+    v = show(client, token, vid)
+    assert v["state"] == "awaiting_review", v["error"]
+    assert (v["rows"], v["valid_rows"]) == (3, 2)  # COI-9999 has no episode
+
+
+def test_remembered_mapping_is_offered(client, token, database, settings) -> None:
+    first = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
+    drain(database, settings)
+    # The contributor says "Weight (kg)" is not to be used.
+    resp = client.post(f"/api/v1/uploads/{first}/mapping",
+                       json={"columns": {"Weight (kg)": {"target": ""}}}, headers=_auth(token))
+    assert resp.status_code == 200
+    second = upload(client, token, "episode", "e2.csv", EPISODE_CSV).get_json()["id"]
+    drain(database, settings)
+    cols = {c["source"]: c for c in show(client, token, second)["mapping"]["columns"]}
+    assert cols["Patient ID"]["target"] == "coi_id"
+    assert "remembered" in cols["Patient ID"]["reason"]
+
+
+def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, settings,
+                                                    app) -> None:
+    from hub.ingest.services import released_keys
+
+    released = release_episode(client, token, database, settings)
+    storage = app.extensions["cleanroom.storage"]
+    with database.session() as s:
+        assert released_keys(s, "episode") != []
+        key = released_keys(s, "episode")[0]
+    resp = client.post(f"/api/v1/uploads/{released['id']}/withdraw", headers=_auth(token))
+    assert resp.get_json()["state"] == "withdrawn"
+    with database.session() as s:
+        assert released_keys(s, "episode") == []
+        assert "withdrawal" in s.scalars(select(AuditEntry.action)).all()
+    assert not storage.exists(key)
+    again = client.post(f"/api/v1/uploads/{released['id']}/release", headers=_auth(token))
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "wrong_state"
+
+
+def test_rejecting_deletes_the_quarantine_copy(client, token, database, settings, app) -> None:
+    vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
+    drain(database, settings)
+    resp = client.post(f"/api/v1/uploads/{vid}/reject", headers=_auth(token))
+    assert resp.get_json()["state"] == "rejected"
+    assert list(app.extensions["cleanroom.storage"].list("quarantine/")) == []
+
+
+# Hostile and broken input -----------------------------------------------------------------
+
+
+def _nothing_kept(database: Database, app) -> None:
+    with database.session() as s:
+        assert s.scalar(select(func.count()).select_from(DatasetVersion)) == 0
+    assert list(app.extensions["cleanroom.storage"].list("quarantine/")) == []
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"", "empty"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "binary"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64, "xls"),
+    ],
+    ids=["empty", "pdf", "png", "legacy-xls"],
+)
+def test_bad_files_are_refused_and_leave_nothing(client, token, database, app, data,
+                                                 needle) -> None:
+    resp = upload(client, token, "episode", "data.csv", data)
+    assert resp.status_code == 400
+    body = resp.get_json()
+    assert body["error"]["code"] == "invalid_file"
+    assert needle in body["error"]["message"].lower()
+    _nothing_kept(database, app)
+
+
+def test_oversize_upload_is_refused_and_leaves_nothing(token, database, settings_overrides,
+                                                       users) -> None:
+    from hub import create_app
+
+    app = create_app({**settings_overrides, "max_upload_mb": 1})
+    client = app.test_client()
+    big = b"a,b\n" + b"1,2\n" * (400_000)  # 1.6 MB
+    resp = upload(client, token, "episode", "big.csv", big)
+    assert resp.status_code == 413
+    assert resp.get_json()["error"]["code"] in ("payload_too_large", "request_entity_too_large")
+    _nothing_kept(database, app)
+
+
+def test_filename_cannot_escape(client, token, database, settings) -> None:
+    resp = upload(client, token, "episode", "..%2F..%2Fetc%2Fpasswd", EPISODE_CSV)
+    assert resp.status_code == 201
+    body = resp.get_json()
+    assert body["filename"] == "passwd"
+    with database.session() as s:
+        v = s.get(DatasetVersion, body["id"])
+        assert v is not None and v.raw_key.startswith("quarantine/st-aurelia/")
+        assert ".." not in v.raw_key
+
+
+def test_api_refusals(client, token, users, database, settings) -> None:
+    assert upload(client, token, "nonsense", "x.csv", EPISODE_CSV).status_code == 400
+    resp = client.post("/api/v1/uploads?table=episode&filename=x.csv", data=b"a")
+    assert resp.status_code == 401
+    users.make("rosa", "researcher")
+    with database.session() as s:
+        rtoken = accounts.create_token(s, settings, accounts.get_user(s, "rosa"), "t",
+                                       ["upload", "read"], actor="t").secret
+    assert upload(client, rtoken, "episode", "x.csv", EPISODE_CSV).status_code == 403
+    vid = upload(client, token, "episode", "x.csv", EPISODE_CSV).get_json()["id"]
+    users.institution("kelvin", "academic")
+    users.make("kiri", "contributor", institution="kelvin")
+    with database.session() as s:
+        other = accounts.create_token(s, settings, accounts.get_user(s, "kiri"), "t",
+                                      ["upload", "read"], actor="t").secret
+    assert client.get(f"/api/v1/uploads/{vid}", headers=_auth(other)).status_code == 403
+    assert client.post(f"/api/v1/uploads/{vid}/reject", headers=_auth(other)).status_code == 403
+
+
+# Portal -----------------------------------------------------------------------------------
+
+
+def test_portal_upload_and_mapping_form(client, auth, users, database, settings) -> None:
+    users.make("nadia", "contributor")
+    auth.login("nadia")
+    token = csrf_from(client, "/datasets")
+    resp = client.post("/datasets", data={
+        "csrf_token": token, "table": "episode",
+        "file": (io.BytesIO(EPISODE_CSV.encode()), "episodes.csv"),
+    }, content_type="multipart/form-data")
+    assert resp.status_code == 303
+    page = client.get(resp.location)
+    assert "uploaded" in page.get_data(as_text=True)
+    drain(database, settings)
+    vid = int(resp.location.rstrip("/").rsplit("/", 1)[1])
+    page = client.get(f"/datasets/{vid}").get_data(as_text=True)
+    assert 'name="target::Patient ID"' in page
+    # Sources not in the form keep the proposed match.
+    form = {"csrf_token": token, "target::Patient ID": "coi_id"}
+    resp = client.post(f"/datasets/{vid}/mapping", data=form)
+    assert resp.status_code == 303
+    status = json.loads(client.get(f"/datasets/{vid}/status.json").get_data(as_text=True))
+    assert status["state"] in ("processing", "awaiting_review")
