@@ -46,11 +46,11 @@ class DeidResult:
 
 def _generalise(name: str, values: pd.Series, kind: str) -> tuple[pd.Series, str]:
     if name == "age" or name.endswith("_age"):
-        return age_band(values), "generalise:5-year bands, 90+"
+        return age_band(values), "generalise to 5-year bands (90+ top-coded)"
     if name.startswith("weight"):
-        return round_to(values, 5), "generalise:rounded to 5 kg"
+        return round_to(values, 5), "generalise: round to 5 kg"
     if kind in ("date", "datetime"):
-        return month_of(values), "generalise:month"
+        return month_of(values), "generalise: keep the month only"
     return values, "keep (k-anonymity check pending)"
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -336,7 +337,7 @@ def _build_column(table: str, name: Any, spec: Any) -> Column:
         required=spec["required"],
         identifier=identifier,
         unit=unit,
-        alternate_units=alternate,
+        alternate_units=MappingProxyType(alternate),  # read-only: the default CDM is shared
         allowed=allowed,
         minimum=minimum,
         maximum=maximum,

@@ -150,7 +150,10 @@ def serve(hub: Hub, host: str | None, port: int | None) -> None:
         proxy = {"trusted_proxy": settings.trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
     server = create_server(app, host=host, port=port, threads=settings.threads,
-                           ident="cleanroom", clear_untrusted_proxy_headers=True, **proxy)
+                           ident="cleanroom", clear_untrusted_proxy_headers=True,
+                           # waitress's own cap (1 GiB by default) must not undercut ours.
+                           max_request_body_size=(settings.max_upload_mb << 20) + (1 << 20),
+                           **proxy)
     click.echo(f"Cleanroom portal on http://{host}:{server.effective_port}/ "
                f"(public URL {settings.public_url})")
 

@@ -75,11 +75,29 @@ def postgres_url() -> Iterator[str]:
 
 
 def _truncate_postgres(url: str) -> None:
+    """Empty every table. A test that leaked an open transaction (e.g. an unclosed streamed
+    response) would block this forever: fail within seconds instead, saying what is open."""
+    from sqlalchemy import exc
+
     engine = create_engine(normalise_url(url))
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL lock_timeout = '20s'"))
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    except exc.OperationalError:
+        with engine.connect() as conn:
+            leaks = conn.execute(text(
+                "SELECT state, left(query, 200) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )).all()
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))
+        raise RuntimeError(f"a previous test left a database transaction open: {leaks}") from None
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

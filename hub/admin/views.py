@@ -13,7 +13,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 from flask.typing import ResponseReturnValue
@@ -23,7 +22,7 @@ from hub.accounts import services as accounts
 from hub.accounts.models import Institution, InstitutionKind, Role, User
 from hub.audit.models import AuditEntry
 from hub.audit.services import verify
-from hub.db import get_db, utcnow
+from hub.db import get_database, get_db, utcnow
 from hub.errors import CleanroomError, NotFound
 from hub.web import actor, guard
 
@@ -152,24 +151,36 @@ def csv_safe(value: object) -> str:
 @bp.route("/audit.csv")
 @guard("read", "admin/audit")
 def audit_csv() -> ResponseReturnValue:
-    db = get_db()
     q, _ = _audit_query()
+    database = get_database()
+    get_db().rollback()  # the request's own transaction ends before streaming starts
 
     def rows() -> Iterator[str]:
+        """Page by id with a session of its own, holding no transaction between pages, so
+        a slow download never blocks writers (SQLite) or schema changes (PostgreSQL)."""
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["id", "at", "actor", "action", "target", "detail", "prev_hash",
                          "entry_hash"])
-        for e in db.scalars(q.order_by(AuditEntry.id).execution_options(yield_per=1000)):
-            writer.writerow([csv_safe(v) for v in (e.id, e.at, e.actor, e.action, e.target,
-                                                    e.detail, e.prev_hash, e.entry_hash)])
-            yield buf.getvalue()
-            buf.seek(0)
-            buf.truncate()
-        yield buf.getvalue()
+        last = 0
+        with database.sessionmaker() as s:
+            while True:
+                page = s.scalars(q.where(AuditEntry.id > last).order_by(AuditEntry.id)
+                                 .limit(1000)).all()
+                s.rollback()
+                if not page:
+                    break
+                for e in page:
+                    writer.writerow([csv_safe(v) for v in (e.id, e.at, e.actor, e.action,
+                                                            e.target, e.detail, e.prev_hash,
+                                                            e.entry_hash)])
+                last = page[-1].id
+                yield buf.getvalue()
+                buf.seek(0)
+                buf.truncate()
 
     return Response(
-        stream_with_context(rows()),
+        rows(),
         mimetype="text/csv",
         headers={"Content-Disposition": "attachment; filename=cleanroom-audit.csv"},
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -593,6 +593,18 @@ def _demo_institutions() -> list[tuple[str, str, str]]:
     return [row for row in INSTITUTIONS if row[2] != "steward"]
 
 
+def _data_manager(inst: Institution, fmt: SiteFormat, seed: int) -> str:
+    """Who exported the files: the institution's demo data user, or an invented one."""
+    from hub.demo import USERS
+
+    for _username, display, role, slug in USERS:
+        if slug == inst.slug and role == "contributor":
+            return display
+    fake = Faker(fmt.locale)
+    fake.seed_instance(seed)
+    return f"{fake.first_name()} {fake.last_name()}"
+
+
 # Products: what the numbers depend on -----------------------------------------------------
 
 
@@ -637,7 +649,6 @@ _HOSPITALS = (
     "Royal Harbour Infirmary",
     "Westgate General Hospital",
     "Northfield Cancer Centre",
-    "Kelvin Institute for Regenerative Medicine",
 )
 _COMMERCIAL_FACILITIES = {
     "axi-cel": "Meridian Biologics, Amsterdam",
@@ -680,7 +691,6 @@ class _Episode:
     phone: str
     email: str
     first_day: date
-    row: dict[str, Any] = field(default_factory=dict)
 
 
 class _Simulator:
@@ -823,7 +833,7 @@ class _Simulator:
             product = "academic"
         platform = "point_of_care" if product == "academic" else "central"
         if self.inst.kind == "manufacturer":
-            site = self._pick(_HOSPITALS[:4])
+            site = self._pick(_HOSPITALS)
         else:
             site = self.inst.name
         if indication == "ALL" and rng.random() < 0.55:
@@ -863,28 +873,29 @@ class _Simulator:
             email=self._email(name),
             first_day=day0,
         )
-        ep.row = {
-            "coi_id": ep.coi_id,
-            "site": site,
-            "product_class": "autologous_car_t",
-            "product": product,
-            "indication": indication,
-            "age": exact_age,
-            "sex": sex,
-            "weight_kg": ep.weight_kg,
-            "prior_lines": lines,
-            "bendamustine_exposure": benda,
-            "bridging": bool(rng.random() < 0.62),
-            "abo_rh": self._pick(_ABO, _ABO_P),
-            "patient_name": name,
-            "mrn": ep.mrn,
-            "date_of_birth": pd.Timestamp(dob),
-            "nhs_number": self._national_number(),
-            "phone": ep.phone,
-            "email": ep.email,
-            "address": self.fake.address().replace("\n", ", "),
-        }
-        self.tables["episode"].append(ep.row)
+        self.tables["episode"].append(
+            {
+                "coi_id": ep.coi_id,
+                "site": site,
+                "product_class": "autologous_car_t",
+                "product": product,
+                "indication": indication,
+                "age": exact_age,
+                "sex": sex,
+                "weight_kg": ep.weight_kg,
+                "prior_lines": lines,
+                "bendamustine_exposure": benda,
+                "bridging": bool(rng.random() < 0.62),
+                "abo_rh": self._pick(_ABO, _ABO_P),
+                "patient_name": name,
+                "mrn": ep.mrn,
+                "date_of_birth": pd.Timestamp(dob),
+                "nhs_number": self._national_number(),
+                "phone": ep.phone,
+                "email": ep.email,
+                "address": self.fake.address().replace("\n", ", "),
+            }
+        )
 
         collection = self._collect(ep, day0)
         outcome, mode = self._outcome(ep, collection, first=True)
@@ -1026,8 +1037,11 @@ class _Simulator:
                 t = t + timedelta(days=int(rng.integers(3, 13)), hours=self._u(0, 3))
             t = t + timedelta(hours=self._u(0.5, 2))
             self._custody(ep, col["din"], "packed", t, col["_facility"], None, fresh=fresh)
-            if poc:
+            if poc:  # an internal hand-over from the apheresis unit to the GMP unit
                 received = t + timedelta(hours=self._u(0.3, 1.5))
+                self._custody(
+                    ep, col["din"], "received", received, col["_facility"], facility, fresh=fresh
+                )
             else:
                 t = t + timedelta(hours=self._u(0.5, 3))
                 ship = self._shipment()
@@ -1052,10 +1066,6 @@ class _Simulator:
                     fresh=fresh,
                     shipment=ship,
                     receipt=True,
-                )
-            if poc:  # an internal hand-over from the apheresis unit to the GMP unit
-                self._custody(
-                    ep, col["din"], "received", received, col["_facility"], facility, fresh=fresh
                 )
             start = received.date() + timedelta(days=int(received.hour >= 15))
         else:  # remanufacture from retained cryopreserved starting material
@@ -1629,7 +1639,9 @@ def generate(
         if fmt.key == "csv":
             paths = [_write_csv(site[t], folder / fmt.files[t]) for t in TABLES]
         elif fmt.key == "xlsx":
-            paths = [_write_xlsx(site, inst, fmt, tables, folder / f"{inst.slug}_{fmt.workbook}")]
+            manager = _data_manager(inst, fmt, seed)
+            path = folder / f"{inst.slug}_{fmt.workbook}"
+            paths = [_write_xlsx(site, inst, fmt, tables, manager, path)]
         else:
             paths = [_write_parquet(site[t], t, fmt, folder / fmt.files[t]) for t in TABLES]
         written += paths
@@ -1662,13 +1674,14 @@ def _write_xlsx(
     inst: Institution,
     fmt: SiteFormat,
     tables: dict[str, pd.DataFrame],
+    manager: str,
     path: Path,
 ) -> Path:
     exported = max(tables["custody_event"]["timestamp"]).date() + timedelta(days=3)
     notes = [
         f"{inst.name}: cell therapy register export",
-        f"Exported {exported:%d/%m/%Y} by the cell therapy data manager, Tom Achterberg "
-        "(tom.achterberg@example.org).",
+        f"Exported {exported:%d/%m/%Y} by the cell therapy data manager, {manager} "
+        f"({manager.lower().replace(' ', '.')}@example.org).",
         "One sheet per register: Patients, Apheresis, Custody log, Manufacturing, QC results, "
         "Deviations, Infusions.",
         "Units: CD3 counts in 10^9/L; blasts, viability, transduction and CD3+ as fractions "

@@ -157,10 +157,12 @@ def _next_version(session: Session, institution_id: int | None, table: str) -> i
 
 
 @contextmanager
-def _raw_copy(storage: Storage, key: str) -> Iterator[Path]:
-    """The raw upload as a local temporary file (parsers need to seek), removed afterwards."""
+def _raw_copy(storage: Storage, version: DatasetVersion) -> Iterator[Path]:
+    """The raw upload as a local temporary file (parsers need to seek; openpyxl wants the
+    extension), removed afterwards."""
+    key = version.raw_key
     with tempfile.TemporaryDirectory(prefix="cleanroom-ingest-") as tmp:
-        path = Path(tmp) / "raw"
+        path = Path(tmp) / f"raw.{version.file_kind or 'bin'}"
         with path.open("wb") as out:
             for chunk in storage.iter_chunks(key):
                 out.write(chunk)
@@ -233,7 +235,7 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(5, "reading the file")
     table = cdm_table(version.cdm_table)
     try:
-        with _raw_copy(storage, version.raw_key) as path:
+        with _raw_copy(storage, version) as path:
             sheet = version.sheet or None
             sheets: list[str] = []
             if version.file_kind == FileKind.XLSX:
@@ -409,7 +411,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     proposal = MappingProposal.from_dict(json.loads(version.mapping))
     ctx.progress(5, "reading the file")
     try:
-        with _raw_copy(storage, version.raw_key) as path:
+        with _raw_copy(storage, version) as path:
             parsed = _read(ctx, version, path, version.sheet)
     except IngestError as err:
         _fail(ctx.database, version_id, err.message)
@@ -424,6 +426,10 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     classes = {c.name: str(c.identifier) for c in table.columns}
     kinds = {c.name: str(c.type) for c in table.columns}
     deid = deidentify(valid, classes, key, kinds=kinds)
+    # The pool keeps every CDM column (one schema per table); the report names only the
+    # columns this file brought.
+    mapped = set(proposal.as_mapping().values())
+    deid.actions = [a for a in deid.actions if a.column in mapped]
     ctx.progress(85, "staging the de-identified version")
     prefix = _staging_prefix(version)
     staged_key = f"{prefix}/deidentified.parquet"

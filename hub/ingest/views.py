@@ -112,7 +112,7 @@ def upload() -> ResponseReturnValue:
     table = request.form.get("table", "")
     if file is None or not file.filename:
         flash("choose a file to upload.", "error")
-        return redirect(url_for("datasets.index"))
+        return redirect(url_for("datasets.index"), 303)
     try:
         version = _upload(table, file.filename, file.stream, request.form.get("sheet", ""))
     except CleanroomError as err:
@@ -226,6 +226,7 @@ def download(version_id: int, which: str) -> ResponseReturnValue:
     if not key:
         raise NotFound("this report is not available (yet, or any more).")
     name = f"{version.cdm_table}-v{version.version}-{which}.csv"
+    get_db().rollback()  # hold no transaction while a slow client reads the file
     return Response(
         stream_with_context(_storage().iter_chunks(key)),
         mimetype="text/csv",

@@ -37,15 +37,25 @@ def cdm() -> CommonDataModel:
     return load_cdm()
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml keeps these tests fast
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@pytest.fixture(scope="module")
+def contract() -> dict[str, Any]:
+    return yaml.load(DEFAULT_PATH.read_text(encoding="utf-8"), Loader=_LOADER)  # noqa: S506 - safe loader
+
+
 @pytest.fixture
-def raw() -> dict[str, Any]:
+def raw(contract: dict[str, Any]) -> dict[str, Any]:
     """The contract as plain data, to break in one place per test."""
-    return copy.deepcopy(yaml.safe_load(DEFAULT_PATH.read_text(encoding="utf-8")))
+    return copy.deepcopy(contract)
 
 
 def _load_broken(tmp_path: Path, data: dict[str, Any] | str) -> str:
     path = tmp_path / "cdm.yaml"
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True))
+    text = data if isinstance(data, str) else yaml.dump(data, Dumper=_DUMPER, allow_unicode=True)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError) as info:
         load_cdm(path)
     return str(info.value)

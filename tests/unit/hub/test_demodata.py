@@ -129,9 +129,9 @@ def test_parquet_has_native_types_units_and_month_first_dates(written: Path) -> 
 
 
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
-    first = generate(tmp_path / "a", institutions=3, patients=20, seed=11)
-    second = generate(tmp_path / "b", institutions=3, patients=20, seed=11)
-    other = generate(tmp_path / "c", institutions=3, patients=20, seed=12)
+    first = generate(tmp_path / "a", institutions=3, patients=10, seed=11)
+    second = generate(tmp_path / "b", institutions=3, patients=10, seed=11)
+    other = generate(tmp_path / "c", institutions=3, patients=10, seed=12)
     assert [p.relative_to(tmp_path / "a") for p in first] == [
         p.relative_to(tmp_path / "b") for p in second
     ]

@@ -140,11 +140,12 @@ def test_reports_are_downloadable_and_formula_safe(client: FlaskClient, token: s
     client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
     drain(database, settings)
     auth.login("nadia")
-    held = client.get(f"/datasets/{vid}/held-back.csv")
-    assert held.status_code == 200
-    text = held.get_data(as_text=True)
+    with client.get(f"/datasets/{vid}/held-back.csv") as held:  # streamed: close it
+        assert held.status_code == 200
+        text = held.get_data(as_text=True)
     assert "130" in text and "row" in text.splitlines()[0]
-    report = client.get(f"/datasets/{vid}/report.csv").get_data(as_text=True)
+    with client.get(f"/datasets/{vid}/report.csv") as resp:
+        report = resp.get_data(as_text=True)
     assert "age" in report
     for line in report.splitlines():
         for cell in line.split(","):

@@ -1,0 +1,356 @@
+"""Parse + map + validate of a site's ``batch`` table against a plain typed pandas read.
+
+Generates N rows x 30 columns in a temporary directory (not timed): the 21 columns of the CDM
+``batch`` table under site-style header names taken from its synonyms (``Lot No.``,
+``Viability (%)``, ``TVC (x10^9)``, a day-first ``Expiry Date`` ...) and 9 site columns the
+CDM does not know, with realistic values and about 1-2 % invalid rows (repeated lots, empty
+required cells, impossible dates, values out of range or not allowed).
+
+Then times, separately and in total, what the ingest jobs do: ``sniff_file`` + ``read_table``
+(parse), ``propose_mapping`` + ``apply_mapping`` (map) and ``validate`` (validate). The
+baseline, run in the same process, is the least any typed ingest must do:
+``pandas.read_csv(path, dtype=str)`` followed by ``pd.to_numeric`` / ``pd.to_datetime`` (with
+the right format given) on the same numeric and date columns.
+
+Prints times, rows/s, peak RSS per step (a thread sampling ``/proc/self/statm``) and for the
+process (``ru_maxrss``), the ratio against the baseline and whether the issue's target
+(parse + map + validate of 1,000,000 x 30 in under 60 s) is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from contracts.cdm import load_cdm
+from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
+from hub.ingest.parsing import FileKind, ParsedTable, read_table, sniff_file
+from hub.ingest.validation import validate
+
+TARGET_ROWS = 1_000_000
+TARGET_SECONDS = 60.0
+CHUNK_ROWS = 100_000
+
+# CDM column -> the site's header for it (all synonyms in contracts/cdm.yaml).
+HEADERS = {
+    "lot_id": "Lot No.",
+    "coi_id": "Patient ID",
+    "din": "Source DIN",
+    "product_code": "ISBT Product Code",
+    "processing_facility": "Manufacturing Site",
+    "platform": "Mfg Model",
+    "manufacturing_start": "Culture Start",
+    "release_date": "QA Release",
+    "expiration_date": "Expiry Date",
+    "product_status": "Lot Status",
+    "manufacturing_outcome": "Mfg Outcome",
+    "culture_days": "Days in Culture",
+    "moi": "MOI",
+    "fold_expansion": "Fold Expansion",
+    "viability": "Viability (%)",
+    "transduction_efficiency": "CAR+ (%)",
+    "vcn": "VCN (copies/cell)",
+    "cd3_pct": "CD3+ (%)",
+    "cd4_cd8_ratio": "Final CD4/CD8",
+    "total_viable_cells": "TVC (x10^9)",
+    "released_by": "QP Name",
+}
+EXTRA = [  # site columns the CDM does not know: left unmapped
+    "Batch Record Rev",
+    "Incubator",
+    "Media Lot",
+    "Vector Lot",
+    "Cryobag Type",
+    "QC Analyst",
+    "Shift",
+    "Deviation Ref",
+    "Internal Comments",
+]
+NUMERIC = [
+    "Days in Culture",
+    "MOI",
+    "Fold Expansion",
+    "Viability (%)",
+    "CAR+ (%)",
+    "VCN (copies/cell)",
+    "CD3+ (%)",
+    "Final CD4/CD8",
+    "TVC (x10^9)",
+]
+DATES = {"Culture Start": "ISO8601", "QA Release": "ISO8601", "Expiry Date": "%d/%m/%Y"}
+
+SITES = ["Leiden GMP Unit", "Hopital Saint-Louis CTU", "Charite CAR-T Lab", "Karolinska Vecura"]
+NAMES = ["A. Jansen", "M. Dubois", "K. Schmidt", "L. Rossi", "E. Lindqvist", "S. Novak"]
+COMMENTS = [
+    "",
+    "",
+    "",
+    "",
+    "slow expansion, day 9 feed",
+    "bag label reprinted; see DEV",
+    "harvest delayed 2 h, QA informed",
+    'operator note: "clumps" at day 5',
+]
+
+
+def _pick(rng: np.random.Generator, values: list[str], n: int) -> np.ndarray:
+    return np.array(values, dtype=object)[rng.integers(0, len(values), n)]
+
+
+def _spoil(rng: np.random.Generator, values: np.ndarray, share: float, bad: list[str]) -> None:
+    """Replace about ``share`` of ``values`` in place with one of ``bad``."""
+    hit = rng.random(len(values)) < share
+    values[hit] = _pick(rng, bad, int(hit.sum()))
+
+
+def _decimals(rng: np.random.Generator, low: float, high: float, n: int, digits: int) -> Any:
+    return np.round(rng.uniform(low, high, n), digits).astype(str).astype(object)
+
+
+def _chunk(rng: np.random.Generator, start: int, n: int) -> pd.DataFrame:
+    """Rows ``start`` .. ``start + n`` of the benchmark table, columns in file order."""
+    seq = np.arange(start, start + n)
+    lots = pd.Series(seq).map("CT24-{:07d}".format).to_numpy(dtype=object)
+    repeat = rng.random(n) < 0.0005  # a lot entered twice: duplicate key
+    lots[repeat] = pd.Series(np.maximum(seq[repeat] - 1, 0)).map("CT24-{:07d}".format)
+    coi = pd.Series(rng.integers(0, 400_000, n)).map("COI-{:06d}".format).to_numpy(dtype=object)
+    _spoil(rng, coi, 0.001, [""])  # required and empty
+    din = pd.Series(rng.integers(0, 10**6, n)).map("W1234 24 {:06d}".format).to_numpy(dtype=object)
+    _spoil(rng, din, 0.05, [""])
+    start_day = np.datetime64("2022-01-01") + rng.integers(0, 1000, n)
+    release = start_day + rng.integers(10, 30, n)
+    expiry = pd.DatetimeIndex(release + 365).strftime("%d/%m/%Y").to_numpy(dtype=object)
+    _spoil(rng, expiry, 0.002, ["31/02/2025", "TBD", "n/a"])
+    manufacturing_start = start_day.astype(str).astype(object)
+    _spoil(rng, manufacturing_start, 0.001, ["2023-13-01", "unknown"])
+    platform = _pick(rng, ["central", "central", "Central", "point of care", "point_of_care"], n)
+    _spoil(rng, platform, 0.001, ["decentral"])
+    status = _pick(rng, ["available", "applied", "applied", "processed", "discarded"], n)
+    _spoil(rng, status, 0.001, ["Released", "quarantine"])
+    outcome = _pick(rng, ["conforming"] * 8 + ["Non-conforming", "failed"], n)
+    days = rng.integers(7, 15, n).astype(str).astype(object)
+    _spoil(rng, days, 0.001, ["10.5", "45", "ten"])
+    viability = _decimals(rng, 70, 99.9, n, 1)
+    _spoil(rng, viability, 0.002, ["n/a", "105.2", "NA"])
+    columns = {
+        "Lot No.": lots,
+        "Patient ID": coi,
+        "Source DIN": din,
+        "ISBT Product Code": _pick(rng, ["S2080V00", "S2081V00", "X0519V00"], n),
+        "Manufacturing Site": _pick(rng, SITES, n),
+        "Mfg Model": platform,
+        "Culture Start": manufacturing_start,
+        "QA Release": release.astype(str).astype(object),
+        "Expiry Date": expiry,
+        "Lot Status": status,
+        "Mfg Outcome": outcome,
+        "Days in Culture": days,
+        "MOI": _decimals(rng, 1, 5, n, 1),
+        "Fold Expansion": _decimals(rng, 10, 200, n, 1),
+        "Viability (%)": viability,
+        "CAR+ (%)": _decimals(rng, 10, 80, n, 1),
+        "VCN (copies/cell)": _decimals(rng, 0.5, 5, n, 2),
+        "CD3+ (%)": _decimals(rng, 85, 99.9, n, 1),
+        "Final CD4/CD8": _decimals(rng, 0.2, 5, n, 2),
+        "TVC (x10^9)": _decimals(rng, 0.5, 20, n, 2),
+        "QP Name": _pick(rng, NAMES, n),
+        "Batch Record Rev": _pick(rng, ["BR-0012 rev 3", "BR-0012 rev 4", "BR-0031 rev 1"], n),
+        "Incubator": pd.Series(rng.integers(1, 13, n)).map("INC-{:02d}".format).to_numpy(),
+        "Media Lot": pd.Series(rng.integers(0, 900, n)).map("ML2403-{:03d}".format).to_numpy(),
+        "Vector Lot": pd.Series(rng.integers(0, 120, n)).map("VL-23-{:04d}".format).to_numpy(),
+        "Cryobag Type": _pick(rng, ["CryoMACS 250", "CryoMACS 500", "CellSeal 20 mL"], n),
+        "QC Analyst": _pick(rng, ["AJ", "MD", "KS", "LR"], n),
+        "Shift": _pick(rng, ["day", "night"], n),
+        "Deviation Ref": _pick(rng, [""] * 19 + ["DEV-2024-0117"], n),
+        "Internal Comments": _pick(rng, COMMENTS, n),
+    }
+    assert list(columns) == [*HEADERS.values(), *EXTRA]
+    return pd.DataFrame(columns)
+
+
+def generate(path: Path, rows: int, seed: int = 1) -> None:
+    """Write the benchmark CSV (UTF-8, comma-separated, quoted where needed) in chunks."""
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8", newline="") as out:
+        for start in range(0, rows, CHUNK_ROWS):
+            chunk = _chunk(rng, start, min(CHUNK_ROWS, rows - start))
+            chunk.to_csv(out, header=start == 0, index=False, lineterminator="\n")
+
+
+class RssSampler:
+    """Resident set size of this process from ``/proc/self/statm`` every ``interval`` s in a
+    thread; :meth:`measure` reports the peak seen while a step ran. A step that holds the
+    GIL delays the samples, so a peak may be missed: ``ru_maxrss`` is the exact one."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.rss())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def measure(self, fn: Callable[[], Any]) -> tuple[Any, float, int, int]:
+        """``fn()``, its wall time, RSS before it and the peak RSS while it ran (bytes)."""
+        before = self.rss()
+        self.peak = before
+        start = time.perf_counter()
+        result = fn()
+        elapsed = time.perf_counter() - start
+        return result, elapsed, before, max(self.peak, self.rss())
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def baseline(path: Path) -> pd.DataFrame:
+    """The least a typed ingest does: read as strings, then type the numbers and dates."""
+    frame = pd.read_csv(path, dtype=str)
+    for name in NUMERIC:
+        frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    for name, fmt in DATES.items():
+        frame[name] = pd.to_datetime(frame[name], errors="coerce", format=fmt)
+    return frame
+
+
+def pipeline(
+    path: Path, rows: int, sampler: RssSampler, steps: dict[str, list[tuple[float, int]]]
+) -> dict[str, Any]:
+    """One parse, map and validate of the file as the ingest jobs do them; appends each
+    step's (time, peak RSS) to ``steps`` and returns the validation summary."""
+    table = load_cdm().table("batch")
+
+    def parse() -> ParsedTable:
+        assert sniff_file(path) is FileKind.CSV
+        return read_table(path, FileKind.CSV)
+
+    parsed, took, _, peak = sampler.measure(parse)
+    steps["parse"].append((took, peak))
+    assert parsed.rows == rows, parsed.warnings
+
+    def map_() -> tuple[MappingProposal, pd.DataFrame]:
+        proposal = propose_mapping(parsed.frame, table)
+        return proposal, apply_mapping(parsed.frame, proposal, table)
+
+    (proposal, mapped), took, _, peak = sampler.measure(map_)
+    steps["map"].append((took, peak))
+    wrong = {s: t for s, t in proposal.as_mapping().items() if HEADERS.get(t) != s}
+    assert len(proposal.as_mapping()) == len(HEADERS) and not wrong, proposal.to_dict()
+
+    result, took, _, peak = sampler.measure(
+        lambda: validate(mapped, table, factors=proposal.factors())
+    )
+    steps["validate"].append((took, peak))
+    return result.summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=TARGET_ROWS)
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs each")
+    args = parser.parse_args()
+    mib = float(1 << 20)
+    sampler = RssSampler()
+    sampler.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "batch.csv"
+        start = time.perf_counter()
+        generate(path, args.rows)
+        made = time.perf_counter() - start
+        size = path.stat().st_size
+        print(
+            f"file: {args.rows:,} rows x {len(HEADERS) + len(EXTRA)} columns "
+            f"({len(HEADERS)} batch columns + {len(EXTRA)} unmapped site columns), "
+            f"{size / mib:.1f} MiB"
+        )
+        print(f"(generated in {made:.1f} s, not timed; best of {args.repeat} run(s) each)")
+        gc.collect()
+
+        base: list[tuple[float, int]] = []
+        steps: dict[str, list[tuple[float, int]]] = {"parse": [], "map": [], "validate": []}
+        rss_baseline = 0.0
+        summary: dict[str, Any] = {}
+        for _ in range(args.repeat):  # alternate, so neither side gets a warmer cache
+            frame, took, _, peak = sampler.measure(lambda: baseline(path))
+            base.append((took, peak))
+            assert frame.shape == (args.rows, len(HEADERS) + len(EXTRA))
+            del frame
+            gc.collect()
+            rss_baseline = rss_baseline or peak_rss_mib()  # before the pipeline ever ran
+            summary = pipeline(path, args.rows, sampler, steps)
+            gc.collect()
+    sampler.stop()
+
+    def best(runs: list[tuple[float, int]]) -> tuple[float, float]:
+        took, peak = min(runs)
+        return took, peak / mib
+
+    n = args.rows
+    base_t, base_peak = best(base)
+    times = {name: best(runs) for name, runs in steps.items()}
+    total = sum(t for t, _ in times.values())
+    print(
+        f"mapped {len(HEADERS)} of {len(HEADERS) + len(EXTRA)} columns; valid rows "
+        f"{summary['valid_rows']:,}, held back {summary['invalid_rows']:,} "
+        f"({', '.join(f'{k} {v:,}' for k, v in sorted(summary['by_rule'].items()))})"
+    )
+    print(
+        f"baseline read_csv(dtype=str) + to_numeric/to_datetime: {base_t:7.2f} s "
+        f"({n / base_t:>9,.0f} rows/s)  peak RSS {base_peak:,.0f} MiB"
+    )
+    labels = {
+        "parse": "parse    (sniff_file + read_table)",
+        "map": "map      (propose_mapping + apply_mapping)",
+        "validate": "validate (validate)",
+    }
+    for name, (took, peak) in times.items():
+        print(
+            f"{labels[name]:<54} {took:7.2f} s ({n / took:>9,.0f} rows/s)  peak RSS {peak:,.0f} MiB"
+        )
+    print(f"{'total parse + map + validate':<54} {total:7.2f} s ({n / total:>9,.0f} rows/s)")
+    print(f"ratio total/baseline: {total / base_t:.2f}x")
+    print(
+        f"peak RSS (ru_maxrss): {peak_rss_mib():,.0f} MiB (baseline alone: {rss_baseline:,.0f} MiB)"
+    )
+    if n == TARGET_ROWS:
+        verdict = "met" if total < TARGET_SECONDS else "not met"
+        print(f"target: < {TARGET_SECONDS:.0f} s for {TARGET_ROWS:,} rows: {verdict}")
+    else:
+        estimate = total * TARGET_ROWS / n
+        print(
+            f"target: < {TARGET_SECONDS:.0f} s for {TARGET_ROWS:,} rows: not checked at "
+            f"{n:,} rows (linear estimate {estimate:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
