@@ -205,7 +205,9 @@ def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
     return json.loads(row.mapping) if row else {}
 
 
-def _fail(database: Database, version_id: int, message: str) -> None:
+def _fail(database: Database, storage: Storage, version_id: int, message: str) -> None:
+    """The file cannot be ingested: say why, and keep nothing of it (the record stays, as
+    history; the quarantine objects go once the state says so)."""
     with database.session() as s:
         version = get_version(s, version_id)
         version.state = VersionState.FAILED
@@ -217,6 +219,13 @@ def _fail(database: Database, version_id: int, message: str) -> None:
             target=f"dataset:{version_id}",
             detail={"error": message},
         )
+    with database.session() as s:
+        version = get_version(s, version_id)
+        for attr in ("raw_key", "staged_key", "held_key", "report_key"):
+            key = getattr(version, attr)
+            if key:
+                storage.delete(key)
+                setattr(version, attr, "")
 
 
 def _read(ctx: JobContext, version: DatasetVersion, path: Path, sheet: str | None) -> Any:
@@ -251,7 +260,7 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
             ctx.progress(30, "parsing")
             parsed = _read(ctx, version, path, sheet)
     except IngestError as err:
-        _fail(ctx.database, version_id, err.message)
+        _fail(ctx.database, storage, version_id, err.message)
         return {"state": VersionState.FAILED}
     ctx.progress(70, "matching columns to the common data model")
     with ctx.database.session() as s:
@@ -414,7 +423,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
         with _raw_copy(storage, version) as path:
             parsed = _read(ctx, version, path, version.sheet)
     except IngestError as err:
-        _fail(ctx.database, version_id, err.message)
+        _fail(ctx.database, storage, version_id, err.message)
         return {"state": VersionState.FAILED}
     ctx.progress(25, "mapping columns")
     mapped = apply_mapping(parsed.frame, proposal, table)
@@ -550,7 +559,6 @@ def reject(session: Session, storage: Storage, version: DatasetVersion, *, actor
         VersionState.AWAITING_SHEET,
         VersionState.AWAITING_MAPPING,
         VersionState.AWAITING_REVIEW,
-        VersionState.FAILED,
         doing="discarded",
     )
     version.state = VersionState.REJECTED

@@ -300,3 +300,43 @@ def test_portal_upload_and_mapping_form(client, auth, users, database, settings)
     assert resp.status_code == 303
     status = json.loads(client.get(f"/datasets/{vid}/status.json").get_data(as_text=True))
     assert status["state"] in ("processing", "awaiting_review")
+
+
+def _zip_bomb() -> bytes:
+    """An 'XLSX' whose one sheet inflates from a few KB to 64 MiB of zeros."""
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("[Content_Types].xml", "<Types/>")
+        zf.writestr("xl/workbook.xml", "<workbook/>")
+        with zf.open("xl/worksheets/sheet1.xml", "w") as member:
+            block = b"\0" * (1 << 20)
+            for _ in range(64):
+                member.write(block)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "filename, data, needle",
+    [
+        ("bomb.xlsx", _zip_bomb(), "zip bomb"),
+        ("ragged.csv", "a,b,c\n1,2,3\n4,5,6,7,8\n", "line 3 has 5 fields"),
+        ("wide.csv", ",".join(f"c{i}" for i in range(100_000)) + "\n", "100,000 columns"),
+    ],
+    ids=["zip-bomb", "ragged-rows", "100k-columns"],
+)
+def test_files_refused_while_parsing_fail_and_keep_nothing(client, token, database, settings,
+                                                           app, filename, data,
+                                                           needle) -> None:
+    resp = upload(client, token, "episode", filename, data)
+    assert resp.status_code == 201  # accepted by content sniffing; the parser decides
+    vid = resp.get_json()["id"]
+    drain(database, settings)
+    failed = show(client, token, vid)
+    assert failed["state"] == "failed"
+    assert needle in failed["error"], failed["error"]
+    assert list(app.extensions["cleanroom.storage"].list("quarantine/")) == []
+    with database.session() as s:
+        v = s.get(DatasetVersion, vid)
+        assert v is not None and v.raw_key == ""
