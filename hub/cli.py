@@ -4,58 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
-from functools import cached_property
 from typing import Any
 
 import click
-from sqlalchemy import exc as sa_exc
 
-from hub.db import Database, check_connection, describe_operational_error
+from hub.command import CleanroomGroup, Hub, pass_hub
 from hub.errors import CleanroomError
-from hub.settings import Settings, load_settings, settings_markdown
-
-
-class Hub:
-    """What subcommands share: settings and the database, opened on first use."""
-
-    @cached_property
-    def settings(self) -> Settings:
-        return load_settings()
-
-    @cached_property
-    def database(self) -> Database:
-        db = Database(self.settings.effective_database_url)
-        check_connection(db.engine, db.url)
-        return db
-
-    def require_current_schema(self) -> Database:
-        from hub import schema
-
-        db = self.database
-        current, head = schema.current_revision(db), schema.head_revision(db)
-        if current != head:
-            raise click.ClickException(
-                f"the database schema is at revision {current or '(empty)'} but this Cleanroom "
-                f"needs {head}: run `cleanroom db upgrade` first."
-            )
-        return db
-
-
-pass_hub = click.make_pass_decorator(Hub, ensure=True)
-
-
-class CleanroomGroup(click.Group):
-    """Turns the project's errors into one readable line and a non-zero exit."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CleanroomError as err:
-            raise click.ClickException(err.message) from None
-        except (sa_exc.OperationalError, sa_exc.InterfaceError) as err:
-            hub = ctx.find_object(Hub)
-            url = hub.settings.effective_database_url if hub else "?"
-            raise click.ClickException(describe_operational_error(url, err)) from None
+from hub.settings import Settings, settings_markdown
 
 
 @click.group(cls=CleanroomGroup)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from hub.accounts import services
 from hub.accounts.models import Institution, User
-from hub.cli import Hub, pass_hub
+from hub.command import Hub, pass_hub
 
 INSTITUTIONS = (
     ("cleanroom-steward", "Cleanroom Stewardship Office", "steward"),
@@ -106,6 +106,7 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
             for _, table, sheet, path in sorted(uploads, key=lambda u: u[0]):
                 with database.session() as s, path.open("rb") as fh:
                     user = s.scalar(select(User).where(User.username == username))
+                    assert user is not None  # checked above
                     v = ingest.start_upload(s, hub.settings, storage, user=user, table=table,
                                             filename=path.name, stream=fh, sheet=sheet or "")
                     vid = v.id

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from hub.accounts import services
 from hub.accounts.models import ApiToken, Institution, InstitutionKind, Role, User
-from hub.cli import Hub, pass_hub
+from hub.command import Hub, pass_hub
 
 ACTOR = "cli"
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from hub.audit.models import AuditEntry
 from hub.audit.services import verify
-from hub.cli import Hub, pass_hub
+from hub.command import Hub, pass_hub
 
 
 @click.group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 import requests
 
-from hub.cli import Hub, pass_hub
+from hub.command import Hub, pass_hub
 
 
 class _ProgressReader:
@@ -63,9 +64,7 @@ def upload(
     params = {"table": table, "filename": file.name, "sheet": sheet}
     size = os.path.getsize(file)
     try:
-        with click.progressbar(
-            length=size, label=f"uploading {file.name}", file=click.get_text_stream("stderr")
-        ) as bar:
+        with click.progressbar(length=size, label=f"uploading {file.name}", file=sys.stderr) as bar:
             body = _ProgressReader(file, bar)
             try:
                 resp = requests.post(
@@ -93,9 +92,7 @@ def upload(
 
 def _follow(base: str, headers: dict[str, str], version_id: int) -> None:
     last = -1
-    with click.progressbar(
-        length=100, label="processing", file=click.get_text_stream("stderr")
-    ) as bar:
+    with click.progressbar(length=100, label="processing", file=sys.stderr) as bar:
         while True:
             resp = requests.get(f"{base}/api/v1/uploads/{version_id}", headers=headers, timeout=30)
             if resp.status_code != 200:

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -34,15 +34,21 @@ from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
-from hub.ingest.parsing import FileKind, IngestError, list_sheets, read_table, safe_filename, sniff
+from hub.ingest.parsing import (
+    SNIFF_BYTES,
+    FileKind,
+    IngestError,
+    list_sheets,
+    read_table,
+    safe_filename,
+    sniff,
+)
 from hub.ingest.validation import csv_safe, report_csv, validate
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
 
 log = logging.getLogger(__name__)
-
-SNIFF_BYTES = 64 * 1024
 
 
 def cdm_table(name: str) -> Table:
@@ -82,7 +88,7 @@ def start_upload(
     user: User,
     table: str,
     filename: str,
-    stream: IO[bytes],
+    stream: BinaryIO,
     sheet: str = "",
 ) -> DatasetVersion:
     """Stream an upload into quarantine, sniff it, record the version and queue profiling.

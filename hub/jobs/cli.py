@@ -7,7 +7,7 @@ import json
 import click
 from sqlalchemy import select
 
-from hub.cli import Hub, pass_hub
+from hub.command import Hub, pass_hub
 from hub.jobs.models import Job
 from hub.jobs.services import enqueue, get_job, job_dict, load_task_modules
 
