@@ -277,6 +277,18 @@ def api_show(version_id: int) -> ResponseReturnValue:
     return jsonify({**services.version_dict(version), "progress": _progress(version)})
 
 
+@api.route("/<int:version_id>/sheet", methods=["POST"])
+@guard("map", "datasets/{version_id}", scope="upload", owner=_same_institution)
+def api_sheet(version_id: int) -> ResponseReturnValue:
+    """Body: ``{"sheet": name}`` for a workbook awaiting its sheet choice."""
+    body = request.get_json(silent=True) or {}
+    db = get_db()
+    version = services.get_version(db, version_id)
+    services.choose_sheet(db, _settings(), version, str(body.get("sheet", "")), actor=actor())
+    db.commit()
+    return jsonify(services.version_dict(version))
+
+
 @api.route("/<int:version_id>/mapping", methods=["POST"])
 @guard("map", "datasets/{version_id}", scope="upload", owner=_same_institution)
 def api_mapping(version_id: int) -> ResponseReturnValue:

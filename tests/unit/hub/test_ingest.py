@@ -340,3 +340,36 @@ def test_files_refused_while_parsing_fail_and_keep_nothing(client, token, databa
     with database.session() as s:
         v = s.get(DatasetVersion, vid)
         assert v is not None and v.raw_key == ""
+
+
+def _workbook(sheets: dict[str, str]) -> bytes:
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    wb.remove(wb.active)
+    for name, csv_text in sheets.items():
+        ws = wb.create_sheet(name)
+        for line in csv_text.strip().splitlines():
+            ws.append(line.split(";"))
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
+    data = _workbook({"Read me": "Exported from the LIMS;\n",
+                      "Patients 2024": EPISODE_CSV.lstrip("\ufeff")})
+    vid = upload(client, token, "episode", "register.xlsx", data).get_json()["id"]
+    drain(database, settings)
+    waiting = show(client, token, vid)
+    assert waiting["state"] == "awaiting_sheet"
+    bad = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Nope"},
+                      headers=_auth(token))
+    assert bad.status_code == 400 and "Patients 2024" in bad.get_json()["error"]["message"]
+    ok = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Patients 2024"},
+                     headers=_auth(token))
+    assert ok.status_code == 200
+    drain(database, settings)
+    profiled = show(client, token, vid)
+    assert profiled["state"] == "awaiting_mapping" and profiled["sheet"] == "Patients 2024"
+    assert profiled["rows"] == 4
