@@ -1,0 +1,205 @@
+"""CGT pattern recognizers: vectorised fast path, Presidio recognizers, offline analyzer."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+from presidio_analyzer import AnalyzerEngine
+
+from anonymisation import nlp
+from anonymisation.recognizers import (
+    CGT_RECOGNIZERS,
+    COI_ID,
+    DATE,
+    DEVICE_SERIAL,
+    EMAIL,
+    ISBT_DIN,
+    ISBT_PRODUCT_CODE,
+    LOT_ID,
+    MRN,
+    PHONE,
+    UK_NHS,
+    US_SSN,
+    ValuePattern,
+    nhs_checksum_ok,
+)
+
+
+def _refuse(*args: object, **kwargs: object) -> None:
+    raise OSError("network access attempted during an offline test")
+
+
+@pytest.fixture(scope="session")
+def offline_analyzer() -> Iterator[AnalyzerEngine]:
+    """The analyzer, built and used with every socket connection refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _refuse)
+        patch.setattr(socket.socket, "connect_ex", _refuse)
+        patch.setattr(socket, "create_connection", _refuse)
+        yield nlp.get_analyzer()
+
+
+def _full(pattern: ValuePattern, values: list[str]) -> list[bool]:
+    return pattern.fullmatch(pd.Series(values, dtype=object)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "good", "bad"),
+    [
+        (
+            ISBT_DIN,
+            ["A9999 21 123456", "A999921123456", "W1234 24 000789 00 K", "G0001 19 654321 A1"],
+            ["A9999 21 12345", "O9999 21 123456", "9999 21 123456", "S2041A00"],
+        ),
+        (ISBT_PRODUCT_CODE, ["S11804A0", "S2041A00", "E0291V00"], ["S2041000", "H1234567"]),
+        (
+            COI_ID,
+            ["COI-A1234-21-000123", "COI-1", "A123421C000123", "A1234-21000123-C", "CoI 77"],
+            ["A9999 21 123456", "Prodigy", "UC21-00012"],
+        ),
+        (LOT_ID, ["LOT21000012", "Lot: 23A-991", "BATCH-2024-17"], ["UC21-00012", "Lotion"]),
+        (
+            MRN,
+            ["MRN123456", "MRN: 00123456", "mrn-12345678", "H1234567", "MRN-1234-5678"],
+            ["123456", "MRN", "HN12"],
+        ),
+        (DEVICE_SERIAL, ["TL12345678", "SN-00012345", "S/N 4471-22"], ["TL12", "Prodigy"]),
+        (EMAIL, ["a.b@example.com", "x+y@sub.example.co.uk"], ["a@b", "example.com"]),
+        (
+            PHONE,
+            [
+                "(212) 555-0123",
+                "212-555-0123",
+                "+1 212 555 0123",
+                "07700 900123",
+                "+44 (0)20 7946 0000",
+                "+49 30 1234567",
+                "0033 1 23 45 67 89",
+            ],
+            ["12.5", "2021", "1234", "S2041A00", "00000000000"],
+        ),
+        (
+            DATE,
+            [
+                "2021-03-14",
+                "2021-03-14T08:30:00Z",
+                "14/03/2021",
+                "3/14/21",
+                "14.03.2021",
+                "14 Mar 2021",
+                "March 14, 2021",
+                "14-Mar-2021",
+            ],
+            ["14/2021", "Mar", "2021", "12.5"],
+        ),
+    ],
+)
+def test_value_patterns_fullmatch(pattern: ValuePattern, good: list[str], bad: list[str]) -> None:
+    assert _full(pattern, good) == [True] * len(good)
+    assert _full(pattern, bad) == [False] * len(bad)
+
+
+def test_nhs_checksum_valid_and_invalid() -> None:
+    assert nhs_checksum_ok("943 476 5919")
+    assert nhs_checksum_ok("9434765919")
+    assert not nhs_checksum_ok("943 476 5918")  # wrong check digit
+    assert not nhs_checksum_ok("123 456 7890")  # check value 10: never issued
+    assert not nhs_checksum_ok("943476591")
+    assert _full(UK_NHS, ["943 476 5919", "943-476-5919", "943 476 5918"]) == [True, True, False]
+
+
+def test_ssn_structure_rules() -> None:
+    assert _full(US_SSN, ["123-45-6789", "000-12-3456", "666-12-3456", "123-00-6789"]) == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_contains_finds_identifiers_in_text_and_validates() -> None:
+    text = pd.Series(
+        [
+            "Quarantined unit A9999 21 123456 for Mr Smith (MRN 00123456).",
+            "NHS 943 476 5919 confirmed",
+            "NHS 943 476 5918 looks wrong",
+            "no identifiers here",
+        ],
+        dtype=object,
+    )
+    assert ISBT_DIN.contains(text).tolist() == [True, False, False, False]
+    assert MRN.contains(text).tolist() == [True, False, False, False]
+    assert UK_NHS.contains(text).tolist() == [False, True, False, False]
+
+
+def test_fast_path_is_vectorised_over_series() -> None:
+    values = pd.Series([f"COI-{i:06d}" for i in range(5000)] + [None], dtype=object)
+    mask = COI_ID.fullmatch(values)
+    assert mask.dtype == bool
+    assert int(mask.sum()) == 5000
+
+
+def test_cgt_recognizers_cover_entities() -> None:
+    entities = {r.supported_entities[0] for r in CGT_RECOGNIZERS}
+    assert {"ISBT_DIN", "ISBT_PRODUCT_CODE", "COI_ID", "LOT_ID", "MRN", "UK_NHS"} <= entities
+    assert "DEVICE_SERIAL" in entities
+    assert all(r.context for r in CGT_RECOGNIZERS)
+
+
+def test_presidio_nhs_recognizer_validates_checksum() -> None:
+    (nhs_rec,) = [r for r in CGT_RECOGNIZERS if r.supported_entities == ["UK_NHS"]]
+    good = nhs_rec.analyze("NHS number 943 476 5919", ["UK_NHS"])
+    bad = nhs_rec.analyze("NHS number 943 476 5918", ["UK_NHS"])
+    assert [r.start for r in good] == [11]
+    assert bad == []
+
+
+def test_offline_tldextract_never_fetches() -> None:
+    extractor = nlp.OFFLINE_TLD_EXTRACT
+    assert extractor.suffix_list_urls == ()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _refuse)
+        assert extractor("someone@example.co.uk").suffix == "co.uk"
+
+
+def test_analyzer_offline_finds_cgt_and_generic_entities(offline_analyzer: AnalyzerEngine) -> None:
+    names = {r.name for r in offline_analyzer.registry.recognizers}
+    assert "EmailRecognizer" not in names  # the networked stock recognizer is gone
+    assert "OfflineEmailRecognizer" in names
+    text = (
+        "Mail jane.doe@example.com about DIN A9999 21 123456, COI-A1234-21-000123, "
+        "MRN: 00123456, NHS 943 476 5919 and logger TL12345678. Dr Sarah Jones agreed."
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _refuse)
+        found = {
+            (r.entity_type, text[r.start : r.end])
+            for r in offline_analyzer.analyze(text, language="en")
+        }
+    for expected in [
+        ("EMAIL_ADDRESS", "jane.doe@example.com"),
+        ("ISBT_DIN", "A9999 21 123456"),
+        ("COI_ID", "COI-A1234-21-000123"),
+        ("UK_NHS", "943 476 5919"),
+        ("DEVICE_SERIAL", "TL12345678"),
+        ("PERSON", "Sarah Jones"),
+    ]:
+        assert expected in found
+    assert any(e == "MRN" and "00123456" in t for e, t in found)
+
+
+def test_get_analyzer_is_cached(offline_analyzer: AnalyzerEngine) -> None:
+    assert nlp.get_analyzer() is offline_analyzer
+
+
+def test_ner_batch_order_duplicates_and_cache(offline_analyzer: AnalyzerEngine) -> None:
+    texts = ["Called Sarah Jones at noon.", "Prodigy", "Called Sarah Jones at noon."]
+    spans = nlp.ner_batch(texts)
+    assert len(spans) == 3
+    assert spans[0] == spans[2]
+    assert ("PERSON", "Sarah Jones") in {(label, texts[0][s:e]) for s, e, label in spans[0]}
+    assert spans[1] == []
+    assert texts[0] in nlp._ner_cache

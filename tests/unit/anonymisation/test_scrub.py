@@ -1,0 +1,126 @@
+"""Free-text scrubbing with a fake analyzer and gazetteers."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from anonymisation.scrub import (
+    Gazetteer,
+    gazetteer_from_frame,
+    may_hold_entity,
+    merge_spans,
+    scrub_texts,
+)
+
+NAME = re.compile(r"\b(?:Dr|Mr|Ms) ([A-Z][a-z]+(?: [A-Z][a-z]+)?)")
+PHONE = re.compile(r"\+?\d[\d ]{8,}\d")
+
+
+class FakeAnalyzer:
+    """Finds titled capitalised names and phone numbers; records what it was given."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.calls = 0
+
+    def __call__(self, texts: list[str]) -> list[list[tuple[int, int, str]]]:
+        self.calls += 1
+        self.seen.extend(texts)
+        out = []
+        for text in texts:
+            spans = [(m.start(1), m.end(1), "PERSON") for m in NAME.finditer(text)]
+            spans += [(m.start(), m.end(), "PHONE_NUMBER") for m in PHONE.finditer(text)]
+            out.append(spans)
+        return out
+
+
+def test_names_replaced_and_placeholders_typed() -> None:
+    analyzer = FakeAnalyzer()
+    notes = pd.Series(["Bag checked by Dr Jane Doe, call +44 20 7946 0958", None])
+    result = scrub_texts(notes, analyzer)
+    assert result.texts.tolist() == ["Bag checked by Dr <PERSON>, call <PHONE_NUMBER>", None]
+    assert result.entities == {"PERSON": 1, "PHONE_NUMBER": 1}
+    assert result.texts_scanned == 1 and result.texts_changed == 1
+
+
+def test_gazetteer_catches_what_the_analyzer_misses() -> None:
+    frame = pd.DataFrame({"patient_name": ["John Smith", None], "mrn": ["MRN0042", "77123"]})
+    gaz = gazetteer_from_frame(frame, {"patient_name": "PERSON", "mrn": "MRN"})
+    notes = pd.Series(
+        [
+            "spoke to john  smith about delay",  # lowercase, double space: NER misses it
+            "Label shows mrn0042; 77123 on bag",
+            "Johnson and 771234 are not identifiers here",
+        ]
+    )
+    result = scrub_texts(notes, FakeAnalyzer(), gazetteer=gaz)
+    assert result.texts.tolist() == [
+        "spoke to <PERSON> about delay",
+        "Label shows <MRN>; <MRN> on bag",
+        "Johnson and 771234 are not identifiers here",
+    ]
+    assert result.entities == {"PERSON": 1, "MRN": 2}
+
+
+def test_longest_first_and_name_parts() -> None:
+    gaz = Gazetteer({"PERSON": ["John", "John Smith"], "MRN": ["12"]})  # "12" is too short
+    assert gaz.find("John Smith 12") == [(0, 10, "PERSON")]
+    frame = pd.DataFrame({"patient_name": ["Ada Lovelace"]})
+    terms = gazetteer_from_frame(frame, {"patient_name": "person"}, name_parts=True)
+    assert terms == {"PERSON": {"Ada Lovelace", "Ada", "Lovelace"}}
+    out = scrub_texts(pd.Series(["Mrs Lovelace phoned"]), FakeAnalyzer(), gazetteer=terms)
+    assert out.texts[0] == "Mrs <PERSON> phoned"
+
+
+def test_safe_text_unchanged_and_prefilter_skips_it() -> None:
+    analyzer = FakeAnalyzer()
+    notes = pd.Series(
+        ["bag slightly warm on arrival", "bag slightly warm on arrival", "Temp 9C at receipt", ""]
+    )
+    result = scrub_texts(notes, analyzer)
+    assert result.texts.tolist() == notes.tolist()
+    assert analyzer.calls == 1 and analyzer.seen == ["Temp 9C at receipt"]
+    assert result.texts_scanned == 3 and result.texts_skipped == 2
+    assert result.texts_changed == 0 and not result.entities
+
+
+def test_analyzer_not_called_when_everything_is_safe() -> None:
+    analyzer = FakeAnalyzer()
+    result = scrub_texts(pd.Series(["all fine", None]), analyzer)
+    assert analyzer.calls == 0 and result.texts.tolist() == ["all fine", None]
+
+
+def test_prefilter() -> None:
+    texts = pd.Series(["lower only", "Capital", "digit 7", "a@b", "émile", "Émile"])
+    assert may_hold_entity(texts).tolist() == [False, True, True, True, False, True]
+
+
+def test_each_distinct_text_analysed_once() -> None:
+    analyzer = FakeAnalyzer()
+    notes = pd.Series(["Seen by Dr Ann Lee"] * 500, index=range(10, 510))
+    result = scrub_texts(notes, analyzer)
+    assert analyzer.seen == ["Seen by Dr Ann Lee"]
+    assert (result.texts == "Seen by Dr <PERSON>").all()
+    assert result.texts.index.equals(notes.index)
+
+
+def test_overlapping_spans_merged() -> None:
+    assert merge_spans([(0, 10, "PERSON"), (5, 20, "LOCATION"), (20, 22, "MRN")]) == [
+        (0, 20, "LOCATION"),
+        (20, 22, "MRN"),
+    ]
+
+    def analyze(texts: list[str]) -> list[list[tuple[int, int, str]]]:
+        return [[(0, 8, "person"), (5, 14, "PERSON"), (4, 6, "LOCATION")] for _ in texts]
+
+    result = scrub_texts(pd.Series(["John Mac Smith rang"]), analyze)
+    assert result.texts[0] == "<PERSON> rang"
+    assert result.entities == {"PERSON": 1}
+
+
+def test_analyzer_must_answer_every_text() -> None:
+    with pytest.raises(ValueError):
+        scrub_texts(pd.Series(["Dr Who"]), lambda texts: [])
