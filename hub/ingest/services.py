@@ -608,8 +608,11 @@ def released_keys(session: Session, table: str) -> list[str]:
     )
 
 
-def version_dict(version: DatasetVersion) -> dict[str, Any]:
-    return {
+def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, Any]:
+    """The version as JSON. ``content=False`` (for the steward, who administers but does not
+    see institutions' data) leaves out what is derived from the file's values: the mapping's
+    column names, validation examples and messages, the error text; counts stay."""
+    body = {
         "id": version.id,
         "table": version.cdm_table,
         "version": version.version,
@@ -631,6 +634,13 @@ def version_dict(version: DatasetVersion) -> dict[str, Any]:
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,
     }
+    if not content:
+        summary = body["validation"].get("summary", {}) if body["validation"] else {}
+        body["mapping"] = {}
+        body["validation"] = {"summary": summary} if summary else {}
+        body["error"] = "(hidden: only the uploading institution sees it)" if body["error"] \
+            else None
+    return body
 
 
 def cdm() -> CommonDataModel:

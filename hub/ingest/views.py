@@ -267,14 +267,20 @@ def api_upload() -> ResponseReturnValue:
 def api_list() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
-    return jsonify({"uploads": [services.version_dict(v) for v in _visible_versions(user)]})
+    return jsonify({"uploads": [
+        services.version_dict(v, content=v.institution_id == user.institution_id)
+        for v in _visible_versions(user)
+    ]})
 
 
 @api.route("/<int:version_id>")
 @guard("read", "datasets/{version_id}", owner=_same_institution)
 def api_show(version_id: int) -> ResponseReturnValue:
     version = services.get_version(get_db(), version_id)
-    return jsonify({**services.version_dict(version), "progress": _progress(version)})
+    user = current_user()
+    assert user is not None
+    own = _same_institution(user, version_id)
+    return jsonify({**services.version_dict(version, content=own), "progress": _progress(version)})
 
 
 @api.route("/<int:version_id>/sheet", methods=["POST"])

@@ -373,3 +373,20 @@ def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
     profiled = show(client, token, vid)
     assert profiled["state"] == "awaiting_mapping" and profiled["sheet"] == "Patients 2024"
     assert profiled["rows"] == 4
+
+
+def test_steward_sees_records_not_content(client, token, users, database, settings) -> None:
+    vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
+    drain(database, settings)
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    drain(database, settings)
+    users.make("sam", "steward")
+    with database.session() as s:
+        stoken = accounts.create_token(s, settings, accounts.get_user(s, "sam"), "t", ["read"],
+                                       actor="t").secret
+    seen = client.get(f"/api/v1/uploads/{vid}", headers=_auth(stoken)).get_json()
+    assert seen["state"] == "awaiting_review" and seen["valid_rows"] == 3
+    assert seen["mapping"] == {} and "columns" not in seen["validation"]
+    assert "Patient ID" not in json.dumps(seen) and "130" not in json.dumps(seen["validation"])
+    assert client.get(f"/datasets/{vid}/report.csv", headers=_auth(stoken)).status_code in (
+        302, 403)
