@@ -16,6 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anonymisation.deid import deidentify
+from anonymisation.transforms import pseudonymise
 from contracts.cdm import CommonDataModel, Table, load_cdm
 from hub.accounts.models import User
 from hub.audit.services import record
@@ -366,15 +368,25 @@ def _pool_key(version: DatasetVersion, slug: str) -> str:
     return f"pool/{version.cdm_table}/institution={slug}/version={version.version}/part-0.parquet"
 
 
+@dataclass(frozen=True)
+class _PseudonymKeys:
+    """Released keys, held as pseudonyms, that answer ``isin`` for raw values (validation
+    calls it): the raw values are pseudonymised with the same key and compared."""
+
+    pseudonyms: frozenset[str]
+    key: bytes
+
+    def isin(self, values: pd.Series) -> pd.Series:
+        return pseudonymise(values, self.key).isin(self.pseudonyms)
+
+
 def _known_keys(
     database: Database, storage: Storage, version: DatasetVersion, table: Table, key: bytes
-) -> dict[str, set[str]]:
+) -> dict[str, _PseudonymKeys]:
     """Keys of the institution's released tables that this table references, as raw-value
     membership tests: the pool holds pseudonyms, so values are compared as pseudonyms."""
-    from anonymisation.transforms import pseudonymise
-
     wanted = {c.references for c in table.columns if c.references}
-    known: dict[str, set[str]] = {}
+    known: dict[str, _PseudonymKeys] = {}
     for ref in sorted(r for r in wanted if r):
         ref_table, ref_column = ref.split(".", 1)
         with database.session() as s:
@@ -392,24 +404,8 @@ def _known_keys(
             with storage.open(pool_key) as fh:
                 column = pq.read_table(pa.BufferReader(fh.read()), columns=[ref_column])
             pseudonyms.update(str(v) for v in column.column(0).to_pylist() if v is not None)
-        known[ref] = _PseudonymSet(pseudonyms, key, pseudonymise)
+        known[ref] = _PseudonymKeys(frozenset(pseudonyms), key)
     return known
-
-
-class _PseudonymSet(set[str]):
-    """A set of pseudonyms that answers membership for raw values."""
-
-    def __init__(self, pseudonyms: set[str], key: bytes, fn: Any):
-        super().__init__()
-        self.pseudonyms = pseudonyms
-        self.key = key
-        self.fn = fn
-
-    def __contains__(self, raw: object) -> bool:
-        return self.fn(pd.Series([raw]), self.key).iloc[0] in self.pseudonyms
-
-    def isin(self, values: pd.Series) -> pd.Series:
-        return self.fn(values, self.key).isin(self.pseudonyms)
 
 
 @task("ingest.process")
