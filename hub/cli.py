@@ -164,6 +164,7 @@ def up(hub: Hub, ctx: click.Context, host: str | None, port: int | None) -> None
 
 
 def _register() -> None:
+    from anonymisation.cli import deid
     from hub.accounts.cli import institution, token, user
     from hub.audit.cli import audit
     from hub.demo import demo
@@ -171,7 +172,7 @@ def _register() -> None:
     from hub.ingest.cli import upload
     from hub.jobs.cli import job
 
-    for command in (institution, user, token, audit, job, demo, upload, demo_data):
+    for command in (institution, user, token, audit, job, demo, upload, demo_data, deid):
         cli.add_command(command)
 
 

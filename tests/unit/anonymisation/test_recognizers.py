@@ -34,12 +34,15 @@ def _refuse(*args: object, **kwargs: object) -> None:
 
 @pytest.fixture(scope="session")
 def offline_analyzer() -> Iterator[AnalyzerEngine]:
-    """The analyzer, built and used with every socket connection refused."""
+    """The analyzer, built with every socket connection refused. The block is lifted before
+    the fixture yields: a session-long block would break every later test that talks to a
+    local server (tests that analyse text block sockets again themselves)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(socket.socket, "connect", _refuse)
         patch.setattr(socket.socket, "connect_ex", _refuse)
         patch.setattr(socket, "create_connection", _refuse)
-        yield nlp.get_analyzer()
+        analyzer = nlp.get_analyzer()
+    yield analyzer
 
 
 def _full(pattern: ValuePattern, values: list[str]) -> list[bool]:
