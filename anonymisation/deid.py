@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from anonymisation.transforms import age_band, month_of, pseudonymise, round_to
+from anonymisation.dates import coarsen
+from anonymisation.generalise import age_band, round_to
+from anonymisation.pseudonyms import pseudonymise
 
 DIRECT = "direct_identifier"
 LINKABLE = "linkable_identifier"
@@ -46,11 +48,11 @@ class DeidResult:
 
 def _generalise(name: str, values: pd.Series, kind: str) -> tuple[pd.Series, str]:
     if name == "age" or name.endswith("_age"):
-        return age_band(values), "generalise to 5-year bands (90+ top-coded)"
+        return age_band(values)[0], "generalise to 5-year bands (90+ top-coded)"
     if name.startswith("weight"):
-        return round_to(values, 5), "generalise: round to 5 kg"
+        return round_to(values, 5)[0], "generalise: round to 5 kg"
     if kind in ("date", "datetime"):
-        return month_of(values), "generalise: keep the month only"
+        return coarsen(values, "month"), "generalise: keep the month only"
     return values, "keep (k-anonymity check pending)"
 
 

@@ -34,8 +34,7 @@ key); the chain must therefore be held by the key custodians/sites, never by the
 pool operator can perform a rotation given only ``kn``. Cost grows by one HMAC per epoch per
 distinct value, which is negligible.
 
-A single key (``bytes``) is the one-epoch chain and gives exactly the same pseudonyms as
-``anonymisation.transforms.pseudonymise`` for values without internal whitespace runs.
+A single key (``bytes``) is the one-epoch chain: HMAC-SHA256(key, normalised value).
 """
 
 from __future__ import annotations

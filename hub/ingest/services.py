@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anonymisation.deid import deidentify
-from anonymisation.transforms import pseudonymise
+from anonymisation.pseudonyms import pseudonymise
 from contracts.cdm import CommonDataModel, Table, load_cdm
 from hub.accounts.models import User
 from hub.audit.services import record
