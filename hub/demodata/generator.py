@@ -1,13 +1,14 @@
 """Synthetic CGT process data, written the way real sites keep it.
 
 Each institution gets the seven CDM tables with realistic distributions and correlations
-(see /work/shared/CGT-DATA.md: failure risk rising with bendamustine, low platelets and a low
-CD4:CD8 ratio; CD3 yield tracking the pre-collection CD3 count; vein-to-vein medians per
-product; custody temperatures with occasional excursions; deviations with free text that
-names people) and then its own habits: column names drawn from the CDM synonyms, units,
-date formats, file type, and the direct identifiers real exports carry. The mapper, the
-validators and de-identification are exercised against these files, so the quirks are the
-point; every quirk is one the CDM declares (a synonym, an alternate unit) so it can be undone.
+(after the project's CGT process-data reference: failure risk rising with bendamustine,
+low platelets and a low CD4:CD8 ratio; CD3 yield tracking the pre-collection CD3 count;
+vein-to-vein medians per product; custody temperatures with occasional excursions;
+deviations with free text that names people) and then its own habits: column names drawn
+from the CDM synonyms, units, date formats, file type, and the direct identifiers real
+exports carry. The mapper, the validators and de-identification are exercised against
+these files, so the quirks are the point; every quirk is one the CDM declares (a synonym,
+an alternate unit) so it can be undone.
 
 Output is deterministic for a seed: numpy's Generator and Faker are both seeded per
 institution. Identifiers that must never be real use reserved ranges: NHS numbers from the

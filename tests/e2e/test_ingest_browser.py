@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 # Waits on the background worker (profiling, validation) get more than the 10 s default.
 JOB_TIMEOUT_MS = 30_000
-SHOTS_DIR = Path("/tmp/cleanroom-shots")
 
 FORMULA = '=HYPERLINK("http://x")'
 # EPISODE_CSV of tests/unit/hub/test_ingest.py with its own chain-of-identity ids (the demo
@@ -86,8 +84,6 @@ def _shoot(page: Page, tmp_path: Path, name: str) -> Path:
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    SHOTS_DIR.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, SHOTS_DIR / name)
     return shot
 
 
