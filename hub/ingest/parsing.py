@@ -99,9 +99,15 @@ class ParsedTable:
     encoding: str | None
     delimiter: str | None
     sheet: str | None
-    rows: int
-    columns: int
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+    @property
+    def columns(self) -> int:
+        return len(self.frame.columns)
 
 
 # Sniffing ------------------------------------------------------------------------------------
@@ -861,8 +867,6 @@ def _parse_csv(path: Path, head: bytes, encoding: str, limits: Limits) -> Parsed
         encoding=encoding,
         delimiter=delimiter,
         sheet=None,
-        rows=len(frame),
-        columns=len(frame.columns),
         warnings=warnings_,
     )
 
@@ -1146,8 +1150,6 @@ def _read_xlsx(path: Path, sheet: str | None, limits: Limits) -> ParsedTable:
         encoding=None,
         delimiter=None,
         sheet=chosen,
-        rows=len(frame),
-        columns=len(frame.columns),
         warnings=warnings_,
     )
 
@@ -1270,8 +1272,6 @@ def _read_parquet(path: Path, limits: Limits) -> ParsedTable:
         encoding=None,
         delimiter=None,
         sheet=None,
-        rows=len(frame),
-        columns=len(frame.columns),
         warnings=warnings_,
     )
 
