@@ -169,10 +169,10 @@ def _register() -> None:
     from hub.audit.cli import audit
     from hub.demo import demo
     from hub.demodata.cli import demo_data
-    from hub.ingest.cli import upload
+    from hub.ingest.cli import pool, upload
     from hub.jobs.cli import job
 
-    for command in (institution, user, token, audit, job, demo, upload, demo_data, deid):
+    for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid):
         cli.add_command(command)
 
 

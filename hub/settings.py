@@ -98,9 +98,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "hmac_key",
         DEV_HMAC_KEY,
-        "Key of the HMAC-SHA256 pseudonyms. Only the hub holds it; changing it means "
-        "re-pseudonymising the pool.",
+        "Key of the HMAC-SHA256 pseudonyms (at least 16 bytes). Only the hub holds it. To "
+        "rotate, append the old key to `hmac_previous_keys`, set a new one here and run "
+        "`cleanroom pool rotate-keys` (docs/deidentification.md).",
         secret=True,
+    ),
+    Setting(
+        "hmac_previous_keys",
+        "",
+        "Earlier pseudonym keys, oldest first, separated by commas: with `hmac_key` they form "
+        "the key chain new uploads are pseudonymised with, so they join the rotated pool.",
+        secret=True,
+    ),
+    Setting(
+        "deid_k",
+        5,
+        "The steward's floor for k-anonymity over each upload's quasi-identifiers. A "
+        "contributor may ask for more, never less.",
+    ),
+    Setting(
+        "deid_scrub_free_text",
+        True,
+        "Scrub free-text columns (names, identifiers, places replaced by typed placeholders); "
+        "false drops them instead.",
     ),
     Setting(
         "public_url",
@@ -261,6 +281,12 @@ class Settings(Mapping[str, Any]):
         return Path(path).expanduser().resolve() if path else self.data_path / "objects"
 
     @property
+    def key_chain(self) -> list[bytes]:
+        """The pseudonym key chain, oldest first: ``hmac_previous_keys`` then ``hmac_key``."""
+        previous = [k.strip() for k in str(self.data["hmac_previous_keys"]).split(",")]
+        return [k.encode() for k in previous if k] + [str(self.data["hmac_key"]).encode()]
+
+    @property
     def is_production(self) -> bool:
         return bool(self.data["mode"] == "production")
 
@@ -304,6 +330,10 @@ class Settings(Mapping[str, Any]):
                     f"production mode needs CLEANROOM_{name.upper()} to be at least 32 "
                     "characters long."
                 )
+        if any(len(k) < 16 for k in self.key_chain):
+            raise ConfigurationError(
+                "every key in CLEANROOM_HMAC_PREVIOUS_KEYS must be at least 16 bytes long."
+            )
 
 
 def _read_instance_file(path: Path) -> dict[str, Any]:
@@ -359,6 +389,11 @@ def load_settings(
             apply(s.name, environ[s.env], f"env {s.env}")
     for name, raw in overrides.items():
         apply(name, raw, "override")
+    if int(values["deid_k"]) < 2:
+        raise ConfigurationError(
+            f"setting deid_k ({sources.get('deid_k', 'default')}): k-anonymity needs k of at "
+            "least 2."
+        )
     return Settings(values, sources)
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import time
 
-from hub.ingest import services
+from hub.ingest import deid
 
-_real = services.deidentify
+_real = deid.run
 
 
-def _slow_deidentify(*args, **kwargs):  # type: ignore[no-untyped-def]
+def _slow_run(*args, **kwargs):  # type: ignore[no-untyped-def]
     time.sleep(30)
     return _real(*args, **kwargs)
 
 
-services.deidentify = _slow_deidentify
+deid.run = _slow_run

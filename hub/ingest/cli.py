@@ -116,3 +116,43 @@ def _follow(base: str, headers: dict[str, str], version_id: int) -> None:
             else ""
         )
     )
+
+
+@click.group()
+def pool() -> None:
+    """The pool of released, de-identified data."""
+
+
+@pool.command("rotate-keys")
+@click.option("--now", is_flag=True, help="Run here and wait, instead of queueing for a worker.")
+@pass_hub
+def pool_rotate_keys(hub: Hub, now: bool) -> None:
+    """Move every stored pseudonym to the current key chain.
+
+    First append the old key to `hmac_previous_keys` and set a new `hmac_key` (in every
+    hub and worker process), then run this. Without --now the job is queued for a worker."""
+    from sqlalchemy import func, select
+
+    from hub.ingest.models import DatasetVersion
+    from hub.jobs.services import Worker, enqueue, get_job, load_task_modules
+
+    load_task_modules(hub.settings.task_modules)
+    database = hub.require_current_schema()
+    epoch = len(hub.settings.key_chain)
+    with database.session() as s:
+        behind = s.scalar(
+            select(func.count()).select_from(DatasetVersion).where(DatasetVersion.key_epoch < epoch)
+        )
+        job_id = enqueue(s, "pool.rotate_keys", {}, actor="cli", settings=hub.settings).id
+    click.echo(f"key chain has {epoch} key(s); {behind} version(s) are behind; job {job_id}")
+    if not now:
+        click.echo("queued: a running worker (`cleanroom worker` or `cleanroom up`) will do it.")
+        return
+    worker = Worker(database, hub.settings, worker_id="cli-rotate")
+    while worker.run_once() is not None:
+        pass
+    with database.session() as s:
+        job = get_job(s, job_id)
+        if job.state != "succeeded":
+            raise click.ClickException(f"rotation {job.state}: {job.error or job.message}")
+        click.echo(f"rotated: {job.result}")

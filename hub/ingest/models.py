@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hub.accounts.models import Institution
@@ -50,12 +50,21 @@ class DatasetVersion(Base):
     held_key: Mapped[str] = mapped_column(String(400), default="")
     report_key: Mapped[str] = mapped_column(String(400), default="")
     pool_key: Mapped[str] = mapped_column(String(400), default="")
+    # Pseudonyms of the referenced key columns of every valid row (rows k-anonymity kept out
+    # of the pool included), so later uploads' links validate. Never read by the gateway.
+    keys_key: Mapped[str] = mapped_column(String(400), default="")
     rows: Mapped[int] = mapped_column(Integer, default=0)
     valid_rows: Mapped[int] = mapped_column(Integer, default=0)
     profile: Mapped[str] = mapped_column(Text, default="{}")  # JSON: encoding, sheets, …
     mapping: Mapped[str] = mapped_column(Text, default="{}")  # JSON MappingProposal
     validation: Mapped[str] = mapped_column(Text, default="{}")  # JSON summary
     deid: Mapped[str] = mapped_column(Text, default="{}")  # JSON de-identification report
+    # The contributor's strengthened actions {"columns": {name: action}, "k": n}, and the
+    # floor they were chosen above (the first run's actions, JSON {name: action}).
+    deid_choices: Mapped[str] = mapped_column(Text, default="{}")
+    deid_floor: Mapped[str] = mapped_column(Text, default="{}")
+    # Length of the pseudonym key chain the staged/pooled pseudonyms were computed with.
+    key_epoch: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(200))
@@ -80,3 +89,19 @@ class InstitutionMapping(Base):
     cdm_table: Mapped[str] = mapped_column(String(64))
     mapping: Mapped[str] = mapped_column(Text, default="{}")  # JSON {source: target}
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class DateAnchor(Base):
+    """The anchor date of a subject (an episode's chain-of-identity pseudonym, or a lot's
+    where no episode is known): dates in the pool are whole days since it. Set once, on
+    first sight, and never moved, so every table and institution counts from the same day.
+    It never leaves the hub database."""
+
+    __tablename__ = "date_anchors"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), unique=True)  # pseudonym
+    anchor: Mapped[date] = mapped_column(Date)
+    source: Mapped[str] = mapped_column(String(128))  # e.g. "collection.collection_date"
+    key_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -9,6 +9,7 @@ invisible; the next attempt overwrites it) and deleted only after.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -27,13 +28,13 @@ import pyarrow.parquet as pq
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from anonymisation.deid import deidentify
-from anonymisation.pseudonyms import pseudonymise
+from anonymisation.pseudonyms import KeyChain, pseudonymise
 from contracts.cdm import CommonDataModel, Table, load_cdm
 from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, NotFound
+from hub.ingest import deid
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
 from hub.ingest.parsing import (
@@ -364,24 +365,41 @@ def _staging_prefix(version: DatasetVersion) -> str:
     return version.raw_key.rsplit("/", 1)[0]
 
 
-def _pool_key(version: DatasetVersion, slug: str) -> str:
-    return f"pool/{version.cdm_table}/institution={slug}/version={version.version}/part-0.parquet"
+def _pool_key(version: DatasetVersion, slug: str, epoch: int = 1) -> str:
+    part = "part-0" if epoch <= 1 else f"part-e{epoch}"
+    return f"pool/{version.cdm_table}/institution={slug}/version={version.version}/{part}.parquet"
+
+
+def _keys_key(version: DatasetVersion, slug: str, epoch: int = 1) -> str:
+    part = "keys" if epoch <= 1 else f"keys-e{epoch}"
+    return f"keys/{version.cdm_table}/institution={slug}/version={version.version}/{part}.parquet"
+
+
+def referenced_columns(table: Table) -> list[str]:
+    """Columns of ``table`` that other tables reference (``episode.coi_id`` ...)."""
+    wanted = {
+        c.references.split(".", 1)[1]
+        for other in cdm().tables
+        for c in other.columns
+        if c.references and c.references.split(".", 1)[0] == table.name
+    }
+    return [c.name for c in table.columns if c.name in wanted]
 
 
 @dataclass(frozen=True)
 class _PseudonymKeys:
     """Released keys, held as pseudonyms, that answer ``isin`` for raw values (validation
-    calls it): the raw values are pseudonymised with the same key and compared."""
+    calls it): the raw values are pseudonymised with the same key chain and compared."""
 
     pseudonyms: frozenset[str]
-    key: bytes
+    key: KeyChain
 
     def isin(self, values: pd.Series) -> pd.Series:
         return pseudonymise(values, self.key).isin(self.pseudonyms)
 
 
 def _known_keys(
-    database: Database, storage: Storage, version: DatasetVersion, table: Table, key: bytes
+    database: Database, storage: Storage, version: DatasetVersion, table: Table, key: KeyChain
 ) -> dict[str, _PseudonymKeys]:
     """Keys of the institution's released tables that this table references, as raw-value
     membership tests: the pool holds pseudonyms, so values are compared as pseudonyms."""
@@ -390,18 +408,18 @@ def _known_keys(
     for ref in sorted(r for r in wanted if r):
         ref_table, ref_column = ref.split(".", 1)
         with database.session() as s:
-            keys = s.scalars(
-                select(DatasetVersion.pool_key).where(
+            rows = s.execute(
+                select(DatasetVersion.keys_key, DatasetVersion.pool_key).where(
                     DatasetVersion.institution_id == version.institution_id,
                     DatasetVersion.cdm_table == ref_table,
                     DatasetVersion.state == VersionState.RELEASED,
                 )
             ).all()
-        if not keys:
+        if not rows:
             continue
         pseudonyms: set[str] = set()
-        for pool_key in keys:
-            with storage.open(pool_key) as fh:
+        for keys_key, pool_key in rows:
+            with storage.open(keys_key or pool_key) as fh:
                 column = pq.read_table(pa.BufferReader(fh.read()), columns=[ref_column])
             pseudonyms.update(str(v) for v in column.column(0).to_pylist() if v is not None)
         known[ref] = _PseudonymKeys(frozenset(pseudonyms), key)
@@ -410,16 +428,18 @@ def _known_keys(
 
 @task("ingest.process")
 def process_job(ctx: JobContext) -> dict[str, Any]:
-    """Apply the confirmed mapping, validate, de-identify the valid rows and stage them."""
+    """Apply the confirmed mapping, validate, de-identify the valid rows and stage them.
+    Runs again, with the contributor's stronger choices, when they ask for them."""
     version_id = int(ctx.payload["version_id"])
     storage = get_storage(ctx.settings)
-    key = ctx.settings.hmac_key.encode()
+    chain = ctx.settings.key_chain
     with ctx.database.session() as s:
         version = get_version(s, version_id)
         slug = version.institution.slug
         s.expunge(version)
     table = cdm_table(version.cdm_table)
     proposal = MappingProposal.from_dict(json.loads(version.mapping))
+    choices = deid.Choices.from_json(version.deid_choices)
     ctx.progress(5, "reading the file")
     try:
         with _raw_copy(storage, version) as path:
@@ -430,41 +450,97 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(25, "mapping columns")
     mapped = apply_mapping(parsed.frame, proposal, table)
     ctx.progress(40, "validating")
-    known = _known_keys(ctx.database, storage, version, table, key)
+    known = _known_keys(ctx.database, storage, version, table, chain)
     result = validate(mapped, table, factors=proposal.factors(), known_keys=known)
-    ctx.progress(70, "de-identifying")
+    ctx.progress(60, "de-identifying")
     valid = result.frame[result.valid_mask]
-    classes = {c.name: str(c.identifier) for c in table.columns}
-    kinds = {c.name: str(c.type) for c in table.columns}
-    deid = deidentify(valid, classes, key, kinds=kinds)
+    anchors = deid.resolve_anchors(ctx.database, storage, table, valid, chain)
+    steps = max(1, len(valid.columns) + 2)
+    engine = deid.run(
+        valid,
+        table,
+        chain=chain,
+        k=ctx.settings.deid_k,
+        choices=choices,
+        anchors=anchors,
+        scrub_free_text=ctx.settings.deid_scrub_free_text,
+        progress=lambda done, label: ctx.progress(60 + 25 * done // steps, label),
+    )
+    report = engine.report
     # The pool keeps every CDM column (one schema per table); the report names only the
     # columns this file brought.
-    mapped = set(proposal.as_mapping().values())
-    deid.actions = [a for a in deid.actions if a.column in mapped]
-    ctx.progress(85, "staging the de-identified version")
+    brought = set(proposal.as_mapping().values())
+    report["columns"] = [c for c in report["columns"] if c["name"] in brought]
+    ctx.progress(88, "staging the de-identified version")
     prefix = _staging_prefix(version)
     staged_key = f"{prefix}/deidentified.parquet"
     report_key = f"{prefix}/validation-report.csv"
     held_key = f"{prefix}/held-back.csv"
-    _put_parquet(storage, staged_key, deid.frame)
+    _put_parquet(storage, staged_key, engine.frame)
+    index_key = ""
+    if referenced := [c for c in referenced_columns(table) if c in valid]:
+        index_key = f"{prefix}/keys.parquet"
+        _put_parquet(
+            storage,
+            index_key,
+            pd.DataFrame({c: pseudonymise(valid[c], chain) for c in referenced}),
+        )
     _put_bytes(storage, report_key, report_csv(result).encode("utf-8"))
     _put_bytes(storage, held_key, _held_back_csv(parsed.frame, result).encode("utf-8"))
     with ctx.database.session() as s:
         v = get_version(s, version_id)
         v.staged_key, v.report_key, v.held_key = staged_key, report_key, held_key
+        v.keys_key = index_key
         v.rows = int(len(result.frame))
         v.valid_rows = int(result.valid_mask.sum())
         v.validation = json.dumps(result.to_dict())
-        v.deid = json.dumps(deid.to_dict())
+        v.deid = json.dumps(report)
+        if not choices.columns and choices.k is None:
+            v.deid_floor = json.dumps(deid.floor_of(report))
+        v.key_epoch = len(chain)
         v.state = VersionState.AWAITING_REVIEW
         record(
             s,
             actor="system",
             action="ingest.processed",
             target=f"dataset:{version_id}",
-            detail={"rows": v.rows, "valid_rows": v.valid_rows, "institution": slug},
+            detail={
+                "rows": v.rows,
+                "valid_rows": v.valid_rows,
+                "institution": slug,
+                "k": report["k"],
+                "rows_suppressed": report["risk"]["rows_suppressed"],
+                "choices": choices.to_dict(),
+            },
         )
     return {"state": VersionState.AWAITING_REVIEW, "valid_rows": int(result.valid_mask.sum())}
+
+
+def choose_deidentification(
+    session: Session,
+    settings: Settings,
+    version: DatasetVersion,
+    body: Mapping[str, Any],
+    *,
+    actor: str,
+) -> None:
+    """Strengthen the de-identification of a version under review (``{"columns": {name:
+    action}, "k": n}``, checked against its floor) and process it again."""
+    _require_state(version, VersionState.AWAITING_REVIEW, doing="given stronger choices")
+    floor = json.loads(version.deid_floor or "{}")
+    choices = deid.check_choices(floor, body, k_floor=settings.deid_k)
+    version.deid_choices = json.dumps(choices.to_dict())
+    version.state = VersionState.PROCESSING
+    version.job_id = enqueue(
+        session, "ingest.process", {"version_id": version.id}, actor=actor, settings=settings
+    ).id
+    record(
+        session,
+        actor=actor,
+        action="ingest.deid_choices",
+        target=f"dataset:{version.id}",
+        detail=choices.to_dict(),
+    )
 
 
 def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
@@ -489,15 +565,41 @@ def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
 
 
 def release(
-    session: Session, settings: Settings, storage: Storage, version: DatasetVersion, *, actor: str
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    version: DatasetVersion,
+    *,
+    actor: str,
+    approved: bool,
 ) -> None:
-    """Publish the staged de-identified version to the pool, then drop the raw copy."""
+    """Publish the staged de-identified version to the pool, then drop the raw copy.
+    ``approved`` is the contributor's approval of the de-identification report."""
     _require_state(version, VersionState.AWAITING_REVIEW, doing="released")
+    if not approved:
+        raise BadRequest(
+            "approve the de-identification report before releasing: review it, then release "
+            'with the approval box ticked (API: {"approve_deidentification": true}).',
+            code="approval_required",
+        )
     if version.valid_rows == 0:
         raise BadRequest("no row passed validation; fix the file and upload it again.")
-    pool_key = _pool_key(version, version.institution.slug)
+    report = json.loads(version.deid or "{}")
+    if report.get("rows_out") == 0:
+        raise BadRequest(
+            f"k-anonymity (k={report.get('k')}) left no row to release: the table is too small "
+            "or its quasi-identifiers too detailed. Upload more rows together, or leave out "
+            "quasi-identifier columns you do not need to share.",
+            code="nothing_to_release",
+        )
+    slug = version.institution.slug
+    pool_key = _pool_key(version, slug, version.key_epoch)
     storage.copy(version.staged_key, pool_key)  # invisible until the state below commits
     version.pool_key = pool_key
+    if version.keys_key:
+        keys_key = _keys_key(version, slug, version.key_epoch)
+        storage.copy(version.keys_key, keys_key)
+        version.keys_key = keys_key
     version.state = VersionState.RELEASED
     version.released_at = utcnow()
     version.released_by = actor
@@ -522,6 +624,8 @@ def release(
             "rows": version.valid_rows,
             "held_back": version.rows - version.valid_rows,
             "pool_key": pool_key,
+            "deidentification_approved": True,
+            "report_sha256": hashlib.sha256((version.deid or "").encode()).hexdigest(),
         },
     )
     session.commit()
@@ -531,6 +635,9 @@ def release(
 def _drop_quarantine(
     session: Session, storage: Storage, version: DatasetVersion, *, keep_raw: bool
 ) -> None:
+    staged_index = f"{_staging_prefix(version)}/keys.parquet" if version.raw_key else ""
+    if staged_index and storage.exists(staged_index):
+        storage.delete(staged_index)
     doomed = ["staged_key"] + ([] if keep_raw else ["raw_key"])
     for attr in doomed:
         key = getattr(version, attr)
@@ -566,7 +673,7 @@ def reject(session: Session, storage: Storage, version: DatasetVersion, *, actor
     version.state = VersionState.REJECTED
     record(session, actor=actor, action="ingest.reject", target=f"dataset:{version.id}")
     session.commit()
-    for attr in ("raw_key", "staged_key", "held_key", "report_key"):
+    for attr in ("raw_key", "staged_key", "held_key", "report_key", "keys_key"):
         key = getattr(version, attr)
         if key:
             storage.delete(key)
@@ -588,8 +695,9 @@ def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, act
         detail={"table": version.cdm_table, "version": version.version},
     )
     session.commit()
-    if version.pool_key:
-        storage.delete(version.pool_key)
+    for key in (version.pool_key, version.keys_key):
+        if key:
+            storage.delete(key)
     session.commit()
 
 
@@ -608,7 +716,7 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
     """The version as JSON. ``content=False`` (for the steward, who administers but does not
     see institutions' data) leaves out what is derived from the file's values: the mapping's
     column names, validation examples and messages, the error text; counts stay."""
-    body = {
+    body: dict[str, Any] = {
         "id": version.id,
         "table": version.cdm_table,
         "version": version.version,
@@ -626,6 +734,9 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
         "mapping": json.loads(version.mapping or "{}"),
         "validation": json.loads(version.validation or "{}"),
         "deidentification": json.loads(version.deid or "{}"),
+        "deidentification_floor": json.loads(version.deid_floor or "{}"),
+        "deidentification_choices": json.loads(version.deid_choices or "{}"),
+        "key_epoch": version.key_epoch,
         "created_at": version.created_at.isoformat() if version.created_at else None,
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,
@@ -634,6 +745,8 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
         summary = body["validation"].get("summary", {}) if body["validation"] else {}
         body["mapping"] = {}
         body["validation"] = {"summary": summary} if summary else {}
+        for column in body["deidentification"].get("columns", []):
+            column.pop("examples", None)  # values, masked or not, stay with the institution
         body["error"] = "(hidden: only the uploading institution sees it)" if body["error"] \
             else None
     return body

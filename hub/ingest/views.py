@@ -24,6 +24,7 @@ from hub.accounts.models import User
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
 from hub.ingest import services
+from hub.ingest.deid import STRONGER
 from hub.ingest.models import ACTIVE_STATES, DatasetVersion
 from hub.jobs.models import Job
 from hub.settings import Settings
@@ -142,6 +143,10 @@ def show(version_id: int) -> ResponseReturnValue:
         mapping=json.loads(version.mapping or "{}"),
         validation=json.loads(version.validation or "{}"),
         deid=json.loads(version.deid or "{}"),
+        floor=json.loads(version.deid_floor or "{}"),
+        choices=json.loads(version.deid_choices or "{}"),
+        stronger=STRONGER,
+        k_floor=_settings().deid_k,
     )
 
 
@@ -188,13 +193,38 @@ def mapping(version_id: int) -> ResponseReturnValue:
     return redirect(url_for("datasets.show", version_id=version_id), 303)
 
 
+@bp.route("/<int:version_id>/deidentification", methods=["POST"])
+@guard("map", "datasets/{version_id}", owner=_same_institution)
+def deidentification(version_id: int) -> ResponseReturnValue:
+    """The review page's form: ``action::<column>`` fields and ``k``."""
+    body: dict[str, Any] = {
+        "columns": {
+            field.removeprefix("action::"): value
+            for field, value in request.form.items()
+            if field.startswith("action::")
+        },
+        "k": request.form.get("k", ""),
+    }
+    db = get_db()
+    version = services.get_version(db, version_id)
+    try:
+        services.choose_deidentification(db, _settings(), version, body, actor=actor())
+    except CleanroomError as err:
+        db.rollback()
+        flash(err.message, "error")
+        return redirect(url_for("datasets.show", version_id=version_id), 303)
+    db.commit()
+    flash("De-identifying again with your choices.", "info")
+    return redirect(url_for("datasets.show", version_id=version_id), 303)
+
+
 @bp.route("/<int:version_id>/<any(release,withdraw,reject):op>", methods=["POST"])
 @guard("{op}", "datasets/{version_id}", owner=_same_institution)
 def decide(version_id: int, op: str) -> ResponseReturnValue:
     db = get_db()
     version = services.get_version(db, version_id)
     try:
-        _decide(op, version)
+        _decide(op, version, approved=request.form.get("approve") == "yes")
     except CleanroomError as err:
         db.rollback()
         flash(err.message, "error")
@@ -208,10 +238,10 @@ def decide(version_id: int, op: str) -> ResponseReturnValue:
     return redirect(url_for("datasets.show", version_id=version_id), 303)
 
 
-def _decide(op: str, version: DatasetVersion) -> None:
+def _decide(op: str, version: DatasetVersion, *, approved: bool = False) -> None:
     db, storage = get_db(), _storage()
     if op == "release":
-        services.release(db, _settings(), storage, version, actor=actor())
+        services.release(db, _settings(), storage, version, actor=actor(), approved=approved)
     elif op == "withdraw":
         services.withdraw(db, storage, version, actor=actor())
     else:
@@ -314,6 +344,26 @@ def api_mapping(version_id: int) -> ResponseReturnValue:
 @api.route("/<int:version_id>/<any(release,withdraw,reject):op>", methods=["POST"])
 @guard("{op}", "datasets/{version_id}", scope="upload", owner=_same_institution)
 def api_decide(version_id: int, op: str) -> ResponseReturnValue:
+    """``release`` needs ``{"approve_deidentification": true}``: the contributor's approval
+    of the de-identification report (``GET`` the upload to read it)."""
+    body = request.get_json(silent=True) or {}
     version = services.get_version(get_db(), version_id)
-    _decide(op, version)
+    _decide(op, version, approved=body.get("approve_deidentification") is True)
     return jsonify(services.version_dict(version))
+
+
+@api.route("/<int:version_id>/deidentification", methods=["POST"])
+@guard("map", "datasets/{version_id}", scope="upload", owner=_same_institution)
+def api_deidentification(version_id: int) -> ResponseReturnValue:
+    """Strengthen the de-identification of a version under review and process it again.
+    Body: ``{"columns": {name: action}, "k": n}``; actions are ``keep``, ``generalise``,
+    ``pseudonymise``, ``scrub``, ``drop``, and each may only be at least as strong as the
+    column's floor (the report's ``floor``)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('send a JSON object {"columns": {column: action}, "k": n}.')
+    db = get_db()
+    version = services.get_version(db, version_id)
+    services.choose_deidentification(db, _settings(), version, body, actor=actor())
+    db.commit()
+    return jsonify(services.version_dict(version)), 202

@@ -34,7 +34,11 @@ TaskFn = Callable[["JobContext"], dict[str, Any] | None]
 TASKS: dict[str, TaskFn] = {}
 
 # Modules whose import registers the built-in tasks.
-BUILTIN_TASK_MODULES: tuple[str, ...] = ("hub.jobs.tasks", "hub.ingest.services")
+BUILTIN_TASK_MODULES: tuple[str, ...] = (
+    "hub.jobs.tasks",
+    "hub.ingest.services",
+    "hub.ingest.rotation",
+)
 
 
 def task(kind: str) -> Callable[[TaskFn], TaskFn]:

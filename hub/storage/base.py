@@ -1,8 +1,9 @@
 """The object-storage interface, object keys and the streaming reader shared by the backends.
 
 Every byte of an upload goes through :class:`Storage`: uploads land in ``quarantine/`` and
-are moved to ``pool/`` once checked. Keys are validated here, once, so that no backend ever
-sees a path-traversal or an oddly encoded name.
+are moved to ``pool/`` once checked. ``keys/`` holds the hub's own index of released keys (as
+pseudonyms) for validating later uploads' links; the gateway never reads it. Keys are
+validated here, once, so that no backend ever sees a path-traversal or an oddly encoded name.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import BinaryIO
 
 from hub.errors import InvalidKey, ObjectNotFound, PayloadTooLarge
 
-ZONES: tuple[str, ...] = ("quarantine", "pool")
+ZONES: tuple[str, ...] = ("quarantine", "pool", "keys")
 """Top-level prefixes a key may start with: uploads wait in quarantine, checked data is pooled."""
 
 MAX_KEY_LENGTH = 1024

@@ -37,6 +37,12 @@ EPISODE_CSV = (
     "COI-E2E-0002;Kelvin Clinic;autologous_car_t;ALL;23;male;John Roe;MRN654321;80\n"
     "COI-E2E-0003;Kelvin Clinic;autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n"
     f"COI-E2E-0004;Kelvin Clinic;autologous_car_t;{FORMULA};130;male;Bob Loe;MRN222222;90\n"
+    # Look-alike episodes, so that k-anonymity (k=5) keeps rows to release.
+    + "".join(
+        f"COI-E2E-{i:04d};Kelvin Clinic;autologous_car_t;LBCL;{50 + i % 5};"
+        f"{'female' if i % 2 else 'male'};Pat Person{i};MRN{700000 + i};{70 + i % 3}\n"
+        for i in range(5, 25)
+    )
 )
 FORMULA_STARTS = ("=", "+", "@")
 
@@ -164,7 +170,7 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
     expect(mapping).to_be_visible()
     assert page.url == version_url
     expect(mapping.locator("xpath=ancestor::section")).to_contain_text(
-        "matched 9 of your 9 columns (4 rows)"
+        "matched 9 of your 9 columns (24 rows)"
     )
     proposed = {
         "Patient ID": "coi_id",
@@ -187,7 +193,7 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
 
     expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
     summary = page.get_by_test_id("validation-summary")
-    expect(summary).to_have_text(re.compile(r"^\s*4\s*rows\s*3\s*valid\s*1\s*held back\s*$"))
+    expect(summary).to_have_text(re.compile(r"^\s*24\s*rows\s*23\s*valid\s*1\s*held back\s*$"))
     validation_rows = page.locator("section.card", has=summary).locator("tbody tr")
     weight = validation_rows.filter(has=page.locator("code", has_text=re.compile("^weight_kg$")))
     expect(weight).to_have_count(0)  # the confirmed choice was applied: no weight column
@@ -201,7 +207,7 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
         row = deid.locator("tbody tr").filter(
             has=page.locator("code", has_text=re.compile(f"^{column}$"))
         )
-        return row.locator("td").nth(2)
+        return row.get_by_test_id("deid-action")
 
     expect(deid_action("patient_name")).to_have_text("drop")
     expect(deid_action("mrn")).to_have_text("drop")
@@ -235,8 +241,25 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
         for cell in row:
             assert not cell.startswith(FORMULA_STARTS), row
 
-    # Release, then withdraw.
-    page.get_by_role("button", name="Release 3 valid rows to the pool").click()
+    # The review: the summary, the evidence, and only stronger choices on offer.
+    expect(page.get_by_test_id("deid-summary")).to_contain_text("k required")
+    coi_choice = page.get_by_label("action for coi_id")
+    expect(coi_choice.locator("option")).to_have_text(["pseudonymise", "drop"])
+    # Strengthen one column: drop `sex`, and de-identify again.
+    page.get_by_label("action for sex").select_option("drop")
+    page.get_by_role("button", name="Strengthen and de-identify again").click()
+    expect(page.get_by_role("status")).to_contain_text("De-identifying again")
+    expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
+    deid = page.get_by_test_id("deid")
+    expect(deid_action("sex")).to_contain_text("drop")
+    expect(deid_action("sex")).to_contain_text("your choice")
+
+    # Release (the approval box must be ticked), then withdraw.
+    release = page.get_by_role("button", name=re.compile(r"^Release \d+ rows to the pool$"))
+    release.click()  # not ticked: the browser refuses to submit the form
+    expect(state).to_have_text("awaiting review")
+    page.get_by_test_id("approve").check()
+    release.click()
     expect(state).to_have_text("released")
     expect(page.get_by_role("status")).to_contain_text("released to the pool")
     expect(page.locator("dl.facts")).to_contain_text("by kelvin-data")

@@ -15,9 +15,9 @@ from hub.accounts import services as accounts
 from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.ingest.models import DatasetVersion
-from hub.jobs.services import Worker, load_task_modules
+from hub.jobs.services import Worker
 from hub.settings import Settings
-from tests.conftest import AuthActions, Users, csrf_from
+from tests.conftest import AuthActions, csrf_from
 
 pytestmark = pytest.mark.db
 
@@ -27,6 +27,12 @@ EPISODE_CSV = (
     "COI-0002;St Aurelia;autologous_car_t;ALL;23;male;John Roe;MRN654321;80\n"
     "COI-0003;=HYPERLINK(\"http://x\");autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n"
     "COI-0004;St Aurelia;autologous_car_t;FL;130;male;Bob Loe;MRN222222;90\n"
+    # Enough look-alike episodes for k=5 to hold without suppressing everything.
+    + "".join(
+        f"COI-{i:04d};St Aurelia;autologous_car_t;LBCL;{50 + i % 5};"
+        f"{'female' if i % 2 else 'male'};Pat Person{i};MRN{700000 + i};{70 + i % 3}\n"
+        for i in range(5, 25)
+    )
 )
 
 BATCH_CSV = (
@@ -37,17 +43,7 @@ BATCH_CSV = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _tasks() -> None:
-    load_task_modules()
-
-
-@pytest.fixture
-def token(users: Users, database: Database, settings: Settings) -> str:
-    users.make("nadia", "contributor")
-    with database.session() as s:
-        return accounts.create_token(s, settings, accounts.get_user(s, "nadia"), "lims",
-                                     ["upload", "read"], actor="t").secret
+APPROVE = {"approve_deidentification": True}
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -80,7 +76,7 @@ def release_episode(client, token, database, settings) -> dict:
     assert client.post(f"/api/v1/uploads/{vid}/mapping", json={},
                        headers=_auth(token)).status_code == 200
     drain(database, settings)
-    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token))
+    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()
 
@@ -108,10 +104,22 @@ def test_upload_to_release(client: FlaskClient, token: str, database: Database,
     drain(database, settings)
     reviewed = show(client, token, vid)
     assert reviewed["state"] == "awaiting_review", reviewed["error"]
-    assert (reviewed["rows"], reviewed["valid_rows"]) == (4, 3)  # age 130 is held back
+    assert (reviewed["rows"], reviewed["valid_rows"]) == (24, 23)  # age 130 is held back
+    report = reviewed["deidentification"]
+    actions = {c["name"]: c["action_kind"] for c in report["columns"]}
+    assert actions["patient_name"] == actions["mrn"] == "drop"
+    assert actions["coi_id"] == "pseudonymise" and actions["age"] == "generalise"
+    assert report["k"] == 5 and report["risk"]["k_after"] >= 5
+    assert reviewed["deidentification_floor"] == actions
 
-    released = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token)).get_json()
-    assert released["state"] == "released"
+    # Release needs the contributor's approval of that report.
+    refused = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token))
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["code"] == "approval_required"
+
+    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["state"] == "released"
     with database.session() as s:
         v = s.get(DatasetVersion, vid)
         assert v is not None
@@ -124,11 +132,12 @@ def test_upload_to_release(client: FlaskClient, token: str, database: Database,
     with storage.open(pool_key) as fh:
         pooled = pq.read_table(io.BytesIO(fh.read())).to_pandas()
     assert "patient_name" not in pooled.columns and "mrn" not in pooled.columns
-    assert len(pooled) == 3
+    assert len(pooled) == report["rows_out"] >= 18
     assert not pooled["coi_id"].str.startswith("COI-").any()
     assert pooled["coi_id"].str.fullmatch(r"[0-9a-f]{32}").all()
-    # A cell that looks like a formula is data: stored as it came.
-    assert '=HYPERLINK("http://x")' in set(pooled["site"])
+    # The one-off site (a formula-looking cell) is a rare category: merged, not pooled.
+    assert '=HYPERLINK("http://x")' not in set(pooled["site"].dropna())
+    assert pooled["age"].dropna().str.fullmatch(r"\d+-\d+|90\+").all()  # bands, not ages
     assert {"upload", "ingest.map", "ingest.processed", "release"} <= set(actions)
 
 
@@ -192,7 +201,8 @@ def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, set
         assert released_keys(s, "episode") == []
         assert "withdrawal" in s.scalars(select(AuditEntry.action)).all()
     assert not storage.exists(key)
-    again = client.post(f"/api/v1/uploads/{released['id']}/release", headers=_auth(token))
+    again = client.post(f"/api/v1/uploads/{released['id']}/release", headers=_auth(token),
+                        json=APPROVE)
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "wrong_state"
 
 
@@ -372,7 +382,7 @@ def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
     drain(database, settings)
     profiled = show(client, token, vid)
     assert profiled["state"] == "awaiting_mapping" and profiled["sheet"] == "Patients 2024"
-    assert profiled["rows"] == 4
+    assert profiled["rows"] == 24
 
 
 def test_steward_sees_records_not_content(client, token, users, database, settings) -> None:
@@ -385,8 +395,12 @@ def test_steward_sees_records_not_content(client, token, users, database, settin
         stoken = accounts.create_token(s, settings, accounts.get_user(s, "sam"), "t", ["read"],
                                        actor="t").secret
     seen = client.get(f"/api/v1/uploads/{vid}", headers=_auth(stoken)).get_json()
-    assert seen["state"] == "awaiting_review" and seen["valid_rows"] == 3
+    assert seen["state"] == "awaiting_review" and seen["valid_rows"] == 23
     assert seen["mapping"] == {} and "columns" not in seen["validation"]
+    # The steward sees what was done to each column, but no value, masked or not.
+    assert seen["deidentification"]["columns"]
+    assert all("examples" not in c for c in seen["deidentification"]["columns"])
+    assert "COI-0" not in json.dumps(seen) and "C***" not in json.dumps(seen)
     assert "Patient ID" not in json.dumps(seen) and "130" not in json.dumps(seen["validation"])
     assert client.get(f"/datasets/{vid}/report.csv", headers=_auth(stoken)).status_code in (
         302, 403)

@@ -75,6 +75,18 @@ def test_production_refuses_default_keys_naming_them(tmp_path: Path) -> None:
                        "secret_key": "x" * 40, "hmac_key": "short"}, environ={})
     with pytest.raises(ConfigurationError, match="at least 32"):
         s.check_production()
+    s = load_settings({"data_dir": str(tmp_path), "mode": "production", "secret_key": "x" * 40,
+                       "hmac_key": "k" * 40, "hmac_previous_keys": "o" * 20 + ", tiny"},
+                      environ={})
+    assert s.key_chain == [b"o" * 20, b"tiny", b"k" * 40]
+    with pytest.raises(ConfigurationError, match="HMAC_PREVIOUS_KEYS"):
+        s.check_production()
+
+
+def test_deid_k_floor_is_at_least_two(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="deid_k"):
+        load_settings({"data_dir": str(tmp_path), "deid_k": 1}, environ={})
+    assert load_settings({"data_dir": str(tmp_path), "deid_k": 7}, environ={}).deid_k == 7
 
 
 def test_create_app_refuses_production_defaults(tmp_path: Path) -> None:

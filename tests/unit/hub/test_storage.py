@@ -424,7 +424,7 @@ def test_hostile_keys_are_rejected_by_every_operation(store: Store) -> None:
         ("quarantine/../etc/passwd", "'..' path segment"),
         ("/abs", "absolute path"),
         ("pool//x", "empty path segment"),
-        ("other/x", "must start with 'quarantine/' or 'pool/'"),
+        ("other/x", "must start with 'quarantine/' or 'pool/' or 'keys/'"),
         ("pool/a\\b", "backslash"),
         ("pool/\x00", "control character"),
         ("pool/" + "a" * 1020, "longer than 1024"),
@@ -599,7 +599,7 @@ def test_get_storage_local_uses_effective_storage_path(tmp_path: Path) -> None:
 
     assert isinstance(storage, LocalStorage)
     assert storage.root == tmp_path.resolve() / "objects" == settings.effective_storage_path
-    assert ZONES == ("quarantine", "pool")
+    assert ZONES == ("quarantine", "pool", "keys")
 
 
 # S3 specifics --------------------------------------------------------------------------
