@@ -345,17 +345,25 @@ def confirm_mapping(
         )
         session.add(remembered)
     remembered.mapping = json.dumps(confirmed.as_mapping())
+    _queue_processing(
+        session, settings, version, actor, "ingest.map", {"mapping": confirmed.as_mapping()}
+    )
+
+
+def _queue_processing(
+    session: Session,
+    settings: Settings,
+    version: DatasetVersion,
+    actor: str,
+    action: str,
+    detail: dict[str, Any],
+) -> None:
+    """Queue (re)processing of ``version``, recording why in the ledger."""
     version.state = VersionState.PROCESSING
     version.job_id = enqueue(
         session, "ingest.process", {"version_id": version.id}, actor=actor, settings=settings
     ).id
-    record(
-        session,
-        actor=actor,
-        action="ingest.map",
-        target=f"dataset:{version.id}",
-        detail={"mapping": confirmed.as_mapping()},
-    )
+    record(session, actor=actor, action=action, target=f"dataset:{version.id}", detail=detail)
 
 
 # Validate and de-identify ---------------------------------------------------------------
@@ -530,17 +538,7 @@ def choose_deidentification(
     floor = json.loads(version.deid_floor or "{}")
     choices = deid.check_choices(floor, body, k_floor=settings.deid_k)
     version.deid_choices = json.dumps(choices.to_dict())
-    version.state = VersionState.PROCESSING
-    version.job_id = enqueue(
-        session, "ingest.process", {"version_id": version.id}, actor=actor, settings=settings
-    ).id
-    record(
-        session,
-        actor=actor,
-        action="ingest.deid_choices",
-        target=f"dataset:{version.id}",
-        detail=choices.to_dict(),
-    )
+    _queue_processing(session, settings, version, actor, "ingest.deid_choices", choices.to_dict())
 
 
 def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
