@@ -1,10 +1,19 @@
 """Every model, imported in one place so that Alembic and ``create_all`` see them all."""
 
 from hub.accounts.models import ApiToken, Institution, LoginAttempt, User
+from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.models import AuditEntry, AuditHead
 from hub.db import Base
 from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
+from policies import store as _policy_store
 
-__all__ = ["ApiToken", "AuditEntry", "AuditHead", "Base", "DatasetVersion", "Institution",
-           "InstitutionMapping", "Job", "LoginAttempt", "User"]
+# The policy tables belong to `policies/` (its own MetaData); the hub's migrations create
+# them, so Alembic's comparison and the test fixtures must know them too.
+for _table in _policy_store.metadata.sorted_tables:
+    if _table.name not in Base.metadata.tables:
+        _table.to_metadata(Base.metadata)
+
+__all__ = ["AgreementRecord", "AgreementSignature", "ApiToken", "AuditEntry", "AuditHead",
+           "Base", "DatasetVersion", "Institution", "InstitutionMapping", "Job", "LoginAttempt",
+           "User"]
