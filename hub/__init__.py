@@ -20,6 +20,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.accounts.views import bp as auth_bp
     from hub.accounts.views import tokens_bp
     from hub.admin.views import bp as admin_bp
+    from hub.agreements.views import admin_bp as agreements_admin_bp
+    from hub.agreements.views import api as agreements_api
+    from hub.agreements.views import bp as agreements_bp
     from hub.api.views import bp as api_bp
     from hub.ingest.views import api as uploads_api
     from hub.ingest.views import bp as datasets_bp
@@ -54,8 +57,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     web.init_app(app)
 
     for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
-               uploads_api):
+               uploads_api, agreements_bp, agreements_admin_bp, agreements_api):
         app.register_blueprint(bp)
-    for bp in (api_bp, uploads_api):
+    for bp in (api_bp, uploads_api, agreements_api):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     return app

@@ -166,13 +166,15 @@ def up(hub: Hub, ctx: click.Context, host: str | None, port: int | None) -> None
 def _register() -> None:
     from anonymisation.cli import deid
     from hub.accounts.cli import institution, token, user
+    from hub.agreements.cli import agreement
     from hub.audit.cli import audit
     from hub.demo import demo
     from hub.demodata.cli import demo_data
     from hub.ingest.cli import pool, upload
     from hub.jobs.cli import job
 
-    for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid):
+    for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid,
+                    agreement):
         cli.add_command(command)
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import click
+import yaml
 from sqlalchemy import select
 
 from hub.accounts import services
 from hub.accounts.models import Institution, User
+from hub.agreements.models import AgreementRecord
 from hub.command import Hub, pass_hub
 
 INSTITUTIONS = (
@@ -128,6 +131,47 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
     return lines
 
 
+DEMO_AGREEMENT = "demo-mfp"
+
+
+def demo_agreement_text(today: date | None = None) -> str:
+    """The shipped manufacturing-failure template, made the demo consortium's: the three
+    institutions contribute, the hospital and the institute receive, the demo researcher is
+    named, valid for two years from today."""
+    from hub.agreements.services import template_text
+
+    start = today or datetime.now(UTC).date()
+    terms = yaml.safe_load(template_text("manufacturing_failure_prediction"))
+    terms.update(
+        id=DEMO_AGREEMENT,
+        title="Demo: manufacturing-failure prediction across the consortium",
+        parties=[
+            {"institution": "northbridge-cell", "roles": ["contributor"]},
+            {"institution": "st-aurelia", "roles": ["contributor", "recipient"]},
+            {"institution": "kelvin-institute", "roles": ["contributor", "recipient"]},
+        ],
+        researchers=["researcher"],
+        valid_from=start,
+        valid_until=start.replace(year=start.year + 2, day=min(start.day, 28)),
+    )
+    return str(yaml.safe_dump(terms, sort_keys=False))
+
+
+def seed_agreement(hub: Hub) -> str:
+    """An active demo agreement, signed by every party's admin (skipped when it exists)."""
+    from hub.agreements import services as agreements
+
+    with hub.database.session() as s:
+        if s.scalar(select(AgreementRecord.id).where(AgreementRecord.slug == DEMO_AGREEMENT)):
+            return f"agreement {DEMO_AGREEMENT} already exists"
+        stored = agreements.create(s, demo_agreement_text(), actor="demo")
+        agreements.transition(s, stored, "submit", actor="demo")
+        for admin in ("northbridge-admin", "aurelia-admin", "kelvin-admin"):
+            user = services.get_user(s, admin)
+            agreements.sign(s, stored, user, actor=f"user:{admin}")
+        return f"agreement {DEMO_AGREEMENT} {stored.state}"
+
+
 def seed(hub: Hub) -> dict[str, str]:
     """Create the demo institutions and users that do not exist yet."""
     passwords = _load_or_create_passwords(_logins_file(hub.settings.data_path))
@@ -159,6 +203,7 @@ def demo_seed(hub: Hub, data: bool, patients: int) -> None:
 
     schema.upgrade(hub.database)
     passwords = seed(hub)
+    click.echo(f"  {seed_agreement(hub)}")
     if data:
         for line in seed_data(hub, patients=patients):
             click.echo(f"  data: {line}")

@@ -8,7 +8,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, g, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
@@ -19,6 +30,8 @@ from hub.accounts.services import verify_token
 from hub.audit.services import record
 from hub.db import get_database, get_db
 from hub.errors import CleanroomError, DatabaseUnavailable, Forbidden, Unauthorized
+from policies.enforcer import user_subject
+from policies.store import SyncedPolicy
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +86,44 @@ def actor() -> str:
     return f"user:{user.username}" if user else "anonymous"
 
 
+def get_policy() -> SyncedPolicy:
+    """The process's policy (global rules plus those compiled from agreements), brought up
+    to date with the database once per request: a suspension committed by any process
+    holds from the next request on."""
+    policy: SyncedPolicy = current_app.extensions["cleanroom.policy"]
+    if not g.get("policy_fresh"):
+        policy.refresh()
+        g.policy_fresh = True
+    return policy
+
+
+def _refresh_policy() -> None:
+    """Before the request opens its own session: on SQLite every transaction takes the
+    write lock (BEGIN IMMEDIATE), so the version check must not wait on the request's."""
+    if request.endpoint not in OPEN_ENDPOINTS:
+        get_policy()
+
+
+def agreement_domain(slug: str, **_: Any) -> str:
+    """The policy domain of the agreement a view's ``slug`` names."""
+    return f"agreement:{slug}"
+
+
 def guard(
     action: str,
     obj: str,
     *,
     scope: str | None = None,
     owner: Callable[..., bool] | None = None,
+    domain: Callable[..., str] | None = None,
 ) -> Callable[[F], F]:
     """Sign-in and permission check for a view, decided by :mod:`policies`.
 
     ``obj`` may name view arguments (``"jobs/{job_id}"``). ``scope`` is the API-token scope
     the route needs. ``owner(user, **view_args)`` says whether the object is the caller's own,
-    for rules that apply only to owners.
+    for rules that apply only to owners. ``domain(**view_args)`` names an agreement domain:
+    the decision is then the user's (``user:<id>``) in that agreement, made by the
+    process's :func:`get_policy`; without it, the user's global role decides.
     """
 
     def decorate(view: F) -> F:
@@ -106,11 +145,17 @@ def guard(
                     )
             target, act = obj.format(**kwargs), action.format(**kwargs)
             is_owner = bool(owner(user, **kwargs)) if owner is not None else False
-            if not policies.allowed(user.role, act, target, owner=is_owner):
+            if domain is not None:
+                ok = get_policy().allowed(user_subject(user.id), act, target,
+                                          domain=domain(**kwargs), owner=is_owner,
+                                          refresh=False)
+            else:
+                ok = policies.allowed(user.role, act, target, owner=is_owner)
+            if not ok:
                 raise Forbidden(f"you may not {act} {target}.")
             return view(*args, **kwargs)
 
-        wrapper._cleanroom_guard = (action, obj)  # type: ignore[attr-defined]
+        wrapper._cleanroom_guard = (action, obj, domain)  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
@@ -205,6 +250,8 @@ def _security_headers(resp: Response) -> Response:
 
 
 def init_app(app: Flask) -> None:
+    app.extensions["cleanroom.policy"] = SyncedPolicy(get_database(app).engine)
+    app.before_request(_refresh_policy)
     app.register_error_handler(CleanroomError, _handle_cleanroom)
     app.register_error_handler(CSRFError, _handle_csrf)
     app.register_error_handler(HTTPException, _handle_http)

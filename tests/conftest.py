@@ -150,6 +150,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
+    app.extensions["cleanroom.policy"].close()
     app.extensions["cleanroom.db"].dispose()
 
 

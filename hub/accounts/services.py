@@ -146,6 +146,43 @@ def set_active(session: Session, user: User, active: bool, *, actor: str) -> Non
     user.session_epoch += 1
     record(session, actor=actor, action="user.enable" if active else "user.disable",
            target=f"user:{user.username}")
+    _recompile_agreements(session)
+
+
+def change_user(
+    session: Session, user: User, *, role: str, institution: str | None, actor: str
+) -> bool:
+    """Move a user to another role and/or institution; False when nothing changes.
+
+    Their sessions end (they sign in again under the new rights), and every agreement's
+    rules are recompiled: a party admin who moved away no longer signs for the old
+    institution, a researcher who left a recipient institution no longer reaches its data.
+    """
+    if role not in {r.value for r in Role}:
+        raise BadRequest(f"role {role!r}: choose one of " + ", ".join(r.value for r in Role))
+    inst = get_institution(session, institution) if institution else None
+    if role in (Role.CONTRIBUTOR, Role.CONTRIBUTOR_ADMIN) and inst is None:
+        raise BadRequest(f"a {role} must belong to an institution.")
+    old_inst = user.institution.slug if user.institution else None
+    if user.role == role and old_inst == institution:
+        return False
+    detail = {"role": [user.role, role], "institution": [old_inst, institution]}
+    user.role = role
+    user.institution = inst
+    user.session_epoch += 1
+    session.flush()
+    record(session, actor=actor, action="user.change", target=f"user:{user.username}",
+           detail=detail)
+    _recompile_agreements(session)
+    return True
+
+
+def _recompile_agreements(session: Session) -> None:
+    # Agreement rules name users by id and derive from their role and institution.
+    from hub.agreements.services import recompile_all
+
+    session.flush()
+    recompile_all(session)
 
 
 # Login -------------------------------------------------------------------------------------
