@@ -104,6 +104,28 @@ def user_action(user_id: int, op: str) -> ResponseReturnValue:
     return redirect(url_for("admin.users"))
 
 
+@bp.route("/users/<int:user_id>/edit", methods=["POST"])
+@guard("write", "admin/users/{user_id}")
+def user_edit(user_id: int) -> ResponseReturnValue:
+    """Move a user to another role or institution; agreements' rules are recompiled."""
+    db = get_db()
+    user = db.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user {user_id}.")
+    try:
+        changed = accounts.change_user(
+            db, user, role=request.form.get("role", user.role),
+            institution=request.form.get("institution", "").strip() or None, actor=actor(),
+        )
+        db.commit()
+        flash(f"User {user.username}: " + ("role and institution saved; their sessions end."
+                                           if changed else "nothing changed."), "info")
+    except CleanroomError as err:
+        db.rollback()
+        flash(err.message, "error")
+    return redirect(url_for("admin.users"))
+
+
 def _audit_query() -> tuple[Select[AuditEntry], dict[str, str]]:
     filters = {k: request.args.get(k, "").strip() for k in ("actor", "action", "target",
                                                               "since", "until")}
