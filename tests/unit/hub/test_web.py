@@ -31,6 +31,19 @@ def test_every_route_is_guarded(app: Flask) -> None:
     assert open_ == {"static", "auth.login", "health.healthz"}
 
 
+def test_agreement_routes_decide_in_the_agreement_domain(app: Flask) -> None:
+    """A route about one agreement asks the policy in that agreement's domain, as the user:
+    the global role alone never opens it."""
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith(("/agreements/<", "/api/v1/agreements/<")):
+            _action, obj, domain = app.view_functions[rule.endpoint]._cleanroom_guard
+            assert domain is not None and "{slug}" in obj, rule.rule
+            assert domain(slug="mfp") == "agreement:mfp"
+            found.append(rule.endpoint)
+    assert sorted(found) == ["agreements.show", "agreements.sign", "agreements_api.api_show"]
+
+
 def test_anonymous_requests_are_refused_everywhere(app: Flask, client: FlaskClient) -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint in OPEN_ENDPOINTS:
