@@ -1,0 +1,882 @@
+"""Check a researcher's SQL against the allow-list and rewrite it for disclosure control.
+
+``check_query`` parses one statement in DuckDB's dialect with sqlglot and walks its syntax
+tree. Everything is refused unless it is on an allow-list: one ``SELECT`` over the
+agreement's views (optionally joined on column equalities), a ``WHERE`` of row predicates,
+``GROUP BY`` keys, and output columns that are group keys or arithmetic over the allowed
+aggregates. Subqueries and CTEs are refused outright: an inner query could return rows, and
+an aggregate-only rule for them buys little that a join does not give.
+
+``rewrite`` turns a checked query into one statement that pre-aggregates by the group keys
+and each table's ``institution`` (a single scan) and then combines the partial aggregates
+per group, carrying for every output cell what disclosure control needs: record count,
+distinct institutions per table, per-aggregate contributor counts, the records in each
+branch of every ``CASE`` or predicate inside an aggregate, the records each ``WHERE``
+conjunct removes, and the share of the largest institutions (dominance). The researcher's
+text is never executed: only SQL generated from the checked tree is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from sandbox.gateway.errors import QueryRejected
+
+INSTITUTION = "institution"
+"""The pseudonym column every view carries; it is not an identifier of a person."""
+
+# Aggregates real data answers: sqlglot class -> canonical name.
+AGGREGATES: dict[type[exp.Expression], str] = {
+    exp.Count: "count",
+    exp.Sum: "sum",
+    exp.Avg: "avg",
+    exp.Stddev: "stddev_samp",
+    exp.StddevSamp: "stddev_samp",
+    exp.StddevPop: "stddev_pop",
+    exp.Variance: "var_samp",
+    exp.VariancePop: "var_pop",
+}
+COUNTS = {"count", "count_star"}
+
+# Refused aggregates and functions, each with the sentence a researcher sees.
+_SINGLE_VALUE = "returns a single record's value; real data answers only aggregates"
+REFUSED_NODES: dict[type[exp.Expression], tuple[str, str]] = {
+    exp.Min: ("MIN", _SINGLE_VALUE),
+    exp.Max: ("MAX", _SINGLE_VALUE),
+    exp.ArgMax: ("ARG_MAX", _SINGLE_VALUE),
+    exp.ArgMin: ("ARG_MIN", _SINGLE_VALUE),
+    exp.First: ("FIRST", _SINGLE_VALUE),
+    exp.Last: ("LAST", _SINGLE_VALUE),
+    exp.AnyValue: ("ANY_VALUE", _SINGLE_VALUE),
+    exp.Median: ("MEDIAN", "exact quantiles are a record's value; use AVG or a synthetic version"),
+    exp.Quantile: ("QUANTILE", "exact quantiles are a record's value"),
+    exp.PercentileCont: ("QUANTILE_CONT", "exact quantiles are a record's value"),
+    exp.PercentileDisc: ("QUANTILE_DISC", "exact quantiles are a record's value"),
+    exp.ApproxQuantile: ("APPROX_QUANTILE", "quantiles are close to a record's value"),
+    exp.Mode: ("MODE", _SINGLE_VALUE),
+    exp.ArrayAgg: ("ARRAY_AGG/LIST", "returns the records themselves"),
+    exp.GroupConcat: ("STRING_AGG", "returns the records themselves"),
+    exp.Window: ("window function", "window functions return one value per record"),
+    exp.Filter: ("FILTER clause", "use CASE WHEN inside the aggregate instead"),
+    exp.WithinGroup: ("WITHIN GROUP", "ordered-set aggregates (quantiles) are refused"),
+    exp.Subquery: ("subquery", "subqueries are not supported on real data; use joins"),
+    exp.Exists: ("EXISTS subquery", "subqueries are not supported on real data; use joins"),
+    exp.Placeholder: ("parameter", "write values into the query; parameters are not supported"),
+    exp.Star: ("SELECT *", "name aggregates and group keys; rows are never returned"),
+    exp.Columns: ("COLUMNS(...)", "name aggregates and group keys explicitly"),
+    exp.ReadCSV: ("read_csv", "table functions and file readers are refused"),
+    exp.ReadParquet: ("read_parquet", "table functions and file readers are refused"),
+    exp.Lambda: ("lambda", "lambdas are not supported"),
+}
+
+_ARITHMETIC = (
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.IntDiv,
+    exp.Mod,
+    exp.Pow,
+    exp.Neg,
+    exp.Paren,
+)
+_FUNCTIONS = (
+    exp.Round,
+    exp.Abs,
+    exp.Ln,
+    exp.Log,
+    exp.Exp,
+    exp.Sqrt,
+    exp.Floor,
+    exp.Ceil,
+    exp.Lower,
+    exp.Upper,
+    exp.Cast,
+    exp.TryCast,
+    exp.DataType,
+    exp.Coalesce,
+    exp.Extract,
+    exp.Var,
+    exp.DPipe,
+)
+_PREDICATES = (
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.NullSafeEQ,
+    exp.NullSafeNEQ,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.In,
+    exp.Between,
+    exp.Is,
+    exp.Like,
+    exp.ILike,
+)
+_LEAVES = (exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null)
+_CONDITIONALS = (exp.Case, exp.If)
+SCALAR_NODES = _ARITHMETIC + _FUNCTIONS + _PREDICATES + _LEAVES + _CONDITIONALS
+ANONYMOUS_ALLOWED = {"date_part", "datepart"}
+_TABLE_FUNCTIONS = {
+    "read_csv",
+    "read_csv_auto",
+    "read_parquet",
+    "parquet_scan",
+    "read_json",
+    "read_json_auto",
+    "read_text",
+    "read_blob",
+    "glob",
+    "read_ndjson",
+    "range",
+    "generate_series",
+    "sniff_csv",
+    "parquet_metadata",
+    "parquet_schema",
+}
+_SYSTEM_PREFIXES = ("duckdb_", "pg_", "pragma_", "sqlite_", "information_schema")
+_SYSTEM_FUNCTIONS = {
+    "getenv",
+    "current_setting",
+    "current_database",
+    "current_schema",
+    "version",
+    "query",
+    "query_table",
+    "which_secret",
+    "sql_auto_complete",
+}
+
+_SELECT_ARGS = {
+    "kind",
+    "hint",
+    "expressions",
+    "limit",
+    "offset",
+    "from_",
+    "joins",
+    "where",
+    "group",
+    "order",
+    "operation_modifiers",
+    "exclude",
+    "distinct",
+}
+_STATEMENTS: dict[type[exp.Expression], str] = {
+    exp.Copy: "COPY",
+    exp.Attach: "ATTACH",
+    exp.Detach: "DETACH",
+    exp.Install: "INSTALL",
+    exp.Pragma: "PRAGMA",
+    exp.Set: "SET",
+    exp.Create: "CREATE",
+    exp.Insert: "INSERT",
+    exp.Update: "UPDATE",
+    exp.Delete: "DELETE",
+    exp.Drop: "DROP",
+    exp.Union: "UNION",
+    exp.Intersect: "INTERSECT",
+    exp.Except: "EXCEPT",
+    exp.Describe: "DESCRIBE",
+    exp.Use: "USE",
+}
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A ``CASE``/``IF`` or a predicate inside an aggregate: each branch must hold 0 or ≥ k
+    records of the cell, else the aggregate singles out a few records."""
+
+    branches: tuple[exp.Expression, ...]  # the condition under which each branch is taken
+    text: str
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One allowed aggregate in an output column."""
+
+    func: str  # count_star, count, sum, avg, var_samp, var_pop, stddev_samp, stddev_pop
+    arg: exp.Expression | None
+    selectors: tuple[Selector, ...]
+    node: exp.Expression  # the node in the checked tree (identity used by the rewrite)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output column: a group key (``key`` set) or an expression over aggregates."""
+
+    name: str
+    expr: exp.Expression
+    key: int | None
+    aggregates: tuple[Aggregate, ...] = ()
+
+    @property
+    def is_count(self) -> bool:
+        return any(a.func in COUNTS for a in self.aggregates)
+
+
+@dataclass(frozen=True)
+class CheckedQuery:
+    """A query that passed ``check_query``: the parts the rewrite and disclosure need."""
+
+    sql: str
+    tree: exp.Select
+    tables: tuple[tuple[str, str], ...]  # (alias, view) in FROM order
+    keys: tuple[exp.Expression, ...]
+    outputs: tuple[Output, ...]
+    conjuncts: tuple[exp.Expression, ...]
+    order: tuple[tuple[int, bool], ...] = ()  # (output index, descending)
+    limit: int | None = None
+    aggregates: tuple[Aggregate, ...] = field(default=())
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the canonical text of the checked query (comments and case removed)."""
+        return hashlib.sha256(self.tree.sql(dialect="duckdb").encode()).hexdigest()
+
+
+def _reject(construct: str, reason: str) -> QueryRejected:
+    return QueryRejected(reason, construct)
+
+
+def check_query(
+    sql: str,
+    views: Iterable[str],
+    identifiers: Mapping[str, Iterable[str]] | None = None,
+) -> CheckedQuery:
+    """Parse ``sql`` and check it against the allow-list; raise :class:`QueryRejected`.
+
+    ``views`` are the table names this agreement exposes; ``identifiers`` maps a view to its
+    pseudonymous identifier columns, which may appear only in join conditions."""
+    views = {v.lower() for v in views}
+    try:
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
+    except ParseError as error:
+        first = error.errors[0]["description"] if error.errors else str(error)
+        raise _reject("syntax", f"the query does not parse as DuckDB SQL ({first})") from None
+    if len(statements) != 1:
+        raise _reject("multiple statements", f"send exactly one statement, not {len(statements)}")
+    (tree,) = statements
+    if not isinstance(tree, exp.Select):
+        for cls, name in _STATEMENTS.items():
+            if isinstance(tree, cls):
+                raise _reject(name, "only a single SELECT is answered")
+        word = tree.name.upper() if isinstance(tree, exp.Command) else type(tree).__name__
+        raise _reject(word or "statement", "only a single SELECT is answered")
+    return _Checker(tree, views, identifiers or {}).check(sql)
+
+
+class _Checker:
+    def __init__(
+        self, tree: exp.Select, views: set[str], identifiers: Mapping[str, Iterable[str]]
+    ) -> None:
+        self.tree = tree
+        self.views = views
+        self.identifier_map = {k.lower(): {c.lower() for c in v} for k, v in identifiers.items()}
+        self.aliases: dict[str, str] = {}
+        self.identifiers: set[str] = set()
+
+    # -- structure -------------------------------------------------------------------------
+
+    def check(self, sql: str) -> CheckedQuery:
+        tree = self.tree
+        for key, value in tree.args.items():
+            if value in (None, False, []) or key in ("kind", "hint", "operation_modifiers"):
+                continue
+            if key == "with_":
+                raise _reject("CTE (WITH)", "CTEs are not supported on real data; use joins")
+            if key == "distinct":
+                raise _reject("SELECT DISTINCT", "DISTINCT returns values; use GROUP BY")
+            if key not in _SELECT_ARGS:
+                raise _reject(key.rstrip("_").upper(), "this clause is not supported")
+        if tree.args.get("kind") or tree.args.get("hint") or tree.args.get("exclude"):
+            raise _reject("SELECT modifier", "this clause is not supported")
+        tables = self._tables()
+        conjuncts = self._where()
+        keys = self._keys()
+        outputs = self._outputs(keys)
+        if not any(o.aggregates for o in outputs):
+            raise _reject(
+                "no aggregate",
+                "real data answers only aggregates: add COUNT(*), SUM, AVG, STDDEV or VARIANCE",
+            )
+        order = self._order(outputs)
+        limit = self._limit()
+        aggregates = tuple(a for o in outputs for a in o.aggregates)
+        return CheckedQuery(sql, tree, tables, keys, outputs, conjuncts, order, limit, aggregates)
+
+    def _tables(self) -> tuple[tuple[str, str], ...]:
+        from_ = self.tree.args.get("from_")
+        if from_ is None:
+            raise _reject("SELECT without FROM", "query one of the agreement's views")
+        found = [self._table(from_.this)]
+        joins = self.tree.args.get("joins") or []
+        for join in joins:
+            found.append(self._table(join.this))
+        for alias, _view in found:
+            if alias in self.aliases:
+                raise _reject(f"table alias `{alias}`", "each table needs its own alias")
+            self.aliases[alias] = _view
+        for _alias, view in found:
+            self.identifiers |= self.identifier_map.get(view, set())
+        for join in joins:
+            self._join(join)
+        return tuple(found)
+
+    def _table(self, node: exp.Expression) -> tuple[str, str]:
+        if isinstance(node, exp.Subquery):
+            raise _reject("subquery", "subqueries are not supported on real data; use joins")
+        if not isinstance(node, exp.Table):
+            raise _reject(type(node).__name__, "FROM must name one of the agreement's views")
+        inner = node.this
+        if isinstance(inner, exp.Func):
+            name = inner.sql_name().lower() if not isinstance(inner, exp.Anonymous) else inner.name
+            raise _reject(
+                f"table function `{name.lower()}`",
+                "table functions and file readers are refused; query the agreement's views",
+            )
+        if not isinstance(inner, exp.Identifier):
+            raise _reject(type(inner).__name__, "FROM must name one of the agreement's views")
+        if node.args.get("db") or node.args.get("catalog"):
+            qualified = node.sql(dialect="duckdb")
+            raise _reject(
+                f"qualified name `{qualified}`",
+                "schema-qualified names and system catalogs are refused; name a view",
+            )
+        for key, value in node.args.items():
+            if value not in (None, False, []) and key not in ("this", "alias"):
+                raise _reject(f"table {key}", "only a plain view name and alias are allowed")
+        name = inner.name.lower()
+        if name not in self.views:
+            what = "system catalog" if name.startswith(_SYSTEM_PREFIXES) else "table"
+            raise _reject(f"{what} `{inner.name}`", "not a view of this agreement")
+        alias_node = node.args.get("alias")
+        if alias_node is not None and alias_node.args.get("columns"):
+            raise _reject("column aliases", "rename columns in the SELECT list instead")
+        alias = alias_node.name.lower() if alias_node is not None else name
+        return alias, name
+
+    def _join(self, join: exp.Join) -> None:
+        method = (join.args.get("method") or "").upper()
+        kind = (join.args.get("kind") or "").upper()
+        side = (join.args.get("side") or "").upper()
+        if method:
+            raise _reject(f"{method} JOIN", "only INNER and LEFT joins on equal keys")
+        if kind == "CROSS":
+            raise _reject("CROSS JOIN", "cross joins multiply records; join on equal keys")
+        if kind not in ("", "INNER") or side not in ("", "LEFT"):
+            raise _reject(f"{side or kind} JOIN", "only INNER and LEFT joins on equal keys")
+        for key, value in join.args.items():
+            if value not in (None, False, []) and key not in (
+                "this",
+                "on",
+                "using",
+                "kind",
+                "side",
+            ):
+                raise _reject(f"join {key}", "only plain joins on equal keys are allowed")
+        on, using = join.args.get("on"), join.args.get("using")
+        if on is None and not using:
+            raise _reject("join without ON", "an implicit (comma) join is a cross join; use ON")
+        if using:
+            for ident in using:
+                if not isinstance(ident, exp.Identifier):
+                    raise _reject("USING", "USING takes column names")
+                self._column_name(ident.name)
+            return
+        for part in _conjuncts(on):
+            if not (
+                isinstance(part, exp.EQ)
+                and isinstance(part.this, exp.Column)
+                and isinstance(part.expression, exp.Column)
+            ):
+                raise _reject(
+                    f"join condition `{part.sql(dialect='duckdb')}`",
+                    "joins must be equalities between columns (a.key = b.key)",
+                )
+            for column in (part.this, part.expression):
+                self._column(column, allow_identifier=True)
+
+    def _where(self) -> tuple[exp.Expression, ...]:
+        where = self.tree.args.get("where")
+        if where is None:
+            return ()
+        self._scalar(where.this, "WHERE")
+        return tuple(_conjuncts(where.this))
+
+    def _keys(self) -> tuple[exp.Expression, ...]:
+        group = self.tree.args.get("group")
+        selects = self.tree.expressions
+        if group is None:
+            return ()
+        for key, value in group.args.items():
+            if value not in (None, False, []) and key not in ("expressions", "all"):
+                raise _reject(
+                    f"GROUP BY {key.upper()}",
+                    "ROLLUP, CUBE and GROUPING SETS are not supported; ask for each grouping",
+                )
+        if group.args.get("all"):
+            keys = []
+            for select in selects:
+                inner = select.this if isinstance(select, exp.Alias) else select
+                if not _has_aggregate(inner):
+                    keys.append(inner)
+        else:
+            aliases = {s.alias.lower(): s.this for s in selects if isinstance(s, exp.Alias)}
+            keys = []
+            for node in group.expressions:
+                if isinstance(node, exp.Literal) and not node.is_string:
+                    position = int(node.this)
+                    if not 1 <= position <= len(selects):
+                        raise _reject(f"GROUP BY {position}", "no such output column")
+                    chosen = selects[position - 1]
+                    node = chosen.this if isinstance(chosen, exp.Alias) else chosen
+                elif (
+                    isinstance(node, exp.Column) and not node.table and node.name.lower() in aliases
+                ):
+                    node = aliases[node.name.lower()]
+                keys.append(node)
+        for node in keys:
+            if _has_aggregate(node):
+                raise _reject("aggregate in GROUP BY", "group by columns, not aggregates")
+            self._scalar(node, "GROUP BY")
+        return tuple(keys)
+
+    def _outputs(self, keys: tuple[exp.Expression, ...]) -> tuple[Output, ...]:
+        outputs = []
+        names: set[str] = set()
+        for position, select in enumerate(self.tree.expressions):
+            inner = select.this if isinstance(select, exp.Alias) else select
+            if isinstance(select, exp.Alias):
+                name = select.alias
+            elif isinstance(inner, exp.Column):
+                name = inner.name
+            else:
+                name = inner.sql(dialect="duckdb")
+            if name.lower() in names:
+                name = f"{name}_{position + 1}"
+            names.add(name.lower())
+            key = next((i for i, k in enumerate(keys) if k == inner), None)
+            if key is not None:
+                outputs.append(Output(name, inner, key))
+                continue
+            aggregates: list[Aggregate] = []
+            self._output_expr(inner, aggregates)
+            outputs.append(Output(name, inner, None, tuple(aggregates)))
+        return tuple(outputs)
+
+    def _output_expr(self, node: exp.Expression, found: list[Aggregate]) -> None:
+        self._refused(node)
+        for cls, func in AGGREGATES.items():
+            if type(node) is cls:
+                found.append(self._aggregate(node, func))
+                return
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "mean":
+            raise _reject("MEAN", "write AVG(...)")
+        if isinstance(node, exp.Column):
+            raise _reject(
+                f"non-aggregated column `{node.sql(dialect='duckdb')}`",
+                "every output must be an aggregate or a GROUP BY key",
+            )
+        if not isinstance(node, _ARITHMETIC + _FUNCTIONS + (exp.Literal, exp.Null)):
+            self._unknown(node)
+        for child in node.iter_expressions():
+            self._output_expr(child, found)
+
+    def _aggregate(self, node: exp.Expression, func: str) -> Aggregate:
+        arg = node.this
+        if func == "count" and (arg is None or isinstance(arg, exp.Star)):
+            return Aggregate("count_star", None, (), node)
+        if isinstance(arg, exp.Distinct):
+            raise _reject(
+                f"{func.upper()}(DISTINCT ...)",
+                "distinct aggregates are not supported yet; count rows of the table keyed "
+                "by the entity instead",
+            )
+        extra = [c for k, c in node.args.items() if k != "this" and c not in (None, False, [])]
+        if arg is None or extra:
+            raise _reject(f"{func.upper()} arguments", "aggregates take one expression")
+        if _has_aggregate(arg):
+            raise _reject("nested aggregate", "aggregates cannot contain aggregates")
+        self._scalar(arg, func.upper())
+        selectors: list[Selector] = []
+        _selectors(arg, selectors)
+        return Aggregate(func, arg, tuple(selectors), node)
+
+    # -- scalar expressions ----------------------------------------------------------------
+
+    def _scalar(self, node: exp.Expression, where: str) -> None:
+        self._refused(node)
+        if isinstance(node, exp.Column):
+            self._column(node)
+            return
+        if _is_aggregate(node):
+            raise _reject(f"aggregate in {where}", "aggregates belong in the SELECT list")
+        if isinstance(node, exp.In) and (node.args.get("query") or node.args.get("unnest")):
+            raise _reject("IN (subquery)", "subqueries are not supported on real data")
+        if isinstance(node, exp.Anonymous):
+            name = node.name.lower()
+            if name not in ANONYMOUS_ALLOWED:
+                self._unknown(node)
+            first = node.expressions[0] if node.expressions else None
+            if not (isinstance(first, exp.Literal) and first.is_string):
+                raise _reject(f"{name}", "the date part must be a quoted literal")
+        elif not isinstance(node, SCALAR_NODES):
+            self._unknown(node)
+        for child in node.iter_expressions():
+            self._scalar(child, where)
+
+    def _column(self, node: exp.Column, allow_identifier: bool = False) -> None:
+        if not isinstance(node.this, exp.Identifier):
+            self._refused(node.this)
+            raise _reject(node.sql(dialect="duckdb"), "name a column")
+        if node.args.get("db") or node.args.get("catalog"):
+            raise _reject(f"qualified column `{node.sql(dialect='duckdb')}`", "use alias.column")
+        table = node.table.lower() if node.table else None
+        if table is not None and table not in self.aliases:
+            raise _reject(f"table `{node.table}`", "not a table of this query")
+        name = node.name.lower()
+        self._column_name(name)
+        if not allow_identifier:
+            owners = [table] if table else list(self.aliases)
+            for alias in owners:
+                if name in self.identifier_map.get(self.aliases[alias], set()):
+                    raise _reject(
+                        f"identifier column `{node.name}`",
+                        "pseudonymous identifiers may be used only in join conditions; "
+                        "grouping, filtering or computing on them singles out records",
+                    )
+
+    @staticmethod
+    def _column_name(name: str) -> None:
+        if name.startswith("__") or name in ("rowid", "filename", "file_row_number"):
+            raise _reject(f"column `{name}`", "internal columns are not queryable")
+
+    @staticmethod
+    def _refused(node: exp.Expression) -> None:
+        for cls, (construct, reason) in REFUSED_NODES.items():
+            if isinstance(node, cls):
+                raise _reject(construct, reason)
+        if isinstance(node, exp.IgnoreNulls | exp.RespectNulls):
+            _Checker._refused(node.this)
+
+    @staticmethod
+    def _unknown(node: exp.Expression) -> None:
+        if isinstance(node, exp.Func):
+            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
+            if name in _TABLE_FUNCTIONS:
+                raise _reject(f"`{name}`", "table functions and file readers are refused")
+            if name in _SYSTEM_FUNCTIONS or name.startswith(_SYSTEM_PREFIXES):
+                raise _reject(f"`{name}`", "system functions and catalogs are refused")
+            if isinstance(node, exp.AggFunc):
+                raise _reject(
+                    f"aggregate `{name}`",
+                    "allowed aggregates are COUNT, SUM, AVG, STDDEV and VARIANCE",
+                )
+            raise _reject(f"function `{name}`", "not on the gateway's allow-list of functions")
+        raise _reject(type(node).__name__, "this construct is not on the gateway's allow-list")
+
+    def _order(self, outputs: tuple[Output, ...]) -> tuple[tuple[int, bool], ...]:
+        order = self.tree.args.get("order")
+        if order is None:
+            return ()
+        names = {o.name.lower(): i for i, o in enumerate(outputs)}
+        found = []
+        for ordered in order.expressions:
+            node = ordered.this
+            if isinstance(node, exp.Literal) and not node.is_string:
+                index = int(node.this) - 1
+                if not 0 <= index < len(outputs):
+                    raise _reject(f"ORDER BY {node.this}", "no such output column")
+            elif isinstance(node, exp.Column) and not node.table and node.name.lower() in names:
+                index = names[node.name.lower()]
+            else:
+                raise _reject(
+                    f"ORDER BY `{node.sql(dialect='duckdb')}`",
+                    "ORDER BY may name only output columns (by name or position)",
+                )
+            found.append((index, bool(ordered.args.get("desc"))))
+        return tuple(found)
+
+    def _limit(self) -> int | None:
+        if self.tree.args.get("offset") is not None:
+            raise _reject("OFFSET", "OFFSET is not supported")
+        limit = self.tree.args.get("limit")
+        if limit is None:
+            return None
+        value = limit.args.get("expression")
+        if not (isinstance(value, exp.Literal) and not value.is_string and value.this.isdigit()):
+            raise _reject("LIMIT", "LIMIT takes a whole number")
+        return int(value.this)
+
+
+def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return _conjuncts(node.this) + _conjuncts(node.expression)
+    return [node]
+
+
+def _is_aggregate(node: exp.Expression) -> bool:
+    return isinstance(node, exp.AggFunc | exp.Window) or type(node) in AGGREGATES
+
+
+def _has_aggregate(node: exp.Expression) -> bool:
+    return any(_is_aggregate(n) for n in node.walk())
+
+
+def _selectors(node: exp.Expression, found: list[Selector]) -> None:
+    """Collect the conditionals and predicates inside an aggregate's argument."""
+    if isinstance(node, exp.Case):
+        operand = node.args.get("this")
+        branches: list[exp.Expression] = []
+        taken_before: list[exp.Expression] = []
+        for when in node.args.get("ifs") or []:
+            condition = when.this
+            if operand is not None:
+                condition = exp.EQ(this=operand.copy(), expression=condition.copy())
+            is_true = exp.Is(this=exp.paren(condition.copy()), expression=exp.true())
+            branches.append(exp.and_(*taken_before, is_true) if taken_before else is_true)
+            taken_before.append(exp.Not(this=is_true.copy()))
+        branches.append(exp.and_(*taken_before))
+        found.append(Selector(tuple(branches), node.sql(dialect="duckdb")))
+        if operand is not None:
+            _selectors(operand, found)
+        for when in node.args.get("ifs") or []:
+            _selectors(when.args["true"], found)
+        if node.args.get("default") is not None:
+            _selectors(node.args["default"], found)
+        return
+    if isinstance(node, exp.If):
+        is_true = exp.Is(this=exp.paren(node.this.copy()), expression=exp.true())
+        found.append(Selector((is_true, exp.Not(this=is_true.copy())), node.sql("duckdb")))
+        for key in ("true", "false"):
+            if node.args.get(key) is not None:
+                _selectors(node.args[key], found)
+        return
+    if isinstance(node, _PREDICATES):
+        is_true = exp.Is(this=exp.paren(node.copy()), expression=exp.true())
+        found.append(Selector((is_true, exp.Not(this=is_true.copy())), node.sql("duckdb")))
+        return
+    for child in node.iter_expressions():
+        _selectors(child, found)
+
+
+# -- rewrite -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """The statement the gateway runs and the names of what it returns."""
+
+    sql: str
+    keys: tuple[str, ...]  # __k0 ...
+    outputs: tuple[str | None, ...]  # per output: __oX, or None for a key output
+    tables: int
+
+
+_PARTIALS = {
+    "count": ("c",),
+    "sum": ("s", "c", "m"),
+    "avg": ("s", "c"),
+    "var_samp": ("s", "c", "q"),
+    "var_pop": ("s", "c", "q"),
+    "stddev_samp": ("s", "c", "q"),
+    "stddev_pop": ("s", "c", "q"),
+}
+
+
+def _q(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _filtered(agg: exp.Expression, condition: exp.Expression | None) -> exp.Expression:
+    if condition is None:
+        return agg
+    return exp.Filter(this=agg, expression=exp.Where(this=condition.copy()))
+
+
+def _partial(kind: str, arg: exp.Expression, where: exp.Expression | None) -> exp.Expression:
+    arg = arg.copy()
+    if kind == "c":
+        return _filtered(exp.Count(this=arg, big_int=True), where)
+    if kind == "s":
+        return _filtered(exp.Sum(this=arg), where)
+    if kind == "m":
+        return _filtered(exp.Sum(this=exp.Abs(this=arg)), where)
+    as_double = exp.Cast(this=arg, to=exp.DataType.build("DOUBLE"))
+    # M2 = sum of squared deviations, combined across institutions by Chan's formula.
+    return exp.Coalesce(
+        this=exp.Mul(
+            this=_filtered(exp.VariancePop(this=as_double), where),
+            expression=_filtered(exp.Count(this=as_double.copy(), big_int=True), where),
+        ),
+        expressions=[exp.Literal.number(0)],
+    )
+
+
+def _combined(func: str, j: int, rounding_base: int) -> str:
+    s, c, q = f'"__a{j}_s"', f'"__a{j}_c"', f'"__a{j}_q"'
+    if func in COUNTS:
+        total = 'SUM("__n")' if func == "count_star" else f"SUM({c})"
+        if rounding_base > 1:
+            return f"CAST(ROUND({total} / {rounding_base}) * {rounding_base} AS BIGINT)"
+        return f"CAST({total} AS BIGINT)"
+    if func == "sum":
+        return f"SUM({s})"
+    if func == "avg":
+        return f"(SUM({s}) / NULLIF(SUM({c}), 0))"
+    m2 = (
+        f"GREATEST(SUM({q}) + SUM(CAST({s} AS DOUBLE) * {s} / NULLIF({c}, 0)) "
+        f"- CAST(SUM({s}) AS DOUBLE) * SUM({s}) / NULLIF(SUM({c}), 0), 0)"
+    )
+    divisor = f"NULLIF(SUM({c}), 0)" if func.endswith("pop") else f"NULLIF(SUM({c}) - 1, 0)"
+    variance = f"({m2} / {divisor})"
+    return f"SQRT{variance}" if func.startswith("stddev") else variance
+
+
+def _contribution(func: str, j: int) -> str:
+    if func == "count_star":
+        return '"__n"'
+    if func == "sum":
+        return f'"__a{j}_m"'
+    return f'"__a{j}_c"'
+
+
+def _aggregate_nodes(node: exp.Expression) -> list[exp.Expression]:
+    """Aggregates of an output expression in the order ``_Checker._output_expr`` found them."""
+    if type(node) in AGGREGATES:
+        return [node]
+    found: list[exp.Expression] = []
+    for child in node.iter_expressions():
+        found.extend(_aggregate_nodes(child))
+    return found
+
+
+def rewrite(checked: CheckedQuery, dominance_n: int = 2, rounding_base: int = 1) -> Rewritten:
+    """One statement: pre-aggregate by keys and institutions, combine per group, attach the
+    disclosure columns (see the module docstring and docs/gateway.md)."""
+    nk, nt = len(checked.keys), len(checked.tables)
+    where = exp.and_(*[c.copy() for c in checked.conjuncts]) if checked.conjuncts else None
+
+    inner: list[exp.Expression] = []
+    for i, key in enumerate(checked.keys):
+        inner.append(exp.alias_(key.copy(), _q(f"__k{i}")))
+    for t, (alias, _view) in enumerate(checked.tables):
+        inner.append(exp.alias_(exp.column(_q(INSTITUTION), table=_q(alias)), _q(f"__i{t}")))
+    inner.append(exp.alias_(_filtered(exp.Count(this=exp.Star(), big_int=True), where), _q("__n")))
+    for j, agg in enumerate(checked.aggregates):
+        if agg.arg is not None:
+            for kind in _PARTIALS[agg.func]:
+                inner.append(exp.alias_(_partial(kind, agg.arg, where), _q(f"__a{j}_{kind}")))
+        for s, selector in enumerate(agg.selectors):
+            for b, branch in enumerate(selector.branches):
+                condition = exp.and_(where.copy(), branch.copy()) if where else branch.copy()
+                count = exp.Count(this=exp.Star(), big_int=True)
+                inner.append(exp.alias_(_filtered(count, condition), _q(f"__s{j}_{s}_{b}")))
+    conjuncts = checked.conjuncts
+    for i, conjunct in enumerate(conjuncts):
+        removed = exp.Is(this=exp.paren(conjunct.copy()), expression=exp.true())
+        condition = exp.and_(
+            *[c.copy() for k, c in enumerate(conjuncts) if k != i], exp.Not(this=removed)
+        )
+        count = exp.Count(this=exp.Star(), big_int=True)
+        inner.append(exp.alias_(_filtered(count, condition), _q(f"__w{i}")))
+    select = exp.Select(expressions=inner)
+    select.set("from_", checked.tree.args["from_"].copy())
+    if checked.tree.args.get("joins"):
+        select.set("joins", [j.copy() for j in checked.tree.args["joins"]])
+    if len(conjuncts) >= 2:
+        # Keep the rows every conjunct but one accepts: enough to count what each removes.
+        select = select.where(
+            exp.or_(
+                *[
+                    exp.and_(*[c.copy() for k, c in enumerate(conjuncts) if k != i])
+                    for i in range(len(conjuncts))
+                ]
+            ),
+            copy=False,
+        )
+    select = (
+        select.group_by(*[exp.Literal.number(p + 1) for p in range(nk + nt)], copy=False)
+        if nk + nt
+        else select
+    )
+    inner_sql = select.sql(dialect="duckdb")
+
+    keys = tuple(f"__k{i}" for i in range(nk))
+    key_list = ", ".join(f'"{k}"' for k in keys)
+    cells = [f'"{k}"' for k in keys]
+    outputs: list[str | None] = []
+    for x, output in enumerate(checked.outputs):
+        if output.key is not None:
+            outputs.append(None)
+            continue
+        expr = output.expr.copy()
+        base = next(i for i, a in enumerate(checked.aggregates) if a is output.aggregates[0])
+        for offset, node in enumerate(_aggregate_nodes(expr)):
+            j = base + offset
+            replacement = sqlglot.parse_one(
+                _combined(checked.aggregates[j].func, j, rounding_base), read="duckdb"
+            )
+            if node is expr:
+                expr = replacement
+            else:
+                node.replace(replacement)
+        cells.append(f'{expr.sql(dialect="duckdb")} AS "__o{x}"')
+        outputs.append(f"__o{x}")
+    cells.append('SUM("__n") AS "__n"')
+    for t in range(nt):
+        cells.append(f'COUNT(DISTINCT "__i{t}") FILTER (WHERE "__n" > 0) AS "__inst{t}"')
+    for j, agg in enumerate(checked.aggregates):
+        contributors = 'SUM("__n")' if agg.func == "count_star" else f'SUM("__a{j}_c")'
+        cells.append(f'{contributors} AS "__a{j}_n"')
+        for s, selector in enumerate(agg.selectors):
+            for b in range(len(selector.branches)):
+                cells.append(f'SUM("__s{j}_{s}_{b}") AS "__s{j}_{s}_{b}"')
+    for i in range(len(conjuncts)):
+        cells.append(f'SUM("__w{i}") AS "__w{i}"')
+    group = f" GROUP BY {key_list}" if nk else ""
+    ctes = [
+        f'"__p" AS MATERIALIZED ({inner_sql})',
+        # Only the rewrite's own names and SQL printed from the checked tree.
+        f'"__c" AS (SELECT {", ".join(cells)} FROM "__p"{group})',  # noqa: S608
+    ]
+    final = ['"__c".*']
+    joins = []
+    for t in range(nt):
+        per_inst = ", ".join(
+            f'SUM({_contribution(a.func, j)}) AS "v{j}"' for j, a in enumerate(checked.aggregates)
+        )
+        tops = ", ".join(
+            f'list_sum(list_slice(list("v{j}" ORDER BY "v{j}" DESC), 1, {dominance_n})) '
+            f'AS "__top{t}_{j}", SUM("v{j}") AS "__tot{t}_{j}"'
+            for j in range(len(checked.aggregates))
+        )
+        inst_keys = ", ".join([*(f'"{k}"' for k in keys), f'"__i{t}"'])
+        ctes.append(
+            # Only the rewrite's own names and SQL printed from the checked tree.
+            f'"__d{t}" AS (SELECT {key_list + ", " if nk else ""}{tops} FROM '  # noqa: S608
+            f'(SELECT {inst_keys}, {per_inst} FROM "__p" WHERE "__n" > 0 GROUP BY {inst_keys})'
+            f"{group})"
+        )
+        final.extend(
+            f'"__d{t}"."__top{t}_{j}", "__d{t}"."__tot{t}_{j}"'
+            for j in range(len(checked.aggregates))
+        )
+        on = " AND ".join(f'"__c"."{k}" IS NOT DISTINCT FROM "__d{t}"."{k}"' for k in keys)
+        joins.append(f' LEFT JOIN "__d{t}" ON {on or "TRUE"}')
+    # Only the rewrite's own names and SQL printed from the checked tree.
+    sql = f'WITH {", ".join(ctes)} SELECT {", ".join(final)} FROM "__c"{"".join(joins)}'  # noqa: S608
+    return Rewritten(sql, keys, tuple(outputs), nt)
