@@ -24,11 +24,14 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.agreements.views import api as agreements_api
     from hub.agreements.views import bp as agreements_bp
     from hub.api.views import bp as api_bp
+    from hub.gateway.views import api as sandbox_api
+    from hub.gateway.views import gateway_error
     from hub.ingest.views import api as uploads_api
     from hub.ingest.views import bp as datasets_bp
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
     from hub.storage import get_storage
+    from sandbox.gateway import GatewayError
 
     settings = config if isinstance(config, Settings) else load_settings(config)
     settings.check_production()
@@ -57,8 +60,9 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     web.init_app(app)
 
     for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
-               uploads_api, agreements_bp, agreements_admin_bp, agreements_api):
+               uploads_api, agreements_bp, agreements_admin_bp, agreements_api, sandbox_api):
         app.register_blueprint(bp)
-    for bp in (api_bp, uploads_api, agreements_api):
+    for bp in (api_bp, uploads_api, agreements_api, sandbox_api):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
+    app.register_error_handler(GatewayError, gateway_error)
     return app

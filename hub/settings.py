@@ -117,6 +117,15 @@ SETTINGS: tuple[Setting, ...] = (
         "contributor may ask for more, never less.",
     ),
     Setting(
+        "gateway_rate_per_minute",
+        60,
+        "Sandbox requests (queries, fits, synthetic rows) a researcher may make per minute; "
+        "counted in the audit ledger, so across every process.",
+    ),
+    Setting("gateway_timeout_seconds", 30, "Longest a sandbox query may run before it is stopped."),
+    Setting("gateway_memory_limit", "1GB", "DuckDB memory limit of each agreement's views."),
+    Setting("gateway_threads", 2, "DuckDB threads of each agreement's views."),
+    Setting(
         "deid_scrub_free_text",
         True,
         "Scrub free-text columns (names, identifiers, places replaced by typed placeholders); "

@@ -116,7 +116,9 @@ def control(
             elif (g, x) in reasons:
                 values.append(None)
             else:
-                values.append(row[rewritten.outputs[x]])
+                name = rewritten.outputs[x]
+                assert name is not None  # not a key output, so an aggregate's column
+                values.append(row[name])
         rows.append(values)
     order = _order(checked, rows)
     rows = [rows[i] for i in order]

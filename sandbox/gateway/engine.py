@@ -173,7 +173,7 @@ class Gateway:
         self.memory_limit = memory_limit
         self.threads = threads
         self.timeout = timeout
-        self._cache: dict[Hashable, AgreementViews] = {}
+        self._cache: dict[tuple[Any, ...], AgreementViews] = {}
         self._lock = threading.Lock()
 
     def views(

@@ -1,0 +1,244 @@
+"""``/api/v1/sandbox/``: aggregate queries, model fits and synthetic rows for researchers.
+
+Bearer tokens with the ``sandbox`` scope only. The route's guard asks :mod:`policies` whether
+the caller may use the sandbox at all; :func:`hub.gateway.services.scope` then asks, per
+covered table, whether they may query it under the named agreement now. Nothing here
+returns a pooled row: answers are disclosure-controlled aggregates and fit summaries.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from hub.db import get_db
+from hub.errors import BadRequest, NotFound
+from hub.gateway import services
+from hub.settings import Settings
+from hub.storage import Storage
+from hub.web import actor, current_user, get_policy, guard
+from sandbox.gateway import Gateway, GatewayError, QueryRejected
+
+api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
+MAX_SQL = 20_000
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
+    return settings
+
+
+def _gateway() -> Gateway:
+    gateway = current_app.extensions.get("cleanroom.gateway")
+    if gateway is None:
+        settings = _settings()
+        gateway = Gateway(
+            memory_limit=settings.gateway_memory_limit,
+            threads=settings.gateway_threads,
+            timeout=float(settings.gateway_timeout_seconds),
+        )
+        current_app.extensions["cleanroom.gateway"] = gateway
+    return gateway
+
+
+def _body(*required: str) -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest(
+            "send a JSON object, e.g. "
+            '{"agreement": "vein-to-vein-2026", "sql": "SELECT site, COUNT(*) FROM ..."}.'
+        )
+    missing = [k for k in required if not isinstance(body.get(k), str) or not body[k].strip()]
+    if missing:
+        raise BadRequest(f"the request needs {', '.join(f'`{m}`' for m in missing)} (text).")
+    return body
+
+
+def _scope(slug: str, action: str) -> services.Scope:
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    services.check_rate(db, _settings(), actor())
+    storage: Storage = current_app.extensions["cleanroom.storage"]
+    return services.scope(db, get_policy(), _settings(), storage, user, slug, action=action)
+
+
+def _refused(slug: str, what: str, err: Exception, extra: dict[str, Any]) -> None:
+    db = get_db()
+    db.rollback()
+    services.log(
+        db,
+        actor=actor(),
+        action="sandbox.refused",
+        slug=slug,
+        detail={"request": what, "reason": getattr(err, "message", str(err)), **extra},
+    )
+    db.commit()
+
+
+@api.route("/agreements")
+@guard("read", "sandbox", scope="sandbox")
+def agreements() -> ResponseReturnValue:
+    """The agreements the caller may query now, with their tables and disclosure terms."""
+    from hub.agreements import services as agreement_services
+
+    user = current_user()
+    assert user is not None
+    found = []
+    for stored in agreement_services.all_records(get_db()):
+        agreement = agreement_services.contract_of(stored)
+        tables = [
+            c.table
+            for c in agreement.tables
+            if agreement_services.may_query(get_policy(), user, stored.slug, c.table,
+                                            refresh=False)
+        ]
+        if tables:
+            d = agreement.disclosure
+            found.append({
+                "agreement": stored.slug,
+                "title": stored.title,
+                "tables": tables,
+                "disclosure": {
+                    "k": d.k,
+                    "min_institutions": d.min_institutions,
+                    "rounding_base": d.rounding_base,
+                    "synthetic_rows": d.allow_synthetic,
+                    "model_fitting": d.allow_model_fitting,
+                },
+            })
+    return jsonify({"agreements": found})
+
+
+@api.route("/tables")
+@guard("read", "sandbox", scope="sandbox")
+def tables() -> ResponseReturnValue:
+    """``?agreement=slug``: each table's columns and types, as the views hold them."""
+    slug = request.args.get("agreement", "")
+    if not slug:
+        raise BadRequest("name the agreement: ?agreement=<slug>.")
+    scope = _scope(slug, "query")
+    out = []
+    held = {t: s for t, s in scope.tables.items() if s}
+    views = services.views(_gateway(), scope) if held else None
+    for table in sorted(scope.tables):
+        columns: list[dict[str, str]] = []
+        if views is not None and table in held:
+            _, rows = _gateway().execute(views, f'DESCRIBE "{table}"')
+            columns = [{"name": str(r[0]), "type": str(r[1])} for r in rows]
+        out.append({"table": table, "columns": columns, "institutions": len(held.get(table, []))})
+    return jsonify({"agreement": slug, "tables": out})
+
+
+@api.route("/query", methods=["POST"])
+@guard("query", "sandbox", scope="sandbox")
+def query() -> ResponseReturnValue:
+    """``{"agreement": slug, "sql": "SELECT …"}`` → a disclosure-controlled answer."""
+    body = _body("agreement", "sql")
+    slug, sql = body["agreement"], body["sql"]
+    if len(sql) > MAX_SQL:
+        raise BadRequest(f"the query is longer than {MAX_SQL:,} characters.")
+    scope = _scope(slug, "query")
+    try:
+        answer = _gateway().run(services.views(_gateway(), scope), scope.agreement.disclosure, sql)
+    except GatewayError as err:
+        _refused(slug, "query", err, {"sql": sql, "construct": getattr(err, "construct", None)})
+        raise
+    db = get_db()
+    services.log(
+        db,
+        actor=actor(),
+        action="sandbox.query",
+        slug=slug,
+        detail={
+            "sql": sql,
+            "query_hash": answer.query_hash,
+            "result_hash": answer.result_hash,
+            "rows": len(answer.rows),
+            "suppressed": services.suppression_summary(answer.suppressed),
+            "institutions": scope.institutions,
+        },
+    )
+    db.commit()
+    return jsonify({"agreement": slug, **answer.as_dict()})
+
+
+@api.route("/fit", methods=["POST"])
+@guard("fit", "sandbox", scope="sandbox")
+def fit() -> ResponseReturnValue:
+    """``{"agreement", "table", "kind": "linear"|"logistic", "features": [...], "target",
+    "filters"?}`` → coefficients, standard errors, n and fit metrics; never rows."""
+    body = _body("agreement", "table", "kind", "target")
+    features = body.get("features")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise BadRequest("`features` must be a list of column names.")
+    filters = body.get("filters")
+    if filters is not None and not isinstance(filters, str):
+        raise BadRequest("`filters` must be a SQL condition (text), e.g. \"age_band <> '90+'\".")
+    slug = body["agreement"]
+    scope = _scope(slug, "fit")
+    request_detail = {k: body.get(k) for k in ("table", "kind", "features", "target", "filters")}
+    try:
+        result = _gateway().fit(
+            services.views(_gateway(), scope),
+            scope.agreement.disclosure,
+            kind=body["kind"],
+            table=body["table"],
+            features=features,
+            target=body["target"],
+            filters=filters,
+        )
+    except GatewayError as err:
+        _refused(slug, "fit", err, request_detail)
+        raise
+    summary = result.as_dict()
+    db = get_db()
+    services.log(
+        db,
+        actor=actor(),
+        action="sandbox.fit",
+        slug=slug,
+        detail={
+            **request_detail,
+            "n": summary["n"],
+            "result_hash": _hash(summary),
+            "institutions": scope.institutions,
+        },
+    )
+    db.commit()
+    return jsonify({"agreement": slug, **summary})
+
+
+@api.route("/synthetic/<table>")
+@guard("synthetic", "sandbox", scope="sandbox")
+def synthetic(table: str) -> ResponseReturnValue:
+    """Synthetic rows of ``table`` under ``?agreement=slug``, where the agreement allows."""
+    slug = request.args.get("agreement", "")
+    if not slug:
+        raise BadRequest("name the agreement: ?agreement=<slug>.")
+    scope = _scope(slug, "synthetic")
+    if table not in scope.tables:
+        raise NotFound(f"agreement {slug!r} gives you no synthetic rows of {table!r}.")
+    raise NotFound(
+        f"no synthetic version of {table!r} exists yet under {slug!r}: none has been "
+        "generated and published.",
+        code="no_synthetic_version",
+    )
+
+
+def _hash(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def gateway_error(err: GatewayError) -> tuple[dict[str, Any], int]:
+    """The hub's one JSON error shape for a gateway error."""
+    body: dict[str, Any] = {"code": err.code, "message": err.message}
+    if isinstance(err, QueryRejected):
+        body["construct"] = err.construct
+        body["reason"] = err.reason
+    return {"error": body}, err.status

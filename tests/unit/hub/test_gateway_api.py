@@ -1,0 +1,236 @@
+"""``/api/v1/sandbox/``: the query gateway mounted by the hub, on released data pooled under
+an agreement; policy per table, ledger entries, rate limits, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from hub.accounts import services as accounts
+from hub.agreements import services
+from hub.audit.models import AuditEntry
+from hub.db import Database
+from hub.ingest.models import DatasetVersion
+from hub.settings import Settings
+from tests.conftest import Users
+
+pytestmark = pytest.mark.db
+
+SITES = ("acme-bio", "st-aurelia", "kelvin")
+
+
+def _terms(disclosure: str = "") -> str:
+    return textwrap.dedent("""\
+        id: v2v
+        title: Vein-to-vein benchmarking
+        purpose:
+          code: vein_to_vein_benchmarking
+          text: Compare manufacturing across sites.
+        parties:
+          - institution: acme-bio
+            roles: [contributor]
+          - institution: st-aurelia
+            roles: [contributor, recipient]
+          - institution: kelvin
+            roles: [contributor]
+        tables:
+          batch: all
+        researchers: [rosa]
+        valid_from: 2026-01-01
+        valid_until: 2099-12-31
+        """) + disclosure
+
+
+def _batch(seed: int, rows: int = 40) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
+        "platform": rng.choice(["central", "point_of_care"], rows),
+        "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
+        "viability": rng.normal(88, 4, rows).round(1),
+        "culture_days": rng.integers(7, 12, rows),
+    })
+
+
+@pytest.fixture
+def pooled(users: Users, database: Database, app) -> dict[str, str]:
+    """Three contributors with released batch data, an active agreement naming rosa, and
+    sandbox tokens for rosa (named) and omar (not named)."""
+    for slug in SITES:
+        users.institution(slug, "hospital")
+        users.make(f"{slug}-admin", "contributor_admin", slug)
+    users.make("sam", "steward")
+    users.make("rosa", "researcher", "st-aurelia")
+    users.make("omar", "researcher", "kelvin")
+    storage = app.extensions["cleanroom.storage"]
+    with database.session() as s:
+        for n, slug in enumerate(SITES):
+            key = f"pool/batch/institution={slug}/version=1/part-0.parquet"
+            buf = io.BytesIO()
+            pq.write_table(pa.Table.from_pandas(_batch(n)), buf)
+            buf.seek(0)
+            storage.put(key, buf)
+            s.add(DatasetVersion(institution_id=accounts.get_institution(s, slug).id,
+                                 cdm_table="batch", version=1, state="released",
+                                 filename="b.csv", created_by="t", pool_key=key))
+    return {}
+
+
+def _activate(database: Database, text: str) -> None:
+    with database.session() as s:
+        services.create(s, text, actor="user:sam")
+    with database.session() as s:
+        services.transition(s, services.get(s, "v2v"), "submit", actor="user:sam")
+    for slug in SITES:
+        with database.session() as s:
+            services.sign(s, services.get(s, "v2v"), accounts.get_user(s, f"{slug}-admin"),
+                          actor=f"user:{slug}-admin")
+
+
+def _token(database: Database, settings: Settings, username: str,
+           scopes: tuple[str, ...] = ("sandbox",)) -> dict[str, str]:
+    with database.session() as s:
+        secret = accounts.create_token(s, settings, accounts.get_user(s, username), "t",
+                                       list(scopes), actor="t").secret
+    return {"Authorization": f"Bearer {secret}"}
+
+
+QUERY = ("SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability "
+         "FROM batch GROUP BY platform")
+
+
+def _ledger(database: Database, prefix: str = "sandbox.") -> list[dict]:
+    with database.session() as s:
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.action.startswith(prefix))
+                            .order_by(AuditEntry.id))
+        return [{"action": e.action, "actor": e.actor, **json.loads(e.detail)} for e in entries]
+
+
+def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    listed = client.get("/api/v1/sandbox/agreements", headers=rosa).get_json()
+    assert [a["agreement"] for a in listed["agreements"]] == ["v2v"]
+    tables = client.get("/api/v1/sandbox/tables?agreement=v2v", headers=rosa).get_json()
+    columns = {c["name"] for c in tables["tables"][0]["columns"]}
+    assert {"platform", "viability", "institution"} <= columns
+
+    resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY},
+                       headers=rosa)
+    assert resp.status_code == 200, resp.get_json()
+    answer = resp.get_json()
+    assert answer["columns"] == ["platform", "n", "mean_viability"]
+    assert {r[0] for r in answer["rows"]} <= {"central", "point_of_care"}
+    assert all(r[1] is None or r[1] % 5 == 0 for r in answer["rows"])  # rounded to 5
+    assert sum(r[1] or 0 for r in answer["rows"]) in range(110, 125)
+    entry = _ledger(database)[-1]
+    assert entry["action"] == "sandbox.query" and entry["actor"].startswith("user:")
+    assert entry["sql"] == QUERY and len(entry["result_hash"]) == 64
+    assert entry["institutions"] == sorted(SITES)
+
+
+def test_row_level_sql_is_refused_with_the_construct_and_logged(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    for sql, construct in (
+        ("SELECT * FROM batch", "SELECT *"),
+        ("SELECT viability FROM batch", None),
+        ("SELECT MIN(viability) FROM batch", "MIN"),
+        ("SELECT COUNT(*) FROM read_parquet('/etc/passwd')", None),
+    ):
+        resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql},
+                           headers=rosa)
+        assert resp.status_code == 400, (sql, resp.get_json())
+        error = resp.get_json()["error"]
+        assert error["code"] == "query_rejected"
+        if construct:
+            assert construct.lower() in error["message"].lower()
+    refused = [e for e in _ledger(database) if e["action"] == "sandbox.refused"]
+    assert len(refused) == 4 and refused[0]["sql"] == "SELECT * FROM batch"
+
+
+def test_policy_decides_per_request(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    body = {"agreement": "v2v", "sql": QUERY}
+    # Before the agreement is active, nobody may query.
+    rosa = _token(database, settings, "rosa")
+    assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 403
+    _activate(database, _terms())
+    assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 200
+    # A researcher not named in the agreement.
+    omar = _token(database, settings, "omar")
+    denied = client.post("/api/v1/sandbox/query", json=body, headers=omar)
+    assert denied.status_code == 403 and denied.get_json()["error"]["code"] == "policy_denied"
+    # A token without the sandbox scope.
+    read_only = _token(database, settings, "rosa", ("read",))
+    resp = client.post("/api/v1/sandbox/query", json=body, headers=read_only)
+    assert resp.status_code == 403
+    # Synthetic rows and fitting are not allowed by these terms.
+    assert client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v",
+                      headers=rosa).status_code == 403
+    fit = {"agreement": "v2v", "table": "batch", "kind": "linear", "features": ["culture_days"],
+           "target": "viability"}
+    assert client.post("/api/v1/sandbox/fit", json=fit, headers=rosa).status_code == 403
+    # Suspension takes effect on the next request.
+    with database.session() as s:
+        services.transition(s, services.get(s, "v2v"), "suspend", actor="user:sam")
+    assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 403
+
+
+def test_fit_and_synthetic_where_allowed(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    _activate(database, _terms("disclosure:\n  allow_model_fitting: true\n"
+                               "  allow_synthetic: true\n"))
+    rosa = _token(database, settings, "rosa")
+    fit = {"agreement": "v2v", "table": "batch", "kind": "linear", "features": ["culture_days"],
+           "target": "viability"}
+    resp = client.post("/api/v1/sandbox/fit", json=fit, headers=rosa)
+    assert resp.status_code == 200, resp.get_json()
+    summary = resp.get_json()
+    assert summary["n"] == 120 and set(summary["coefficients"]) >= {"culture_days"}
+    assert "residuals" not in summary and "predictions" not in summary
+    synthetic = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
+    assert synthetic.status_code == 404
+    assert synthetic.get_json()["error"]["code"] == "no_synthetic_version"
+    assert [e["action"] for e in _ledger(database)] == ["sandbox.fit"]
+
+
+def test_rate_limit_per_researcher(
+    client: FlaskClient, database: Database, settings: Settings, pooled, monkeypatch
+) -> None:
+    _activate(database, _terms())
+    monkeypatch.setitem(settings.data, "gateway_rate_per_minute", 2)
+    rosa = _token(database, settings, "rosa")
+    body = {"agreement": "v2v", "sql": QUERY}
+    codes = [client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code
+             for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_malformed_requests_get_clear_errors(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    resp = client.post("/api/v1/sandbox/query", data="not json", headers=rosa)
+    assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
+    resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v"}, headers=rosa)
+    assert resp.status_code == 400 and "`sql`" in resp.get_json()["error"]["message"]
+    resp = client.post("/api/v1/sandbox/query", json={"agreement": "nope", "sql": QUERY},
+                       headers=rosa)
+    assert resp.status_code == 403
