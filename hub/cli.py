@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from hub.command import CleanroomGroup, Hub, pass_hub
+from hub.command import CleanroomGroup, Hub, data_dir_option, pass_hub
 from hub.errors import CleanroomError
 from hub.settings import Settings, settings_markdown
 
@@ -85,13 +85,15 @@ def _start_worker(hub: Hub) -> Any:
 @cli.command()
 @click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
 @click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
+@data_dir_option
 @pass_hub
-def serve(hub: Hub, host: str | None, port: int | None) -> None:
+def serve(hub: Hub, host: str | None, port: int | None, data_dir: str | None) -> None:
     """Serve the portal and API with waitress (and the embedded worker, if enabled)."""
     from waitress import create_server
 
     from hub import create_app
 
+    hub.override(data_dir=data_dir)
     settings = hub.settings
     settings.check_production()
     hub.require_current_schema()
@@ -153,14 +155,18 @@ def worker(hub: Hub, once: bool) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
 @click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
+@data_dir_option
 @click.pass_context
 @pass_hub
-def up(hub: Hub, ctx: click.Context, host: str | None, port: int | None) -> None:
+def up(
+    hub: Hub, ctx: click.Context, host: str | None, port: int | None, data_dir: str | None
+) -> None:
     """Migrate the database and start the system on the current settings."""
     from hub import schema
 
+    hub.override(data_dir=data_dir)
     schema.upgrade(hub.database)
-    ctx.invoke(serve, host=host, port=port)
+    ctx.invoke(serve, host=host, port=port, data_dir=data_dir)
 
 
 def _register() -> None:

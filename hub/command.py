@@ -16,11 +16,21 @@ from hub.settings import Settings, load_settings
 
 
 class Hub:
-    """What subcommands share: settings and the database, opened on first use."""
+    """What subcommands share: settings and the database, opened on first use.
+    ``overrides`` (e.g. from ``--data-dir``) win over the environment and instance file."""
+
+    def __init__(self) -> None:
+        self.overrides: dict[str, Any] = {}
 
     @cached_property
     def settings(self) -> Settings:
-        return load_settings()
+        return load_settings(self.overrides)
+
+    def override(self, **values: Any) -> None:
+        """Set overrides before first use (settings and database are then rebuilt)."""
+        self.overrides.update({k: v for k, v in values.items() if v is not None})
+        for cached in ("settings", "database"):
+            self.__dict__.pop(cached, None)
 
     @cached_property
     def database(self) -> Database:
@@ -42,6 +52,13 @@ class Hub:
 
 
 pass_hub = click.make_pass_decorator(Hub, ensure=True)
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Overrides CLEANROOM_DATA_DIR: the directory of the embedded database and objects.",
+)
 
 
 class CleanroomGroup(click.Group):

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from hub.accounts import services
 from hub.accounts.models import Institution, User
 from hub.agreements.models import AgreementRecord
-from hub.command import Hub, pass_hub
+from hub.command import Hub, data_dir_option, pass_hub
 
 INSTITUTIONS = (
     ("cleanroom-steward", "Cleanroom Stewardship Office", "steward"),
@@ -192,15 +192,42 @@ def demo() -> None:
     """The demo consortium."""
 
 
+def researcher_token(hub: Hub) -> str:
+    """The demo researcher's sandbox API token, kept (mode 0600) in the data directory and
+    reused while it is valid; a new one is made when it expired or was revoked."""
+    from hub.errors import CleanroomError
+
+    path = hub.settings.data_path / "demo-researcher-token"
+    with hub.database.session() as s:
+        if path.exists():
+            secret = path.read_text().strip()
+            try:
+                services.verify_token(s, secret, scope="sandbox")
+                return secret
+            except CleanroomError:
+                pass
+        user = services.get_user(s, "researcher")
+        secret = services.create_token(
+            s, hub.settings, user, "demo sandbox", ["sandbox", "read"], actor="demo"
+        ).secret
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
+
+
 @demo.command("seed")
 @click.option("--data/--no-data", default=True, show_default=True,
               help="Also generate demo files and release them through the pipeline.")
 @click.option("--patients", default=120, show_default=True, help="Patients per institution.")
+@data_dir_option
 @pass_hub
-def demo_seed(hub: Hub, data: bool, patients: int) -> None:
-    """Create demo institutions, users and data (idempotent) and print the logins."""
+def demo_seed(hub: Hub, data: bool, patients: int, data_dir: str | None) -> None:
+    """Create demo institutions, users, an active agreement and data (idempotent); print
+    the logins and a researcher's sandbox API token."""
     from hub import schema
 
+    hub.override(data_dir=data_dir)
     schema.upgrade(hub.database)
     passwords = seed(hub)
     click.echo(f"  {seed_agreement(hub)}")
@@ -215,4 +242,6 @@ def demo_seed(hub: Hub, data: bool, patients: int) -> None:
     click.echo(f"  logins (also in {_logins_file(hub.settings.data_path)}):")
     for username, _display, role, inst in USERS:
         click.echo(f"    {username:<18} {passwords[username]:<18} {role:<18} {inst}")
+    click.echo(f"  researcher sandbox token: {researcher_token(hub)}")
+    click.echo(f"    e.g. curl -H 'Authorization: Bearer <token>' {url}/api/v1/sandbox/agreements")
     click.echo("")
