@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 import pandas as pd
@@ -60,7 +61,12 @@ class Scope:
 
 def institution_pseudonym(slug: str, settings: Settings) -> str:
     """The ``institution`` column's value: a keyed pseudonym of the slug (12 hex)."""
-    return str(pseudonymise(pd.Series([f"institution:{slug}"]), settings.key_chain).iloc[0])[:12]
+    return _institution_pseudonym(slug, tuple(settings.key_chain))
+
+
+@lru_cache(maxsize=4096)
+def _institution_pseudonym(slug: str, chain: tuple[bytes, ...]) -> str:
+    return str(pseudonymise(pd.Series([f"institution:{slug}"]), list(chain)).iloc[0])[:12]
 
 
 def _source(storage: Storage, settings: Settings, key: str, institution: str) -> Source:
@@ -96,9 +102,7 @@ def scope(
     tables: dict[str, list[Source]] = {}
     institutions: set[str] = set()
     for cover in agreement.tables:
-        if not agreements.may_query(
-            policy, user, slug, cover.table, action=action, refresh=False
-        ):
+        if not agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False):
             continue
         tables[cover.table] = []
         for version in agreements.pool_versions(session, stored, cover.table):

@@ -93,23 +93,24 @@ def agreements() -> ResponseReturnValue:
         tables = [
             c.table
             for c in agreement.tables
-            if agreement_services.may_query(get_policy(), user, stored.slug, c.table,
-                                            refresh=False)
+            if agreement_services.may_query(get_policy(), user, stored.slug, c.table, refresh=False)
         ]
         if tables:
             d = agreement.disclosure
-            found.append({
-                "agreement": stored.slug,
-                "title": stored.title,
-                "tables": tables,
-                "disclosure": {
-                    "k": d.k,
-                    "min_institutions": d.min_institutions,
-                    "rounding_base": d.rounding_base,
-                    "synthetic_rows": d.allow_synthetic,
-                    "model_fitting": d.allow_model_fitting,
-                },
-            })
+            found.append(
+                {
+                    "agreement": stored.slug,
+                    "title": stored.title,
+                    "tables": tables,
+                    "disclosure": {
+                        "k": d.k,
+                        "min_institutions": d.min_institutions,
+                        "rounding_base": d.rounding_base,
+                        "synthetic_rows": d.allow_synthetic,
+                        "model_fitting": d.allow_model_fitting,
+                    },
+                }
+            )
     return jsonify({"agreements": found})
 
 
