@@ -1,2 +1,19 @@
-"""The researcher sandbox: JupyterHub configuration, the query gateway (server side) and the
-researcher client, which needs only ``requests`` and ``pandas``."""
+"""The researcher sandbox: JupyterHub configuration, the query gateway (server side,
+``sandbox.gateway``) and the researcher client (this package's top level), which needs only
+``requests`` and ``pandas``::
+
+    from sandbox import connect
+    cr = connect()
+    cr.query("SELECT indication, COUNT(*) AS n FROM episode GROUP BY indication")
+"""
+
+from sandbox.client import (
+    Client,
+    PolicyDenied,
+    QueryRejected,
+    RateLimited,
+    SandboxError,
+    connect,
+)
+
+__all__ = ["Client", "PolicyDenied", "QueryRejected", "RateLimited", "SandboxError", "connect"]

@@ -1,0 +1,73 @@
+"""The researcher client (``from sandbox import connect``) against the hub served over real
+HTTP (waitress on loopback): DataFrames, suppression reasons, specific exceptions."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pandas as pd
+import pytest
+from waitress import create_server
+
+from hub.db import Database
+from hub.settings import Settings
+from sandbox import PolicyDenied, QueryRejected, SandboxError, connect
+from tests.unit.hub.test_gateway_api import QUERY, _activate, _terms, _token, pooled  # noqa: F401
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def served(app) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server(app, host="127.0.0.1", port=port, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+def test_client_tour(served: str, database: Database, settings: Settings, pooled,  # noqa: F811
+                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _activate(database, _terms("disclosure:\n  allow_model_fitting: true\n"))
+    token = _token(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
+    monkeypatch.setenv("CLEANROOM_GATEWAY_URL", served)
+    monkeypatch.setenv("CLEANROOM_TOKEN", token)
+    cr = connect()  # from the environment, as in a notebook
+    assert [a["agreement"] for a in cr.agreements()] == ["v2v"]
+    assert cr.tables() == ["batch"]  # the only agreement is chosen by default
+    schema = cr.schema("batch")
+    assert {"platform", "viability", "institution"} <= set(schema["name"])
+
+    df = cr.query(QUERY)
+    assert isinstance(df, pd.DataFrame) and list(df.columns) == ["platform", "n", "mean_viability"]
+    assert "suppressed" in df.attrs and len(df.attrs["result_hash"]) == 64
+    # A near-unique key: suppression, not rows; the reasons come with the frame.
+    tiny = cr.query("SELECT culture_days, viability > 95 AS high, COUNT(*) AS n "
+                    "FROM batch GROUP BY culture_days, viability > 95")
+    assert tiny.attrs["suppressed"]
+
+    with pytest.raises(QueryRejected) as rejected:
+        cr.query("SELECT MAX(viability) FROM batch")
+    assert rejected.value.construct.upper().startswith("MAX")
+    summary = cr.fit("batch", ["culture_days"], "viability")
+    assert summary["n"] == 120 and "culture_days" in summary["coefficients"]
+    with pytest.raises(PolicyDenied):
+        cr.synthetic("batch")  # not allowed by these terms
+    with pytest.raises(PolicyDenied):
+        connect(served, token, agreement="someone-elses").query(QUERY)
+
+
+def test_client_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLEANROOM_GATEWAY_URL", raising=False)
+    monkeypatch.delenv("CLEANROOM_TOKEN", raising=False)
+    with pytest.raises(SandboxError, match="CLEANROOM_GATEWAY_URL"):
+        connect()
+    with pytest.raises(SandboxError, match="CLEANROOM_TOKEN"):
+        connect("http://127.0.0.1:9")
