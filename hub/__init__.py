@@ -24,6 +24,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.agreements.views import api as agreements_api
     from hub.agreements.views import bp as agreements_bp
     from hub.api.views import bp as api_bp
+    from hub.gateway.service import service_api as sandbox_service_api
     from hub.gateway.views import api as sandbox_api
     from hub.gateway.views import gateway_error
     from hub.ingest.views import api as uploads_api
@@ -60,9 +61,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     web.init_app(app)
 
     for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
-               uploads_api, agreements_bp, agreements_admin_bp, agreements_api, sandbox_api):
+               uploads_api, agreements_bp, agreements_admin_bp, agreements_api, sandbox_api,
+               sandbox_service_api):
         app.register_blueprint(bp)
-    for bp in (api_bp, uploads_api, agreements_api, sandbox_api):
+    for bp in (api_bp, uploads_api, agreements_api, sandbox_api, sandbox_service_api):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)
     return app

@@ -241,6 +241,58 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "Comma-separated Python modules whose import registers extra job kinds (plug-ins).",
     ),
+    Setting(
+        "sandbox_enabled",
+        True,
+        "`cleanroom up` also starts the researcher sandbox (JupyterHub and its proxy).",
+    ),
+    Setting("sandbox_host", "127.0.0.1", "Address JupyterHub's proxy listens on."),
+    Setting("sandbox_port", 8001, "Port researchers reach JupyterHub at (its proxy)."),
+    Setting("sandbox_hub_port", 8081, "Port of JupyterHub's internal hub API (loopback)."),
+    Setting("sandbox_proxy_api_port", 8002, "Port of the proxy's REST API (loopback)."),
+    Setting(
+        "sandbox_isolation",
+        "auto",
+        "`system-users`: each researcher's notebook server runs as its own operating-system "
+        "user (needs root); `same-user`: as the hub's user, isolation OFF (a laptop); "
+        "`auto`: system users when running as root.",
+        choices=("auto", "system-users", "same-user"),
+    ),
+    Setting(
+        "sandbox_user_prefix",
+        "cr-",
+        "Prefix of the operating-system users created for researchers (`cr-<username>`).",
+    ),
+    Setting(
+        "sandbox_home_root",
+        "/home",
+        "Where the researchers' home directories (mode 0700) are created.",
+    ),
+    Setting(
+        "sandbox_token_hours",
+        8,
+        "Lifetime of the `sandbox`-scoped API token put into each notebook server's "
+        "environment at spawn.",
+    ),
+    Setting(
+        "sandbox_gateway_url",
+        "",
+        "URL notebooks reach the query gateway at. Empty: the hub's own address "
+        "(`http://<host>:<port>`).",
+    ),
+    Setting(
+        "sandbox_access_check_seconds",
+        30,
+        "How often JupyterHub re-checks that each running server's researcher is still "
+        "named in an active agreement (a server whose user lost the last one is stopped).",
+    ),
+    Setting(
+        "sandbox_service_secret",
+        "",
+        "Shared secret JupyterHub uses to ask the hub about logins and tokens. Empty: "
+        "generated once into `<data_dir>/sandbox-service-secret` (mode 0600).",
+        secret=True,
+    ),
     Setting("log_level", "INFO", "Python logging level."),
 )
 

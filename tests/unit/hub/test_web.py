@@ -8,18 +8,22 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.web import OPEN_ENDPOINTS
+from hub.web import OPEN_ENDPOINTS, SERVICE_ENDPOINTS
 from tests.conftest import PASSWORD, AuthActions, Users, csrf_from
 
 pytestmark = pytest.mark.db
 
 
 def test_every_route_is_guarded(app: Flask) -> None:
-    """Invariant 3: only sign-in, static files and /healthz are open."""
-    unguarded, open_ = [], set()
+    """Invariant 3: only sign-in, static files and /healthz are open; JupyterHub's service
+    endpoints demand the service secret instead of a user."""
+    unguarded, open_, service = [], set(), set()
     for rule in app.url_map.iter_rules():
         view = app.view_functions[rule.endpoint]
         if getattr(view, "_cleanroom_guard", None):
+            continue
+        if rule.endpoint in SERVICE_ENDPOINTS and getattr(view, "_cleanroom_service", False):
+            service.add(rule.endpoint)
             continue
         if rule.endpoint in OPEN_ENDPOINTS and (
             getattr(view, "_cleanroom_open", False) or rule.endpoint == "static"
@@ -29,6 +33,7 @@ def test_every_route_is_guarded(app: Flask) -> None:
         unguarded.append(f"{rule.rule} ({rule.endpoint})")
     assert unguarded == []
     assert open_ == {"static", "auth.login", "health.healthz"}
+    assert service == {"sandbox_service.login", "sandbox_service.check", "sandbox_service.token"}
 
 
 def test_agreement_routes_decide_in_the_agreement_domain(app: Flask) -> None:

@@ -1,0 +1,117 @@
+"""``/api/v1/sandbox/service/``: what JupyterHub asks the hub (login, re-check, notebook
+token), behind the shared service secret."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from hub.accounts import services as accounts
+from hub.agreements import services
+from hub.db import Database, utcnow
+from hub.gateway.service import service_secret
+from hub.settings import Settings
+from tests.conftest import PASSWORD, Users
+from tests.unit.hub.test_gateway_api import SITES, _activate, _terms
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def world(users: Users, database: Database, app: Flask, settings: Settings) -> dict[str, str]:
+    """An active agreement naming rosa; omar is a researcher named nowhere; sam a steward."""
+    for slug in SITES:
+        users.institution(slug, "hospital")
+        users.make(f"{slug}-admin", "contributor_admin", slug)
+    users.make("sam", "steward")
+    users.make("rosa", "researcher", "st-aurelia")
+    users.make("omar", "researcher", "kelvin")
+    _activate(database, _terms())
+    return {"Authorization": f"Bearer {service_secret(settings)}"}
+
+
+def test_the_secret_is_generated_once_and_private(settings: Settings) -> None:
+    first = service_secret(settings)
+    path = settings.data_path / "sandbox-service-secret"
+    assert len(first) >= 32 and service_secret(settings) == first
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_without_the_secret_every_service_endpoint_is_refused(
+    client: FlaskClient, world: dict[str, str], token: str
+) -> None:
+    body = {"username": "rosa", "password": PASSWORD}
+    for path in ("login", "check", "token"):
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        {"Authorization": f"Bearer {token}"}):  # a user's token is no secret
+            resp = client.post(f"/api/v1/sandbox/service/{path}", json=body, headers=headers)
+            assert resp.status_code == 401, (path, headers)
+            assert resp.json["error"]["code"] == "service_secret_required"
+
+
+def test_login_checks_the_password_and_the_agreements(
+    client: FlaskClient, world: dict[str, str]
+) -> None:
+    def login(username: str, password: str = PASSWORD):
+        return client.post("/api/v1/sandbox/service/login", headers=world,
+                           json={"username": username, "password": password})
+
+    ok = login("Rosa")
+    assert ok.status_code == 200
+    assert ok.json == {"name": "rosa", "allowed": True, "agreements": ["v2v"]}
+    assert login("omar").json["allowed"] is False  # a researcher named nowhere
+    assert login("sam").json["allowed"] is False  # stewards are not researchers
+    bad = login("rosa", "not the password")
+    assert bad.status_code == 401 and bad.json["error"]["code"] == "login_failed"
+
+
+def test_login_failures_lock_the_account_as_the_portal_does(
+    client: FlaskClient, world: dict[str, str], settings: Settings
+) -> None:
+    for _ in range(settings.login_max_failures):
+        client.post("/api/v1/sandbox/service/login", headers=world,
+                    json={"username": "rosa", "password": "wrong", "address": "10.0.0.9"})
+    resp = client.post("/api/v1/sandbox/service/login", headers=world,
+                       json={"username": "rosa", "password": PASSWORD})
+    assert resp.status_code == 401 and "locked" in resp.json["error"]["message"]
+
+
+def test_check_follows_a_suspension(
+    client: FlaskClient, world: dict[str, str], database: Database
+) -> None:
+    def check(username: str) -> bool:
+        resp = client.post("/api/v1/sandbox/service/check", headers=world,
+                           json={"username": username})
+        assert resp.status_code == 200
+        return bool(resp.json["allowed"])
+
+    assert check("rosa") and not check("omar") and not check("nobody")
+    with database.session() as s:
+        services.transition(s, services.get(s, "v2v"), "suspend", actor="user:sam")
+    assert not check("rosa")
+
+
+def test_token_is_short_lived_sandbox_scoped_and_replaces_the_last(
+    client: FlaskClient, world: dict[str, str], database: Database
+) -> None:
+    first = client.post("/api/v1/sandbox/service/token", headers=world,
+                        json={"username": "rosa"})
+    assert first.status_code == 200
+    second = client.post("/api/v1/sandbox/service/token", headers=world,
+                         json={"username": "rosa"}).json
+    with database.session() as s:
+        token = accounts.verify_token(s, second["token"])
+        assert token.scope_set == {"sandbox"}
+        assert token.expires_at <= utcnow() + timedelta(hours=8, minutes=1)
+    old = client.get("/api/v1/sandbox/agreements",
+                     headers={"Authorization": f"Bearer {first.json['token']}"})
+    assert old.status_code == 401  # revoked by the second spawn
+    new = client.get("/api/v1/sandbox/agreements",
+                     headers={"Authorization": f"Bearer {second['token']}"})
+    assert new.status_code == 200
+    refused = client.post("/api/v1/sandbox/service/token", headers=world,
+                          json={"username": "omar"})
+    assert refused.status_code == 403 and refused.json["error"]["code"] == "policy_denied"
