@@ -155,18 +155,52 @@ def worker(hub: Hub, once: bool) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
 @click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
+@click.option("--sandbox/--no-sandbox", default=None,
+              help="Also start JupyterHub for researchers (default: CLEANROOM_SANDBOX_ENABLED).")
 @data_dir_option
 @click.pass_context
 @pass_hub
 def up(
-    hub: Hub, ctx: click.Context, host: str | None, port: int | None, data_dir: str | None
+    hub: Hub,
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    sandbox: bool | None,
+    data_dir: str | None,
 ) -> None:
-    """Migrate the database and start the system on the current settings."""
+    """Migrate the database and start the system on the current settings: the portal and
+    API, the embedded worker and the researchers' JupyterHub. Ctrl-C stops them all."""
     from hub import schema
+    from hub.gateway import cli as sandbox_cli
 
     hub.override(data_dir=data_dir)
     schema.upgrade(hub.database)
-    ctx.invoke(serve, host=host, port=port, data_dir=data_dir)
+    settings = hub.settings
+    jupyterhub = None
+    if settings.sandbox_enabled if sandbox is None else sandbox:
+        try:
+            jupyterhub = sandbox_cli.start(settings, hub_host=host or settings.host,
+                                           hub_port=port or settings.port)
+        except (click.ClickException, OSError) as err:
+            message = err.format_message() if isinstance(err, click.ClickException) else err
+            click.secho(f"the sandbox (JupyterHub) was not started: {message}",
+                        fg="yellow", err=True)
+        else:
+            threading.Thread(target=_watch_sandbox, args=(jupyterhub,), daemon=True).start()
+    try:
+        ctx.invoke(serve, host=host, port=port, data_dir=data_dir)
+    finally:
+        if jupyterhub is not None:
+            sandbox_cli.stop(jupyterhub)
+            click.echo("Sandbox stopped.")
+
+
+def _watch_sandbox(proc: Any) -> None:
+    """Say so when JupyterHub stops on its own (a port in use, a bad setting)."""
+    code = proc.wait()
+    if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+        click.secho(f"the sandbox (JupyterHub) stopped with status {code}; see its log above. "
+                    "The portal keeps running.", fg="yellow", err=True)
 
 
 def _register() -> None:
@@ -176,11 +210,12 @@ def _register() -> None:
     from hub.audit.cli import audit
     from hub.demo import demo
     from hub.demodata.cli import demo_data
+    from hub.gateway.cli import sandbox
     from hub.ingest.cli import pool, upload
     from hub.jobs.cli import job
 
     for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid,
-                    agreement):
+                    agreement, sandbox):
         cli.add_command(command)
 
 

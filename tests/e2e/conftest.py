@@ -73,6 +73,8 @@ def _server_env(data_dir: Path, port: int) -> dict[str, str]:
             "CLEANROOM_PORT": str(port),
             "CLEANROOM_PUBLIC_URL": f"http://127.0.0.1:{port}",
             "CLEANROOM_LOG_LEVEL": "WARNING",
+            # JupyterHub has its own fixture (test_jupyterhub.py) on ports of its own.
+            "CLEANROOM_SANDBOX_ENABLED": "false",
         }
     )
     return env
