@@ -132,44 +132,71 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
 
 
 DEMO_AGREEMENT = "demo-mfp"
+DEMO_V2V_AGREEMENT = "demo-v2v"
+DEMO_PARTIES = [
+    {"institution": "northbridge-cell", "roles": ["contributor"]},
+    {"institution": "st-aurelia", "roles": ["contributor", "recipient"]},
+    {"institution": "kelvin-institute", "roles": ["contributor", "recipient"]},
+]
+
+
+def _demo_terms(template: str, today: date | None, **changes: object) -> str:
+    from hub.agreements.services import template_text
+
+    start = today or datetime.now(UTC).date()
+    terms = yaml.safe_load(template_text(template))
+    terms.update(
+        parties=DEMO_PARTIES,
+        researchers=["researcher"],
+        valid_from=start,
+        valid_until=start.replace(year=start.year + 2, day=min(start.day, 28)),
+        **changes,
+    )
+    return str(yaml.safe_dump(terms, sort_keys=False))
 
 
 def demo_agreement_text(today: date | None = None) -> str:
     """The shipped manufacturing-failure template, made the demo consortium's: the three
     institutions contribute, the hospital and the institute receive, the demo researcher is
     named, valid for two years from today."""
+    return _demo_terms(
+        "manufacturing_failure_prediction", today, id=DEMO_AGREEMENT,
+        title="Demo: manufacturing-failure prediction across the consortium",
+    )
+
+
+def demo_v2v_agreement_text(today: date | None = None) -> str:
+    """The shipped vein-to-vein template, made the demo consortium's like the first, with the
+    episode's product and indication added so that times can be compared by product."""
     from hub.agreements.services import template_text
 
-    start = today or datetime.now(UTC).date()
-    terms = yaml.safe_load(template_text("manufacturing_failure_prediction"))
-    terms.update(
-        id=DEMO_AGREEMENT,
-        title="Demo: manufacturing-failure prediction across the consortium",
-        parties=[
-            {"institution": "northbridge-cell", "roles": ["contributor"]},
-            {"institution": "st-aurelia", "roles": ["contributor", "recipient"]},
-            {"institution": "kelvin-institute", "roles": ["contributor", "recipient"]},
-        ],
-        researchers=["researcher"],
-        valid_from=start,
-        valid_until=start.replace(year=start.year + 2, day=min(start.day, 28)),
+    tables = yaml.safe_load(template_text("vein_to_vein_benchmarking"))["tables"]
+    tables["episode"] = ["coi_id", "product_class", "product", "indication"]
+    return _demo_terms(
+        "vein_to_vein_benchmarking", today, id=DEMO_V2V_AGREEMENT, tables=tables,
+        title="Demo: vein-to-vein time by site and product",
     )
-    return str(yaml.safe_dump(terms, sort_keys=False))
 
 
 def seed_agreement(hub: Hub) -> str:
-    """An active demo agreement, signed by every party's admin (skipped when it exists)."""
+    """The active demo agreements, signed by every party's admin (each skipped when it
+    exists)."""
     from hub.agreements import services as agreements
 
-    with hub.database.session() as s:
-        if s.scalar(select(AgreementRecord.id).where(AgreementRecord.slug == DEMO_AGREEMENT)):
-            return f"agreement {DEMO_AGREEMENT} already exists"
-        stored = agreements.create(s, demo_agreement_text(), actor="demo")
-        agreements.transition(s, stored, "submit", actor="demo")
-        for admin in ("northbridge-admin", "aurelia-admin", "kelvin-admin"):
-            user = services.get_user(s, admin)
-            agreements.sign(s, stored, user, actor=f"user:{admin}")
-        return f"agreement {DEMO_AGREEMENT} {stored.state}"
+    lines = []
+    for slug, text in ((DEMO_AGREEMENT, demo_agreement_text),
+                       (DEMO_V2V_AGREEMENT, demo_v2v_agreement_text)):
+        with hub.database.session() as s:
+            if s.scalar(select(AgreementRecord.id).where(AgreementRecord.slug == slug)):
+                lines.append(f"agreement {slug} already exists")
+                continue
+            stored = agreements.create(s, text(), actor="demo")
+            agreements.transition(s, stored, "submit", actor="demo")
+            for admin in ("northbridge-admin", "aurelia-admin", "kelvin-admin"):
+                user = services.get_user(s, admin)
+                agreements.sign(s, stored, user, actor=f"user:{admin}")
+            lines.append(f"agreement {slug} {stored.state}")
+    return "\n  ".join(lines)
 
 
 def seed(hub: Hub) -> dict[str, str]:

@@ -1,0 +1,42 @@
+"""The example notebooks (``sandbox/notebooks/``) run top to bottom against the demo
+consortium, in a real kernel, as a researcher would run them in the sandbox."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.e2e.conftest import LiveServer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "sandbox" / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_the_three_example_notebooks() -> None:
+    assert [p.name for p in NOTEBOOKS] == [
+        "01_pooled_data_tour.ipynb", "02_manufacturing_failure.ipynb", "03_vein_to_vein.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(
+    path: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = (live_server.data_dir / "demo-researcher-token").read_text().strip()
+    # What the sandbox's spawner puts into a notebook server's environment, and nothing else
+    # of Cleanroom's.
+    for name in [n for n in os.environ if n.startswith("CLEANROOM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CLEANROOM_GATEWAY_URL", live_server.url)
+    monkeypatch.setenv("CLEANROOM_TOKEN", token)
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                   for o in outputs)
+    assert "demo-" in text or "mean_v2v_days" in text or "coefficient" in text
