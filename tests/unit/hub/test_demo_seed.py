@@ -47,4 +47,6 @@ def test_seed_a_data_dir_and_use_the_printed_token(clean_env: CliRunner, tmp_pat
                       headers={"Authorization": f"Bearer {token.group(1)}"})
     assert resp.status_code == 200, resp.get_json()
     listed = resp.get_json()["agreements"]
-    assert len(listed) == 1 and "batch" in listed[0]["tables"]
+    tables = {a["agreement"]: a["tables"] for a in listed}
+    assert sorted(tables) == ["demo-mfp", "demo-v2v"]
+    assert "batch" in tables["demo-mfp"] and "administration" in tables["demo-v2v"]
