@@ -1,0 +1,199 @@
+"""Synthesis (anonymisation.synthesis) and its report (anonymisation.synth_report).
+
+Fixtures: ``deid`` (module-scoped) holds de-identified demo tables of one institution,
+made the way the ingest pipeline makes them (pseudonyms, day offsets, age bands). Tables are
+small (~150 episodes) so the whole file runs in well under a minute."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anonymisation.dates import anchor_table, offsets_by_key
+from anonymisation.generalise import age_band, round_to
+from anonymisation.pseudonyms import is_pseudonym, pseudonymise
+from anonymisation.synth_report import Thresholds, build_report, gates
+from anonymisation.synthesis import (
+    BACKENDS,
+    SynthesisError,
+    register_backend,
+    synthesize_table,
+    synthesize_tables,
+)
+from contracts.cdm import ColumnType, IdentifierClass, load_cdm
+from hub.demodata.generator import generate_frames
+
+KEY = b"synthesis-test-key-0123456789"
+CDM = load_cdm()
+TABLES = ("episode", "collection", "batch", "release_test")
+
+
+def _deidentify(name: str, frame: pd.DataFrame, anchors: pd.Series, lot_coi: pd.Series):
+    table = CDM.table(name)
+    out = {}
+    for column in frame.columns:
+        spec, values = table.column(column), frame[column]
+        if spec.identifier in (IdentifierClass.DIRECT, IdentifierClass.FREE_TEXT):
+            continue
+        if spec.identifier is IdentifierClass.LINKABLE:
+            out[column] = pseudonymise(values, KEY)
+        elif spec.type in (ColumnType.DATE, ColumnType.DATETIME):
+            keys = frame["coi_id"] if "coi_id" in frame else frame["lot_id"].map(lot_coi)
+            out[column] = offsets_by_key(values, keys, anchors)
+        elif column == "age":
+            out[column] = age_band(values)[0]
+        elif column == "weight_kg":
+            out[column] = round_to(values, 5)[0]
+        else:
+            out[column] = values
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    frames = generate_frames(institutions=1, patients=150, seed=11)
+    return {n: pd.concat([f[n] for f in frames.values()], ignore_index=True) for n in TABLES}
+
+
+@pytest.fixture(scope="module")
+def deid(raw):
+    anchors = anchor_table(raw["collection"])
+    lot_coi = raw["batch"].set_index("lot_id")["coi_id"]
+    return {n: _deidentify(n, raw[n], anchors, lot_coi) for n in TABLES}
+
+
+@pytest.fixture(scope="module")
+def batch_result(deid):
+    return synthesize_table(deid["batch"], CDM.table("batch"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def batch_report(batch_result):
+    return build_report(batch_result)
+
+
+def test_same_seed_same_rows_other_seed_other_rows(deid, batch_result):
+    again = synthesize_table(deid["batch"], CDM.table("batch"), seed=3)
+    pd.testing.assert_frame_equal(again.synthetic, batch_result.synthetic)
+    other = synthesize_table(deid["batch"], CDM.table("batch"), seed=4)
+    assert not other.synthetic["viability"].equals(batch_result.synthetic["viability"])
+
+
+def test_constraints_hold_in_the_sample(batch_result):
+    syn = batch_result.synthetic
+    kinds = {c["kind"] for c in batch_result.constraints}
+    assert {"range", "allowed", "inequality"} <= kinds
+    assert all(c["violations"] == 0 for c in batch_result.constraints)
+    dated = syn.dropna(subset=["manufacturing_start", "release_date"])
+    assert len(dated) > 0
+    assert (dated["release_date"] >= dated["manufacturing_start"]).all()
+    assert syn["viability"].dropna().between(0, 100).all()
+    assert set(syn["platform"].dropna()) <= {"central", "point_of_care"}
+    assert syn["culture_days"].dtype == "Int64"
+
+
+def test_ids_are_regenerated_never_copied(deid, batch_result):
+    syn = batch_result.synthetic
+    for column in ("lot_id", "coi_id"):
+        assert syn[column].notna().all()
+        assert not syn[column].isin(deid["batch"][column]).any()
+        assert not syn[column].map(is_pseudonym).any()  # "S" + 31 hex: never a real one
+    assert syn["lot_id"].is_unique
+
+
+def test_report_scores_and_gates_pass(batch_report):
+    q, p = batch_report["quality"], batch_report["privacy"]
+    assert 0.75 <= q["score"] <= 1
+    assert q["column_shapes"] is not None and q["column_pair_trends"] is not None
+    assert batch_report["diagnostic"]["score"] > 0.9
+    assert p["copied_rows"] == 0
+    assert p["pii_overlap_total"] == 0
+    assert p["dcr_overfitting_protection"] >= 0.9
+    assert 0 <= p["dcr_baseline_protection"] <= 1
+    assert batch_report["gates"] == {"passed": True, "failed": []}
+
+
+def test_raw_data_is_refused(raw, deid):
+    with_names = deid["batch"].assign(released_by=raw["batch"]["released_by"])
+    with pytest.raises(SynthesisError, match="direct identifier"):
+        synthesize_table(with_names, CDM.table("batch"))
+    no_names = raw["batch"].drop(columns=["released_by"], errors="ignore")
+    with pytest.raises(SynthesisError, match="not pseudonyms"):
+        synthesize_table(no_names, CDM.table("batch"))
+
+
+class LeakyBackend:
+    """A "synthesizer" that hands back its training rows: every gate that guards against
+    copying must fail on it."""
+
+    name = "leaky"
+
+    def fit(self, frames, metadata, *, seed):
+        self.frames = {n: f.reset_index(drop=True) for n, f in frames.items()}
+
+    def sample(self, *, num_rows=None, scale=None, seed):
+        return {n: f.head(num_rows) for n, f in self.frames.items()}
+
+
+def test_a_leaky_synthesizer_fails_the_gates(deid):
+    register_backend("leaky", LeakyBackend)
+    try:
+        result = synthesize_table(deid["batch"], CDM.table("batch"), method="leaky", seed=3)
+    finally:
+        BACKENDS.pop("leaky")
+    report = build_report(result)
+    failed = {g["gate"] for g in report["gates"]["failed"]}
+    assert {"copied_rows", "dcr_overfitting", "pii_overlap"} <= failed
+    assert report["privacy"]["copied_rows"] > 0
+    assert report["privacy"]["dcr_overfitting_protection"] < 0.5
+    assert not report["gates"]["passed"]
+    # A laxer steward still blocks the copies.
+    lax = gates(report, Thresholds(quality=0, dcr_overfitting=0))
+    assert {g["gate"] for g in lax} == {"copied_rows", "pii_overlap"}
+
+
+def test_plots_are_self_contained_svg(batch_result, batch_report, tmp_path):
+    from anonymisation.synth_report import render_plots, write_plots
+
+    plots = render_plots(batch_result, batch_report)
+    kinds = {p["kind"] for p in batch_report["plots"]}
+    assert kinds == {"column", "pair"}
+    assert set(plots) == {p["file"] for p in batch_report["plots"]}
+    for svg in plots.values():
+        assert (
+            svg.startswith("<svg")
+            and "<script" not in svg
+            and "http" not in svg.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        )
+    written = write_plots(plots, tmp_path)
+    assert len(written) == len(plots) and all(p.stat().st_size > 0 for p in written)
+
+
+def test_hierarchy_too_deep_for_sdv_falls_back_and_joins_work(deid):
+    result = synthesize_tables(deid, CDM, seed=5)
+    assert result.mode == "per_table"
+    assert any("refused" in n and "depth" in n for n in result.notes)
+    syn = {n: r.synthetic for n, r in result.tables.items()}
+    assert syn["collection"]["coi_id"].isin(syn["episode"]["coi_id"]).all()
+    assert syn["batch"]["din"].dropna().isin(syn["collection"]["din"]).all()
+    assert syn["release_test"]["lot_id"].isin(syn["batch"]["lot_id"]).all()
+    # batch.coi_id agrees with its collection's episode, so a three-way join holds.
+    joined = (
+        syn["batch"]
+        .dropna(subset=["din"])
+        .merge(syn["collection"][["din", "coi_id"]], on="din", suffixes=("", "_c"))
+    )
+    assert (joined["coi_id"] == joined["coi_id_c"]).all()
+    assert all(i["orphans"] == 0 for i in result.integrity)
+    assert not syn["batch"]["lot_id"].isin(deid["batch"]["lot_id"]).any()
+
+
+def test_two_level_schema_uses_sdv_multi_table(deid):
+    frames = {"episode": deid["episode"], "collection": deid["collection"]}
+    result = synthesize_tables(frames, CDM, seed=5)
+    assert result.mode == "hma"
+    episodes = result.tables["episode"].synthetic
+    collections = result.tables["collection"].synthetic
+    assert collections["coi_id"].isin(episodes["coi_id"]).all()
+    assert episodes["coi_id"].is_unique
+    assert result.integrity[0]["orphans"] == 0
