@@ -11,9 +11,11 @@
      up by ``anchor_key`` in ``anchors``; the column keeps its name) or, without anchors, the
      month; ages become 5-year bands; weights are rounded to 5; other categories rarer than
      ``k`` are merged into ``"other"``;
-   * free text is scrubbed (NER spans, CGT identifier regexes and a gazetteer of the frame's
-     own direct and linkable identifier values, built before those columns are dropped), or
-     dropped when ``scrub_free_text`` is false;
+   * free text is scrubbed over its distinct texts (CGT identifier regexes and a gazetteer of
+     the frame's own direct and linkable identifier values, built before those columns are
+     dropped, on every text; spaCy NER only on texts with a capitalised word that is not
+     known non-name vocabulary, see :func:`scrub_column`), or dropped when
+     ``scrub_free_text`` is false;
    * sensitive and safe columns are kept as they are;
 3. :func:`anonymisation.risk.enforce_k` over the quasi-identifiers (date offsets excluded by
    default), with coarser generalisation ladders computed from the raw values.
@@ -48,7 +50,16 @@ from anonymisation.generalise import age_band, merge_rare, round_to
 from anonymisation.pseudonyms import KeyChain, pseudonymise
 from anonymisation.recognizers import ISBT_PRODUCT_CODE, LOT_CODE, VALUE_PATTERNS, ValuePattern
 from anonymisation.risk import RiskResult, enforce_k
-from anonymisation.scrub import MIN_TERM_LENGTH, Gazetteer, Span, gazetteer_from_frame, scrub_texts
+from anonymisation.scrub import (
+    NON_NAME_WORDS,
+    Gazetteer,
+    ScrubResult,
+    Span,
+    gazetteer_from_frame,
+    may_hold_name,
+    name_vocabulary,
+    scrub_texts,
+)
 
 Progress = Callable[[int, str], None]
 
@@ -64,6 +75,9 @@ NER_TYPES: dict[str, str] = {
     "DATE": "DATE_TIME",
     "TIME": "DATE_TIME",
 }
+# Labels the small model sometimes gives a person's name: such a span is a PERSON when it
+# holds a capitalised word outside the non-name vocabulary, else it is ignored.
+NAME_LIKE_LABELS = frozenset({"EVENT", "PRODUCT", "WORK_OF_ART", "LAW"})
 # Patterns searched inside free text: every identifier shape except the safe product code
 # and the weak lot-code shape (shared with deviation and reagent codes).
 TEXT_PATTERNS: tuple[ValuePattern, ...] = tuple(
@@ -116,19 +130,38 @@ def _text_pattern_spans(texts: list[str]) -> list[list[Span]]:
     return out
 
 
-def analyze_texts(texts: list[str]) -> list[list[Span]]:
-    """The analyzer :func:`anonymisation.scrub.scrub_texts` expects: spaCy NER (labels mapped
-    to Presidio types; known equipment and reagent names are never entities) plus the
-    vectorised identifier regexes of :mod:`anonymisation.recognizers`."""
+def analyze_texts(
+    texts: list[str],
+    *,
+    ner_vocabulary: frozenset[str] | None = None,
+    stats: dict[str, int] | None = None,
+) -> list[list[Span]]:
+    """The analyzer :func:`anonymisation.scrub.scrub_texts` expects: the vectorised
+    identifier regexes of :mod:`anonymisation.recognizers` on every text, plus spaCy NER
+    (labels mapped to Presidio types; known equipment and reagent names are never entities).
+
+    With ``ner_vocabulary``, NER runs only on the texts :func:`anonymisation.scrub.
+    may_hold_name` keeps (a capitalised word outside that vocabulary, or a month or weekday
+    name); without it, on every text. ``stats["ner_texts"]`` counts the texts NER ran on."""
     from anonymisation.nlp import ner_batch
 
     regex_spans = _text_pattern_spans(texts)
-    ner_spans = ner_batch(texts) if texts else []
+    if ner_vocabulary is None:
+        needs_ner = np.ones(len(texts), dtype=bool)
+    else:
+        needs_ner = may_hold_name(texts, ner_vocabulary)
+    ner_texts = [t for t, keep in zip(texts, needs_ner, strict=True) if keep]
+    if stats is not None:
+        stats["ner_texts"] = stats.get("ner_texts", 0) + len(ner_texts)
+    ner_found = iter(ner_batch(ner_texts) if ner_texts else [])
+    vocabulary = NON_NAME_WORDS if ner_vocabulary is None else ner_vocabulary
     out = []
-    for text, found, ner in zip(texts, regex_spans, ner_spans, strict=True):
+    for text, found, keep in zip(texts, regex_spans, needs_ner, strict=True):
         spans = list(found)
-        for start, end, label in ner:
+        for start, end, label in next(ner_found) if keep else ():
             kind = NER_TYPES.get(label)
+            if label in NAME_LIKE_LABELS and may_hold_name([text[start:end]], vocabulary)[0]:
+                kind = "PERSON"
             if kind is None or text[start:end].strip().lower() in SAFE_VOCABULARY:
                 continue
             spans.append((start, end, kind))
@@ -136,60 +169,15 @@ def analyze_texts(texts: list[str]) -> list[list[Span]]:
     return out
 
 
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
-class HashGazetteer(Gazetteer):
-    """:class:`anonymisation.scrub.Gazetteer` semantics (case-insensitive, whitespace-
-    insensitive, whole-word, longest term first) by hash look-ups instead of one alternation
-    regex, which takes minutes to compile and run with 10^5 identifier values. At each
-    word-boundary position, candidate spans of every distinct term length are looked up."""
-
-    def __init__(self, terms: Mapping[str, Any]):
-        self.types: dict[str, str] = {}
-        for entity, values in terms.items():
-            for value in values:
-                if value is None or (isinstance(value, float) and value != value):
-                    continue
-                term = " ".join(str(value).split()).casefold()
-                if len(term) >= MIN_TERM_LENGTH:
-                    self.types.setdefault(term, entity.upper())
-        self.lengths = sorted({len(t) for t in self.types}, reverse=True)
-        self.pattern = None
-
-    def find(self, text: str) -> list[Span]:
-        if not self.types:
-            return []
-        # Collapse whitespace runs to one space, remembering where each character came from.
-        pieces: list[str] = []
-        starts: list[int] = []
-        for m in re.finditer(r"\s+|\S+", text):
-            piece = " " if m.group(0).isspace() else m.group(0)
-            pieces.append(piece)
-            starts.extend([m.start()] if piece == " " else range(m.start(), m.end()))
-        flat = "".join(pieces)
-        folded = flat.casefold()
-        if len(folded) != len(flat):  # casefold changed lengths (e.g. "ß"): compare as is
-            folded = flat.lower() if len(flat.lower()) == len(flat) else flat
-        spans: list[Span] = []
-        n, i = len(flat), 0
-        while i < n:
-            if i and _is_word(flat[i - 1]):  # as the regex's (?<!\w)
-                i += 1
-                continue
-            for length in self.lengths:
-                stop = i + length
-                if stop > n or (stop < n and _is_word(flat[stop])):  # as (?!\w)
-                    continue
-                kind = self.types.get(folded[i:stop])
-                if kind is not None:
-                    spans.append((starts[i], starts[stop - 1] + 1, kind))
-                    i = stop
-                    break
-            else:
-                i += 1
-        return spans
+def scrub_column(values: pd.Series, gazetteer: Gazetteer) -> tuple[ScrubResult, dict[str, Any]]:
+    """Scrub one free-text column as :func:`deidentify_frame` does: over distinct texts, the
+    identifier patterns and ``gazetteer`` everywhere, NER only where a name may be (the
+    gazetteer's words never count as safe vocabulary). Returns the result and its report
+    entry (:meth:`ScrubResult.to_dict` plus ``ner_texts``)."""
+    stats: dict[str, int] = {"ner_texts": 0}
+    analyze = partial(analyze_texts, ner_vocabulary=name_vocabulary(gazetteer), stats=stats)
+    scrubbed = scrub_texts(values, analyze, gazetteer=gazetteer)
+    return scrubbed, {**scrubbed.to_dict(), "ner_texts": stats["ner_texts"]}
 
 
 def _is_date(decision: ColumnDecision, values: pd.Series) -> bool:
@@ -350,10 +338,9 @@ def deidentify_frame(
                 default_quasi.append(name)
         elif d.klass == FREE_TEXT and scrub_free_text:
             if gazetteer is None:
-                gazetteer = HashGazetteer(gazetteer_from_frame(raw, identifiers, name_parts=True))
-            scrubbed = scrub_texts(values, analyze_texts, gazetteer=gazetteer)
+                gazetteer = Gazetteer(gazetteer_from_frame(raw, identifiers, name_parts=True))
+            scrubbed, scrub_stats[name] = scrub_column(values, gazetteer)
             out[name] = scrubbed.texts
-            scrub_stats[name] = scrubbed.to_dict()
             actions[name] = "scrub: NER + identifier patterns + gazetteer"
             if scrubbed.texts_changed:
                 attention.append(

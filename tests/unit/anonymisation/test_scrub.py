@@ -8,10 +8,14 @@ import pandas as pd
 import pytest
 
 from anonymisation.scrub import (
+    NON_NAME_WORDS,
     Gazetteer,
     gazetteer_from_frame,
     may_hold_entity,
+    may_hold_name,
     merge_spans,
+    name_vocabulary,
+    replace_spans,
     scrub_texts,
 )
 
@@ -124,3 +128,106 @@ def test_overlapping_spans_merged() -> None:
 def test_analyzer_must_answer_every_text() -> None:
     with pytest.raises(ValueError):
         scrub_texts(pd.Series(["Dr Who"]), lambda texts: [])
+
+
+GAZ_TERMS = {
+    "PERSON": ["John Smithson", "Smithson", "John", "Al", "O'Neil", "Ada  Lovelace", "Rose"],
+    "MRN": ["MRN4100000"],
+    "EMAIL_ADDRESS": ["john.1@example.org"],
+    "ISBT_DIN": ["W1234 24 500001"],
+    "CODE": ["(abc)"],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "Pt JOHN   smithson (mrn4100000), e-mail john.1@example.org; bag W1234  24 500001.",
+            [(3, 18, "PERSON"), (20, 30, "MRN"), (40, 58, "EMAIL_ADDRESS"), (64, 80, "ISBT_DIN")],
+        ),
+        # whole words only; "Al" is shorter than MIN_TERM_LENGTH; trailing punctuation is fine
+        ("Johnny Smithsonian is not a match; Al is too short; john.", [(52, 56, "PERSON")]),
+        ("", []),
+        ("MRN41000001 and xMRN4100000 are other words", []),
+        # tabs and newlines inside a term, apostrophes, a term starting with punctuation
+        (
+            "o'neil\tand ada\n lovelace; x(abc) (abc)",
+            [(0, 6, "PERSON"), (11, 24, "PERSON"), (33, 38, "CODE")],
+        ),
+        ("John\u00a0Smithson_x John_ Smithson", [(0, 4, "PERSON"), (22, 30, "PERSON")]),
+        ("ROSE, rose and Rosemary", [(0, 4, "PERSON"), (6, 10, "PERSON")]),
+        ("Straße John", [(7, 11, "PERSON")]),  # casefold changes the length: compared lowered
+    ],
+)
+def test_gazetteer_matches(text: str, expected: list[tuple[int, int, str]]) -> None:
+    assert Gazetteer(GAZ_TERMS).find(text) == expected
+
+
+def test_gazetteer_longest_first_and_no_overlap() -> None:
+    gaz = Gazetteer({"PERSON": ["Ann Lee", "Lee Ann", "Ann"], "MRN": ["Ann Lee Ann"]})
+    assert gaz.find("Ann Lee Ann Lee Ann") == [(0, 11, "MRN"), (12, 19, "PERSON")]
+    assert Gazetteer({}).find("anything") == []
+    assert Gazetteer({"PERSON": [None, float("nan"), "  "]}).types == {}
+
+
+def test_gazetteer_words() -> None:
+    assert Gazetteer({"PERSON": ["Rose Ward"], "MRN": ["MRN-12"]}).words() == {
+        "rose",
+        "ward",
+        "mrn",
+        "12",
+    }
+
+
+def test_name_prefilter_keeps_unknown_capitalised_words_and_dates() -> None:
+    texts = [
+        "MRN4100000: bag label checked before harvest, TNC 3.1e9, CRP 4 mg/L.",
+        "No deviation during expansion; volume 120 mL on day 4.",
+        "Spoke to Olivia about the slot.",  # an unknown capitalised word
+        "Seen by Dr",  # a title: a name may follow
+        "Émile rang",  # non-ASCII capital
+        "courier late, arrived monday",  # a weekday in any case: NER finds dates
+        "Ran on CliniMACS Prodigy and G-Rex.",  # equipment vocabulary
+        "bag collected 3rd of MARCH",
+        "O'Brien called",
+    ]
+    assert may_hold_name(texts).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_name_prefilter_never_skips_a_gazetteer_name() -> None:
+    """Words of the table's identifiers are never vocabulary, even common words."""
+    terms = {"PERSON": ["Will Call", "Patient Courier", "Rose"]}
+    gaz = Gazetteer(terms)
+    vocabulary = name_vocabulary(gaz)
+    assert {"call", "patient", "courier"} <= NON_NAME_WORDS
+    assert not ({"will", "call", "patient", "courier", "rose"} & vocabulary)
+    texts = ["Call back tomorrow", "Patient Courier rang", "Courier: bag ok", "Rose rang"]
+    assert may_hold_name(texts, vocabulary).all()
+    assert not may_hold_name(texts[:1]).any()  # without the gazetteer "Call" is vocabulary
+    # every single-word name and every word of a multi-word name, capitalised, is kept
+    for word in ("Will", "Call", "Patient", "Courier", "Rose"):
+        assert may_hold_name([f"{word} ok"], vocabulary).all(), word
+
+
+def test_name_vocabulary_holds_no_listed_name() -> None:
+    names = {"will", "grace", "rose", "day", "hall", "green", "ward", "mason", "cooper", "may"}
+    assert not names & NON_NAME_WORDS
+    assert not {"dr", "mr", "mrs", "ms", "miss", "prof", "nurse", "sister"} & NON_NAME_WORDS
+
+
+def test_replace_spans() -> None:
+    assert replace_spans("call Ann on 0123", [(5, 8, "PERSON"), (12, 16, "PHONE")]) == (
+        "call <PERSON> on <PHONE>"
+    )
+    assert replace_spans("abc", []) == "abc"
