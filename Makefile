@@ -4,11 +4,11 @@ STAMP := $(VENV)/.cleanroom-installed
 
 .PHONY: install demo test lint clean-demo
 
-$(STAMP): pyproject.toml requirements/spacy-model.txt package.json scripts/install.sh scripts/system-deps.sh
+$(STAMP): pyproject.toml requirements/spacy-model.txt requirements/notebook.txt package.json scripts/install.sh scripts/system-deps.sh
 	VENV=$(VENV) bash scripts/install.sh
 	@touch $@
 
-install: $(STAMP)  ## Create .venv and install Python, npm and apt dependencies
+install: $(STAMP)  ## Create .venv and .venv-notebook; install Python, npm and apt dependencies
 
 demo: install  ## Seed the demo consortium and start Cleanroom on embedded defaults
 	$(VENV)/bin/cleanroom demo seed

@@ -269,6 +269,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the researchers' home directories (mode 0700) are created.",
     ),
     Setting(
+        "sandbox_notebook_env",
+        ".venv-notebook",
+        "Python environment the researchers' notebook servers run from (its "
+        "`bin/jupyterhub-singleuser`), relative to the project directory unless absolute. "
+        "`make install` builds it from a Python every user can run; with system-users "
+        "isolation every directory on its way must be enterable by all.",
+    ),
+    Setting(
         "sandbox_token_hours",
         8,
         "Lifetime of the `sandbox`-scoped API token put into each notebook server's "

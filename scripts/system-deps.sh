@@ -3,9 +3,11 @@
 #   chromium    - headless browser for the portal's browser tests
 #   nodejs, npm - run configurable-http-proxy, JupyterHub's proxy
 #   postgresql  - the production database, used by the test suite
+#   python3-venv - the researchers' notebook environment (.venv-notebook), built from the
+#                 system Python every user can run
 set -euo pipefail
 
-packages=(chromium nodejs npm postgresql)
+packages=(chromium nodejs npm postgresql python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   # A tool already on PATH (e.g. a newer Node.js from elsewhere) counts as present.

@@ -56,18 +56,52 @@ def unreachable_by_others(path: Path) -> Path | None:
     return None
 
 
-def check_notebook_environment(singleuser: Path) -> None:
-    """Researchers' system users must be able to run the notebook server and its Python."""
-    interpreter = Path(sys.executable)
-    for path in (singleuser, interpreter):
+def notebook_env(settings: Settings) -> Path:
+    """The researchers' notebook environment (``sandbox_notebook_env``, relative to the
+    project directory unless absolute)."""
+    return PROJECT_ROOT / Path(str(settings.sandbox_notebook_env)).expanduser()
+
+
+def check_notebook_environment(*programs: Path, sources: tuple[Path, ...] = ()) -> None:
+    """Researchers' system users must be able to run the notebook server and its Python
+    (``programs``: readable and executable by all) and read ``sources``."""
+    for path in (*programs, *sources):
+        if not path.exists():
+            raise SandboxUnavailable(
+                f"{path} does not exist: run `make install`, which builds the researchers' "
+                "notebook environment (sandbox_notebook_env)."
+            )
         private = unreachable_by_others(path)
         if private is not None:
             raise SandboxUnavailable(
                 f"researchers' system users cannot run {path} ({private} is private to its "
-                "owner): install Cleanroom with a Python outside private home directories "
-                "(e.g. the system's python3), or set CLEANROOM_SANDBOX_ISOLATION=same-user on "
-                "a developer machine."
+                "owner): install Cleanroom in a directory every user can enter (e.g. "
+                "/opt/cleanroom) and let `make install` build its notebook environment from a "
+                "Python outside private home directories, or set "
+                "CLEANROOM_SANDBOX_ISOLATION=same-user on a developer machine."
             )
+        wanted = 0o005 if path in programs else 0o004
+        if path.resolve().stat().st_mode & wanted != wanted:
+            raise SandboxUnavailable(
+                f"researchers' system users cannot {'run' if wanted & 1 else 'read'} {path}: "
+                "make it readable by all (chmod -R a+rX), or re-run `make install`."
+            )
+
+
+def singleuser_command(settings: Settings, mode: str) -> str:
+    """The notebook server's command: the notebook environment's ``jupyterhub-singleuser``.
+    Isolated, it must be there and runnable by every user; same-user (a laptop) falls back
+    to the hub's own environment when it has not been built."""
+    env_bin = notebook_env(settings) / "bin"
+    singleuser = env_bin / "jupyterhub-singleuser"
+    if mode == "system-users":
+        # The project's own `sandbox` package is imported from the source tree.
+        check_notebook_environment(
+            singleuser, env_bin / "python", sources=(PROJECT_ROOT / "sandbox" / "__init__.py",)
+        )
+    elif not singleuser.exists():
+        singleuser = Path(sys.executable).parent / "jupyterhub-singleuser"
+    return str(singleuser)
 
 
 def _loopback(host: str) -> str:
@@ -96,8 +130,7 @@ def prepare(
     os.chmod(state, 0o700)
     hub_url = f"http://{_loopback(hub_host)}:{hub_port}"
     venv_bin = Path(sys.executable).parent
-    if mode == "system-users":
-        check_notebook_environment(venv_bin / "jupyterhub-singleuser")
+    singleuser = singleuser_command(settings, mode)
     run = {
         "state_dir": str(state),
         "host": settings.sandbox_host,
@@ -112,7 +145,7 @@ def prepare(
         "user_prefix": settings.sandbox_user_prefix,
         "home_root": settings.sandbox_home_root,
         "access_check_seconds": settings.sandbox_access_check_seconds,
-        "singleuser": str(venv_bin / "jupyterhub-singleuser"),
+        "singleuser": singleuser,
         "log_level": settings.log_level,
     }
     path = state / "cleanroom-sandbox.json"

@@ -3,8 +3,9 @@ proxy on loopback ports; a researcher signs in through JupyterHub's login form w
 Cleanroom password, gets a notebook server running as their own operating-system user, and
 a notebook runs in its kernel through the Jupyter server's API (REST + kernel websocket).
 
-Needs root (one system user per researcher); the test users (``crt-*``) persist across runs
-and are reused. Own data directory, because it suspends the demo agreement.
+Needs root (one system user per researcher) and ``make install``'s notebook environment
+(``.venv-notebook``, built from a Python every user can run); the test users (``crt-*``)
+persist across runs and are reused. Own data directory, because it suspends the demo agreement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import psutil
 import pytest
@@ -69,12 +70,9 @@ def _answers(url: str) -> bool:
 def sandbox() -> Iterator[Sandbox]:
     if os.geteuid() != 0:
         pytest.skip("the sandbox's isolation creates operating-system users: run as root")
-    from hub.gateway.cli import unreachable_by_others
-
-    private = unreachable_by_others(Path(sys.executable))
-    if private is not None:
-        pytest.skip(f"this Python lives under {private}, which researchers' users cannot "
-                    "enter: install with a system-wide Python to run this test")
+    # Researchers' servers run from the notebook environment `make install` builds from a
+    # Python every user can run (sandbox_notebook_env); `cleanroom up` refuses, and this
+    # test fails, when it is missing or private.
     # A traversable parent, so that only the data directory's own mode (0700) stands
     # between a notebook user and the hub's files.
     root = Path(tempfile.mkdtemp(prefix="cleanroom-e2e-"))
@@ -130,13 +128,16 @@ class Kernel:
 
     def __init__(self, http: requests.Session, base: str) -> None:
         self.http, self.base = http, base
-        xsrf = http.cookies.get("_xsrf", default="")
+        # The hub (/hub/) and the server (/user/<name>/) each set an _xsrf cookie.
+        path = urlparse(base).path.rstrip("/") + "/"
+        xsrf = http.cookies.get("_xsrf", default="", path=path)
         self.headers = {"X-XSRFToken": xsrf}
         resp = http.post(f"{base}/api/kernels", json={"name": "python3"},
                          headers=self.headers, timeout=30)
         assert resp.status_code == 201, resp.text
         self.id = resp.json()["id"]
-        cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies)
+        cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies
+                           if path.startswith(c.path or "/"))
         ws_url = base.replace("http://", "ws://") + f"/api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(
             ws_url, header=[f"Cookie: {cookie}", f"X-XSRFToken: {xsrf}"], timeout=60
@@ -187,6 +188,10 @@ def _server(http: requests.Session, sandbox: Sandbox, name: str) -> str:
                 "application/json"):
             http.get(f"{base}/lab", timeout=30)  # sets the server's _xsrf cookie
             return base
+        if resp.status_code == 403:
+            # Up, but its API does not redirect: a page does, through the hub's OAuth, and
+            # leaves the server's own cookie in the session.
+            http.get(f"{base}/lab", timeout=30)
         time.sleep(0.5)
     pytest.fail(f"the notebook server of {name} did not start in {DEADLINE:.0f} s")
 
@@ -218,7 +223,7 @@ def test_a_researchers_notebook_runs_isolated_and_follows_the_agreement(
 
         out, error = kernel.run(
             "from sandbox import connect\n"
-            "cr = connect()\n"
+            "cr = connect(agreement='demo-mfp')\n"
             "df = cr.query('SELECT product, COUNT(*) AS n FROM episode GROUP BY product')\n"
             "print(int(df['n'].fillna(0).sum()))")
         assert error is None, error
@@ -261,15 +266,16 @@ print(json.dumps(result))
             assert not [n for n in names if word in n], (word, names)
         assert "cleanroom.db" not in seen["env_values"]
 
-        # The steward suspends the agreement: the next query is refused, and the access
-        # sweep stops the server.
+        # The steward suspends the researcher's agreements (both demo ones): the next query
+        # is refused, and once the last is gone the access sweep stops the server.
         from hub.agreements import services as agreements
         from hub.db import Database
 
         database = Database(f"sqlite:///{data / 'cleanroom.db'}")
-        with database.session() as s:
-            agreements.transition(s, agreements.get(s, "demo-mfp"), "suspend",
-                                  actor="user:steward")
+        for slug in ("demo-mfp", "demo-v2v"):
+            with database.session() as s:
+                agreements.transition(s, agreements.get(s, slug), "suspend",
+                                      actor="user:steward")
         database.engine.dispose()
         out, error = kernel.run(
             "from sandbox import PolicyDenied\n"
