@@ -5,6 +5,7 @@ from it, account disabled). Run by JupyterHub as ``python -m sandbox.jupyterhub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -62,20 +63,25 @@ async def sweep(
     return stopped
 
 
-async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[cleanroom-access] %(message)s")
-    run = load_run_config()
-    api = JupyterHubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+def hub_allows(hub_url: str, secret: str) -> Callable[[str], Awaitable[bool]]:
+    """Whether the Cleanroom hub still lets ``name`` use the sandbox (``/service/check``)."""
 
     async def allowed(name: str) -> bool:
         try:
-            status, body = await ask(run["hub_url"], run["service_secret"], "check",
-                                     {"username": name})
+            status, body = await ask(hub_url, secret, "check", {"username": name})
         except HubUnavailable as err:
             log.error("%s; servers are left running until it answers", err)
             return True  # an outage of the hub must not look like a suspension
         return status == 200 and bool(body.get("allowed"))
 
+    return allowed
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[cleanroom-access] %(message)s")
+    run = load_run_config()
+    api = JupyterHubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+    allowed = hub_allows(run["hub_url"], run["service_secret"])
     while True:
         try:
             await sweep(api.running, allowed, api.stop)
@@ -85,4 +91,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with contextlib.suppress(KeyboardInterrupt):  # JupyterHub stops its services with SIGINT
+        asyncio.run(main())

@@ -3,6 +3,8 @@ token), behind the shared service secret."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from datetime import timedelta
 
 import pytest
@@ -14,8 +16,10 @@ from hub.agreements import services
 from hub.db import Database, utcnow
 from hub.gateway.service import service_secret
 from hub.settings import Settings
+from sandbox.jupyterhub.access import hub_allows, sweep
 from tests.conftest import PASSWORD, Users
 from tests.unit.hub.test_gateway_api import SITES, _activate, _terms
+from tests.unit.hub.test_sandbox_client import served  # noqa: F401 - the hub over HTTP
 
 pytestmark = pytest.mark.db
 
@@ -115,3 +119,55 @@ def test_token_is_short_lived_sandbox_scoped_and_replaces_the_last(
     refused = client.post("/api/v1/sandbox/service/token", headers=world,
                           json={"username": "omar"})
     assert refused.status_code == 403 and refused.json["error"]["code"] == "policy_denied"
+
+
+class FakeJupyterHub:
+    """JupyterHub's REST side of the access sweep (list running servers, stop one)."""
+
+    def __init__(self, *running: str) -> None:
+        self.servers = set(running)
+        self.stopped: list[str] = []
+
+    async def running(self) -> list[str]:
+        return sorted(self.servers)
+
+    async def stop(self, name: str) -> None:
+        self.servers.discard(name)
+        self.stopped.append(name)
+
+
+def test_access_sweep_stops_servers_of_users_who_lost_their_last_agreement(
+    served: str,  # noqa: F811
+    world: dict[str, str],
+    database: Database,
+    settings: Settings,
+) -> None:
+    # The hub's own answer over HTTP, as the JupyterHub-managed service asks it.
+    allowed = hub_allows(served, service_secret(settings))
+    jupyterhub = FakeJupyterHub("rosa", "omar", "sam")
+    # omar is named in no agreement, sam is a steward: their servers go; rosa's stays.
+    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["omar", "sam"]
+    assert jupyterhub.servers == {"rosa"}
+    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == []
+
+    with database.session() as s:
+        services.transition(s, services.get(s, "v2v"), "suspend", actor="user:sam")
+    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["rosa"]
+    assert jupyterhub.servers == set() and jupyterhub.stopped == ["omar", "sam", "rosa"]
+
+
+def test_access_sweep_leaves_servers_running_while_the_hub_does_not_answer(
+    served: str,  # noqa: F811
+    world: dict[str, str],
+    settings: Settings,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    jupyterhub = FakeJupyterHub("rosa", "omar")
+    assert asyncio.run(sweep(jupyterhub.running, hub_allows(dead, service_secret(settings)),
+                             jupyterhub.stop)) == []
+    assert jupyterhub.servers == {"rosa", "omar"}
+    # A wrong secret is no answer of "allowed": refused, so the servers are stopped.
+    assert asyncio.run(sweep(jupyterhub.running, hub_allows(served, "wrong"),
+                             jupyterhub.stop)) == ["omar", "rosa"]
