@@ -114,20 +114,30 @@ def serve(hub: Hub, host: str | None, port: int | None, data_dir: str | None) ->
     click.echo(f"Cleanroom portal on http://{host}:{server.effective_port}/ "
                f"(public URL {settings.public_url})")
 
-    def stop(*_: Any) -> None:
+    def stop() -> None:
         if worker is not None:
             worker.stop()
         server.close()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        # SIGTERM ends the loop as Ctrl-C does; the server is closed below, from the main
+        # thread once the loop is left (closing it inside the handler pulled the sockets
+        # from under waitress's select: "Bad file descriptor").
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         stop()
         click.echo("Cleanroom stopped.")
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 @cli.command()
@@ -213,9 +223,10 @@ def _register() -> None:
     from hub.gateway.cli import sandbox
     from hub.ingest.cli import pool, upload
     from hub.jobs.cli import job
+    from hub.synth.cli import synth
 
     for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid,
-                    agreement, sandbox):
+                    agreement, sandbox, synth):
         cli.add_command(command)
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -84,3 +89,40 @@ def test_unreachable_database_is_one_clear_line(url: str, reason: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert reason in lines[0]
     assert "pw@" not in lines[0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_up_stops_cleanly_on_sigterm_and_ctrl_c(tmp_path, signum: int) -> None:
+    """A real `cleanroom up`: SIGTERM (a service manager) and Ctrl-C end it with status 0
+    and no traceback (closing waitress inside the signal handler once ended in EBADF)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"PATH": "/usr/bin:/bin", "CLEANROOM_DATA_DIR": str(tmp_path / "data"),
+           "CLEANROOM_SANDBOX_ENABLED": "false", "CLEANROOM_LOG_LEVEL": "WARNING"}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub", "up", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "no /healthz in 60 s"
+                time.sleep(0.2)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Bad file descriptor" not in err, err
+    assert "Cleanroom stopped." in out
