@@ -6,6 +6,7 @@ from hub.audit.models import AuditEntry, AuditHead
 from hub.db import Base
 from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
+from hub.synth.models import SyntheticVersion
 from policies import store as _policy_store
 
 # The policy tables belong to `policies/` (its own MetaData); the hub's migrations create
@@ -16,4 +17,4 @@ for _table in _policy_store.metadata.sorted_tables:
 
 __all__ = ["AgreementRecord", "AgreementSignature", "ApiToken", "AuditEntry", "AuditHead",
            "Base", "DatasetVersion", "Institution", "InstitutionMapping", "Job", "LoginAttempt",
-           "User"]
+           "SyntheticVersion", "User"]

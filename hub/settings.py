@@ -126,6 +126,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway_memory_limit", "1GB", "DuckDB memory limit of each agreement's views."),
     Setting("gateway_threads", 2, "DuckDB threads of each agreement's views."),
     Setting(
+        "synth_method",
+        "gaussian_copula",
+        "Synthesizer used when a synthetic version is asked for without naming one "
+        "(SDV's GaussianCopula; CTGAN and TVAE are slower and may be chosen per request).",
+        choices=("gaussian_copula", "ctgan", "tvae"),
+    ),
+    Setting(
+        "synth_max_training_rows",
+        200_000,
+        "Largest seeded sample of a table a synthesizer is trained on.",
+    ),
+    Setting(
+        "synth_gate_quality",
+        0.75,
+        "Publication gate: lowest SDMetrics quality score a synthetic version may have.",
+    ),
+    Setting(
+        "synth_gate_dcr_overfitting",
+        0.9,
+        "Publication gate: lowest DCR overfitting protection (synthetic rows no closer to "
+        "the training rows than to unseen rows) a synthetic version may have.",
+    ),
+    Setting(
+        "synth_gate_copied_rows",
+        0,
+        "Publication gate: most synthetic rows that may copy a unique real row.",
+    ),
+    Setting(
         "deid_scrub_free_text",
         True,
         "Scrub free-text columns (names, identifiers, places replaced by typed placeholders); "

@@ -5,7 +5,17 @@ from __future__ import annotations
 import enum
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from hub.accounts.models import Institution
@@ -66,6 +76,9 @@ class DatasetVersion(Base):
     # Length of the pseudonym key chain the staged/pooled pseudonyms were computed with.
     key_epoch: Mapped[int] = mapped_column(Integer, default=1)
     error: Mapped[str] = mapped_column(Text, default="")
+    # "Share synthetic only": the contributor shares this version's synthetic equivalent and
+    # keeps its real rows out of every agreement's views (pool_versions skips it).
+    synthetic_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -2,7 +2,8 @@
 
 Every byte of an upload goes through :class:`Storage`: uploads land in ``quarantine/`` and
 are moved to ``pool/`` once checked. ``keys/`` holds the hub's own index of released keys (as
-pseudonyms) for validating later uploads' links; the gateway never reads it. Keys are
+pseudonyms) for validating later uploads' links; the gateway never reads it. ``synthetic/``
+holds published synthetic versions and their report plots, apart from the real pool. Keys are
 validated here, once, so that no backend ever sees a path-traversal or an oddly encoded name.
 """
 
@@ -20,7 +21,7 @@ from typing import BinaryIO
 
 from hub.errors import InvalidKey, ObjectNotFound, PayloadTooLarge
 
-ZONES: tuple[str, ...] = ("quarantine", "pool", "keys")
+ZONES: tuple[str, ...] = ("quarantine", "pool", "keys", "synthetic")
 """Top-level prefixes a key may start with: uploads wait in quarantine, checked data is pooled."""
 
 MAX_KEY_LENGTH = 1024

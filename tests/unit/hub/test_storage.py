@@ -599,7 +599,7 @@ def test_get_storage_local_uses_effective_storage_path(tmp_path: Path) -> None:
 
     assert isinstance(storage, LocalStorage)
     assert storage.root == tmp_path.resolve() / "objects" == settings.effective_storage_path
-    assert ZONES == ("quarantine", "pool", "keys")
+    assert ZONES == ("quarantine", "pool", "keys", "synthetic")
 
 
 # S3 specifics --------------------------------------------------------------------------
