@@ -777,7 +777,7 @@ def _relink(
             .to_numpy()
         )
         parents = synthetic[main.parent][main.key].dropna().to_numpy()
-        counts = rng.choice(real_counts, size=len(parents)) if len(real_counts) else []
+        counts: Any = rng.choice(real_counts, size=len(parents)) if len(real_counts) else []
         null_rate = float(training[name][main.column].isna().mean())
         n_linked = int(np.sum(counts))
         n_null = int(round(n_linked * null_rate / max(1e-9, 1 - null_rate)))
@@ -789,7 +789,8 @@ def _relink(
             pool = synthetic[link.parent][link.key].dropna().to_numpy()
             rate = float(training[name][link.column].isna().mean())
             drawn = rng.choice(pool, size=len(sample)) if len(pool) else np.full(len(sample), None)
-            sample[link.column] = np.where(rng.random(len(sample)) < rate, None, drawn)
+            missing = rng.random(len(sample)) < rate
+            sample[link.column] = np.where(missing, np.full(len(sample), None), drawn)
         synthetic[name] = sample
 
 
