@@ -32,6 +32,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
     from hub.storage import get_storage
+    from hub.synth.views import api as synthetic_api
+    from hub.synth.views import bp as synthetic_bp
     from sandbox.gateway import GatewayError
 
     settings = config if isinstance(config, Settings) else load_settings(config)
@@ -62,9 +64,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
 
     for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
                uploads_api, agreements_bp, agreements_admin_bp, agreements_api, sandbox_api,
-               sandbox_service_api):
+               sandbox_service_api, synthetic_bp, synthetic_api):
         app.register_blueprint(bp)
-    for bp in (api_bp, uploads_api, agreements_api, sandbox_api, sandbox_service_api):
+    for bp in (api_bp, uploads_api, agreements_api, sandbox_api, sandbox_service_api,
+               synthetic_api):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)
     return app

@@ -181,10 +181,21 @@ class Client:
         frame.attrs["result_hash"] = answer.get("result_hash")
         return frame
 
-    def synthetic(self, table: str, agreement: str | None = None) -> pd.DataFrame:
-        """The synthetic version of ``table``, row by row, where the agreement allows it."""
-        body = self._get(f"/synthetic/{table}", agreement=self._agreement(agreement))
-        return pd.DataFrame(body["rows"], columns=body["columns"])
+    def synthetic(
+        self, table: str, agreement: str | None = None, *, limit: int | None = None
+    ) -> pd.DataFrame:
+        """The synthetic version of ``table``, row by row, where the agreement allows it
+        (every page of it, or the first ``limit`` rows)."""
+        slug = self._agreement(agreement)
+        params: dict[str, Any] = {"agreement": slug}
+        if limit is not None:
+            params["limit"] = limit
+        body = self._get(f"/synthetic/{table}", **params)
+        columns, rows = body["columns"], list(body["rows"])
+        while limit is None and body.get("next_offset") is not None:
+            body = self._get(f"/synthetic/{table}", agreement=slug, offset=body["next_offset"])
+            rows.extend(body["rows"])
+        return pd.DataFrame(rows, columns=columns)
 
     def fit(
         self,

@@ -408,10 +408,17 @@ def may_query(
 
 
 def pool_versions(
-    session: Session, stored: AgreementRecord, table: str, *, now: datetime | None = None
+    session: Session,
+    stored: AgreementRecord,
+    table: str,
+    *,
+    now: datetime | None = None,
+    include_synthetic_only: bool = False,
 ) -> list[DatasetVersion]:
     """The released versions of ``table`` that the agreement pools: those of contributor
-    parties that signed the current terms, only while the agreement is active."""
+    parties that signed the current terms, only while the agreement is active. Versions
+    their contributor shares as synthetic only are left out of these real-data views unless
+    ``include_synthetic_only`` (the synthesis of the agreement's pooled table asks)."""
     agreement = contract_of(stored)
     if agreement.state_at(now or datetime.now(UTC)) is not State.ACTIVE:
         return []
@@ -429,6 +436,7 @@ def pool_versions(
                 DatasetVersion.cdm_table == table,
                 DatasetVersion.state == VersionState.RELEASED,
                 DatasetVersion.pool_key != "",
+                *(() if include_synthetic_only else (DatasetVersion.synthetic_only.is_(False),)),
             )
             .order_by(DatasetVersion.institution_id, DatasetVersion.version)
         )

@@ -3,7 +3,8 @@
 Bearer tokens with the ``sandbox`` scope only. The route's guard asks :mod:`policies` whether
 the caller may use the sandbox at all; :func:`hub.gateway.services.scope` then asks, per
 covered table, whether they may query it under the named agreement now. Nothing here
-returns a pooled row: answers are disclosure-controlled aggregates and fit summaries.
+returns a pooled row: answers are disclosure-controlled aggregates and fit summaries, and
+synthetic rows only of a synthetic version that passed the publication gates.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from hub.db import get_db
-from hub.errors import BadRequest, NotFound
+from hub.errors import BadRequest, Forbidden, NotFound
 from hub.gateway import services
 from hub.settings import Settings
 from hub.storage import Storage
+from hub.synth import services as synth
 from hub.web import actor, current_user, get_policy, guard
 from sandbox.gateway import Gateway, GatewayError, QueryRejected
 
@@ -220,14 +222,48 @@ def synthetic(table: str) -> ResponseReturnValue:
     slug = request.args.get("agreement", "")
     if not slug:
         raise BadRequest("name the agreement: ?agreement=<slug>.")
+    limit = _int_arg("limit", synth.DEFAULT_PAGE, 1, synth.MAX_PAGE)
+    offset = _int_arg("offset", 0, 0, None)
     scope = _scope(slug, "synthetic")
+    if not scope.agreement.disclosure.allow_synthetic:
+        raise Forbidden(f"agreement {slug!r} does not allow synthetic rows.", code="policy_denied")
     if table not in scope.tables:
         raise NotFound(f"agreement {slug!r} gives you no synthetic rows of {table!r}.")
-    raise NotFound(
-        f"no synthetic version of {table!r} exists yet under {slug!r}: none has been "
-        "generated and published.",
-        code="no_synthetic_version",
+    db = get_db()
+    published = synth.published_for_agreement(db, scope.stored, table)
+    if not published:
+        raise NotFound(
+            f"no synthetic version of {table!r} exists yet under {slug!r}: none has been "
+            "generated and published.",
+            code="no_synthetic_version",
+        )
+    storage: Storage = current_app.extensions["cleanroom.storage"]
+    body = synth.page(synth.read_rows(storage, published), limit=limit, offset=offset)
+    ids = [p.id for p in published]
+    services.log(
+        db,
+        actor=actor(),
+        action="sandbox.synthetic",
+        slug=slug,
+        detail={"table": table, "synthetic_versions": ids, "offset": offset,
+                "rows": len(body["rows"]), "total": body["total"]},
     )
+    db.commit()
+    return jsonify({"agreement": slug, "table": table, "synthetic_versions": ids, **body})
+
+
+def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"`{name}` must be a whole number.") from None
+    if value < low or (high is not None and value > high):
+        bound = f"between {low:,} and {high:,}" if high is not None else f"at least {low}"
+        raise BadRequest(f"`{name}` must be {bound}.")
+    return value
 
 
 def _hash(value: Any) -> str:

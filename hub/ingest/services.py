@@ -601,6 +601,10 @@ def release(
     version.state = VersionState.RELEASED
     version.released_at = utcnow()
     version.released_by = actor
+    if version.synthetic_only:  # shared as synthetic only: make it now
+        from hub.synth.services import request_for_version
+
+        request_for_version(session, settings, version, actor=actor)
     if settings.raw_retention_days > 0:
         version.raw_delete_after = utcnow() + timedelta(days=settings.raw_retention_days)
         enqueue(
@@ -700,11 +704,14 @@ def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, act
 
 
 def released_keys(session: Session, table: str) -> list[str]:
-    """Pool objects of every released version of ``table`` (what the gateway may read)."""
+    """Pool objects of every released version of ``table`` (what the gateway may read);
+    versions shared as synthetic only are not among them."""
     return list(
         session.scalars(
             select(DatasetVersion.pool_key).where(
-                DatasetVersion.cdm_table == table, DatasetVersion.state == VersionState.RELEASED
+                DatasetVersion.cdm_table == table,
+                DatasetVersion.state == VersionState.RELEASED,
+                DatasetVersion.synthetic_only.is_(False),
             )
         )
     )
@@ -735,6 +742,7 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
         "deidentification_floor": json.loads(version.deid_floor or "{}"),
         "deidentification_choices": json.loads(version.deid_choices or "{}"),
         "key_epoch": version.key_epoch,
+        "synthetic_only": version.synthetic_only,
         "created_at": version.created_at.isoformat() if version.created_at else None,
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,

@@ -133,8 +133,14 @@ def show(version_id: int) -> ResponseReturnValue:
     assert user is not None
     own = _same_institution(user, version_id)
     table = services.cdm().table(version.cdm_table)
+    from hub.synth import services as synth
+
     return render_template(
         "datasets/show.html",
+        synthetics=synth.for_version(get_db(), version.id),
+        synth_scores=synth.scores,
+        methods=synth.METHODS,
+        default_method=_settings().synth_method,
         v=version,
         own=own,
         table=table,

@@ -38,6 +38,7 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "hub.jobs.tasks",
     "hub.ingest.services",
     "hub.ingest.rotation",
+    "hub.synth.services",
 )
 
 
