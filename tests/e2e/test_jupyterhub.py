@@ -266,17 +266,19 @@ print(json.dumps(result))
             assert not [n for n in names if word in n], (word, names)
         assert "cleanroom.db" not in seen["env_values"]
 
-        # The steward suspends the researcher's agreements (both demo ones): the next query
-        # is refused, and once the last is gone the access sweep stops the server.
+        # The steward suspends demo-mfp: the next query under it is refused (the server
+        # stays, demo-v2v is still active).
         from hub.agreements import services as agreements
         from hub.db import Database
 
         database = Database(f"sqlite:///{data / 'cleanroom.db'}")
-        for slug in ("demo-mfp", "demo-v2v"):
+
+        def suspend(slug: str) -> None:
             with database.session() as s:
                 agreements.transition(s, agreements.get(s, slug), "suspend",
                                       actor="user:steward")
-        database.engine.dispose()
+
+        suspend("demo-mfp")
         out, error = kernel.run(
             "from sandbox import PolicyDenied\n"
             "try:\n"
@@ -289,6 +291,9 @@ print(json.dumps(result))
     finally:
         kernel.close()
 
+    # The last agreement goes too: the access sweep stops the server.
+    suspend("demo-v2v")
+    database.engine.dispose()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         running = [p for p in psutil.process_iter(["username"])
