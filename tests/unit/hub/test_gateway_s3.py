@@ -54,8 +54,12 @@ def settings_overrides(db_url: str, data_dir: Path, endpoint: str) -> dict[str, 
 
 
 def test_query_reads_the_pool_from_s3(
-    client: FlaskClient, database: Database, settings: Settings, app, pooled
-) -> None:  # noqa: F811
+    client: FlaskClient,
+    database: Database,
+    settings: Settings,
+    app,
+    pooled,  # noqa: F811 - the imported fixture
+) -> None:
     assert isinstance(app.extensions["cleanroom.storage"], S3Storage)
     _activate(database, _terms())
     rosa = _token(database, settings, "rosa")
