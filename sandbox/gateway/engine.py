@@ -164,6 +164,9 @@ class AgreementViews:
         self.connection.close()
 
 
+PREPARED_CACHE = 256  # checked and rewritten queries remembered per gateway
+
+
 class Gateway:
     """Answers aggregate queries and fits models on agreements' views."""
 
@@ -174,6 +177,7 @@ class Gateway:
         self.threads = threads
         self.timeout = timeout
         self._cache: dict[tuple[Any, ...], AgreementViews] = {}
+        self._prepared: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
     def views(
@@ -249,8 +253,7 @@ class Gateway:
 
     def run(self, views: AgreementViews, disclosure: Disclosure, sql: str) -> Answer:
         """Check, rewrite, run and disclosure-control one query."""
-        checked = check_query(sql, views.names, views.identifiers)
-        rewritten = rewrite(checked, disclosure.dominance_n, disclosure.rounding_base)
+        checked, rewritten = self._prepare(views, disclosure, sql)
         columns, rows = self.execute(views, rewritten.sql)
         results = [dict(zip(columns, row, strict=True)) for row in rows]
         controlled = control.control(checked, rewritten, results, disclosure)
@@ -269,6 +272,27 @@ class Gateway:
             json.dumps(answer.as_dict(), sort_keys=True, default=str).encode()
         ).hexdigest()
         return answer
+
+    def _prepare(self, views: AgreementViews, disclosure: Disclosure, sql: str) -> Any:
+        """``check_query`` + ``rewrite``, remembered for the last queries: both are pure
+        functions of the text, the view names and identifiers, and the disclosure
+        parameters they read, and parsing costs more than a small query's run."""
+        key = (
+            sql,
+            tuple(sorted((t, tuple(sorted(ids))) for t, ids in views.identifiers.items())),
+            disclosure.dominance_n,
+            disclosure.rounding_base,
+        )
+        with self._lock:
+            found = self._prepared.get(key)
+        if found is None:
+            checked = check_query(sql, views.names, views.identifiers)
+            found = (checked, rewrite(checked, disclosure.dominance_n, disclosure.rounding_base))
+            with self._lock:
+                if len(self._prepared) >= PREPARED_CACHE:
+                    self._prepared.pop(next(iter(self._prepared)))
+                self._prepared[key] = found
+        return found
 
     def fit(self, views: AgreementViews, disclosure: Disclosure, **request: Any) -> Any:
         """Fit a model server-side; see :func:`sandbox.gateway.fit.fit`."""
