@@ -24,6 +24,15 @@ from tests.unit.hub.test_sandbox_client import served  # noqa: F401 - the hub ov
 pytestmark = pytest.mark.db
 
 
+def _run(coro):  # noqa: ANN001, ANN202
+    """Run a coroutine on its own loop in a worker thread: an earlier test (Playwright's
+    sync API) may leave an event loop running in this thread, and asyncio.run refuses it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @pytest.fixture
 def world(users: Users, database: Database, app: Flask, settings: Settings) -> dict[str, str]:
     """An active agreement naming rosa; omar is a researcher named nowhere; sam a steward."""
@@ -146,13 +155,13 @@ def test_access_sweep_stops_servers_of_users_who_lost_their_last_agreement(
     allowed = hub_allows(served, service_secret(settings))
     jupyterhub = FakeJupyterHub("rosa", "omar", "sam")
     # omar is named in no agreement, sam is a steward: their servers go; rosa's stays.
-    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["omar", "sam"]
+    assert _run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["omar", "sam"]
     assert jupyterhub.servers == {"rosa"}
-    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == []
+    assert _run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == []
 
     with database.session() as s:
         services.transition(s, services.get(s, "v2v"), "suspend", actor="user:sam")
-    assert asyncio.run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["rosa"]
+    assert _run(sweep(jupyterhub.running, allowed, jupyterhub.stop)) == ["rosa"]
     assert jupyterhub.servers == set() and jupyterhub.stopped == ["omar", "sam", "rosa"]
 
 
@@ -165,9 +174,9 @@ def test_access_sweep_leaves_servers_running_while_the_hub_does_not_answer(
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     jupyterhub = FakeJupyterHub("rosa", "omar")
-    assert asyncio.run(sweep(jupyterhub.running, hub_allows(dead, service_secret(settings)),
+    assert _run(sweep(jupyterhub.running, hub_allows(dead, service_secret(settings)),
                              jupyterhub.stop)) == []
     assert jupyterhub.servers == {"rosa", "omar"}
     # A wrong secret is no answer of "allowed": refused, so the servers are stopped.
-    assert asyncio.run(sweep(jupyterhub.running, hub_allows(served, "wrong"),
+    assert _run(sweep(jupyterhub.running, hub_allows(served, "wrong"),
                              jupyterhub.stop)) == ["omar", "rosa"]
