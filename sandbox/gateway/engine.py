@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,8 @@ class Gateway:
         checked, rewritten = self._prepare(views, disclosure, sql)
         columns, rows = self.execute(views, rewritten.sql)
         results = [dict(zip(columns, row, strict=True)) for row in rows]
+        if not checked.order:  # no ORDER BY: groups in key order, the same on every run
+            results.sort(key=lambda r: tuple(_sortable(r[k]) for k in rewritten.keys))
         controlled = control.control(checked, rewritten, results, disclosure)
         rounded = {
             "base": disclosure.rounding_base,
@@ -305,11 +308,20 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "the query failed"
 
 
+def _sortable(value: Any) -> tuple[bool, str, Any]:
+    """A sort key for one group key value: missing values last, types apart."""
+    return (value is None, type(value).__name__, value if value is not None else 0)
+
+
 def _plain(value: Any) -> Any:
-    """JSON-friendly cell values (Decimal and HUGEINT results become float and int)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    """JSON-friendly cell values (Decimal and HUGEINT results become float and int).
+    Floats keep 12 significant digits: DuckDB sums in parallel, in no fixed order, so the
+    last bits of an average vary from run to run; rounded, the same question gives the same
+    answer and the same result hash."""
+    if value is None or isinstance(value, bool | int | str):
         return value
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    return float(f"{number:.12g}") if math.isfinite(number) else number
