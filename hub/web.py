@@ -30,6 +30,8 @@ from hub.accounts.services import verify_token
 from hub.audit.services import record
 from hub.db import get_database, get_db
 from hub.errors import CleanroomError, DatabaseUnavailable, Forbidden, Unauthorized
+from hub.settings import Settings
+from hub.storage import Storage
 from policies.enforcer import user_subject
 from policies.store import SyncedPolicy
 
@@ -86,6 +88,18 @@ def current_user() -> User | None:
         else:
             g.user = user
     return cast(User | None, g.user)
+
+
+def app_settings() -> Settings:
+    """The running app's settings."""
+    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
+    return settings
+
+
+def app_storage() -> Storage:
+    """The running app's object store."""
+    storage: Storage = current_app.extensions["cleanroom.storage"]
+    return storage
 
 
 def actor() -> str:

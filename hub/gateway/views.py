@@ -18,19 +18,15 @@ from flask.typing import ResponseReturnValue
 from hub.db import get_db
 from hub.errors import BadRequest, Forbidden, NotFound
 from hub.gateway import services
-from hub.settings import Settings
 from hub.storage import Storage
 from hub.synth import services as synth
 from hub.web import actor, current_user, get_policy, guard
+from hub.web import app_settings as _settings
 from sandbox.gateway import Gateway, GatewayError, QueryRejected
 
 api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
 
-
-def _settings() -> Settings:
-    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
-    return settings
 
 
 def _gateway() -> Gateway:

@@ -8,7 +8,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    current_app,
     flash,
     jsonify,
     redirect,
@@ -27,22 +26,14 @@ from hub.ingest import services
 from hub.ingest.deid import STRONGER
 from hub.ingest.models import ACTIVE_STATES, DatasetVersion
 from hub.jobs.models import Job
-from hub.settings import Settings
-from hub.storage import Storage
 from hub.web import actor, current_user, guard
+from hub.web import app_settings as _settings
+from hub.web import app_storage as _storage
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 api = Blueprint("uploads_api", __name__, url_prefix="/api/v1/uploads")
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
-    return settings
-
-
-def _storage() -> Storage:
-    storage: Storage = current_app.extensions["cleanroom.storage"]
-    return storage
 
 
 def _same_institution(user: User, version_id: int, **_: object) -> bool:

@@ -13,7 +13,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
-    current_app,
     flash,
     jsonify,
     redirect,
@@ -28,35 +27,19 @@ from hub.agreements import services as agreements
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
 from hub.ingest import services as ingest
-from hub.ingest.models import DatasetVersion
-from hub.settings import Settings
-from hub.storage import Storage
+from hub.ingest.views import _same_institution
 from hub.synth import services
 from hub.synth.models import SyntheticVersion
 from hub.web import actor, guard
+from hub.web import app_settings as _settings
+from hub.web import app_storage as _storage
 
 bp = Blueprint("synthetic", __name__)
 api = Blueprint("synthetic_api", __name__)
 _PLOT = re.compile(r"[A-Za-z0-9_-]+\.svg")
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
-    return settings
 
-
-def _storage() -> Storage:
-    storage: Storage = current_app.extensions["cleanroom.storage"]
-    return storage
-
-
-def _same_institution(user: User, version_id: int, **_: object) -> bool:
-    version = get_db().get(DatasetVersion, version_id)
-    return (
-        version is not None
-        and user.institution_id is not None
-        and version.institution_id == user.institution_id
-    )
 
 
 def _owns_synthetic(user: User, synthetic_id: int, **_: object) -> bool:
