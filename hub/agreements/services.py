@@ -414,12 +414,14 @@ def pool_versions(
     *,
     now: datetime | None = None,
     include_synthetic_only: bool = False,
+    agreement: Agreement | None = None,
 ) -> list[DatasetVersion]:
     """The released versions of ``table`` that the agreement pools: those of contributor
     parties that signed the current terms, only while the agreement is active. Versions
     their contributor shares as synthetic only are left out of these real-data views unless
-    ``include_synthetic_only`` (the synthesis of the agreement's pooled table asks)."""
-    agreement = contract_of(stored)
+    ``include_synthetic_only`` (the synthesis of the agreement's pooled table asks).
+    ``agreement`` is ``contract_of(stored)`` when the caller already has it."""
+    agreement = agreement or contract_of(stored)
     if agreement.state_at(now or datetime.now(UTC)) is not State.ACTIVE:
         return []
     if table not in {c.table for c in agreement.tables}:

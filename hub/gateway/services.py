@@ -105,7 +105,9 @@ def scope(
         if not agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False):
             continue
         tables[cover.table] = []
-        for version in agreements.pool_versions(session, stored, cover.table):
+        for version in agreements.pool_versions(
+            session, stored, cover.table, agreement=agreement
+        ):
             inst = version.institution.slug
             institutions.add(inst)
             tables[cover.table].append(

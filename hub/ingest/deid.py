@@ -176,9 +176,10 @@ def _lot_links(session: Any, storage: Storage, chain: KeyChain) -> dict[str, str
     links: dict[str, str] = {}
     for key in keys:
         with storage.open(key) as fh:
-            data = pq.read_table(pa.BufferReader(fh.read()))
-        if not {"lot_id", "coi_id"} <= set(data.column_names):
+            source = pa.BufferReader(fh.read())
+        if not {"lot_id", "coi_id"} <= set(pq.read_schema(source).names):
             continue
+        data = pq.read_table(source, columns=["lot_id", "coi_id"])
         lots, cois = data.column("lot_id").to_pylist(), data.column("coi_id").to_pylist()
         links.update((lot, coi) for lot, coi in zip(lots, cois, strict=True) if lot and coi)
     return links
