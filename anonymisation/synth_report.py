@@ -269,6 +269,7 @@ def _privacy(result: SynthesisResult, spec: TableSpec, rows: int, seed: int) -> 
     train = _for_metrics(_sample(result.training, rows, seed), spec, ids=False)
     synth = _for_metrics(_sample(result.synthetic, rows, seed + 1), spec, ids=False)
     out: dict[str, Any] = {}
+    d_train = fast_dcr(synth, train, meta)  # used by both the overfitting and baseline scores
     if len(result.holdout):
         hold = _for_metrics(_sample(result.holdout, rows, seed + 2), spec, ids=False)
         # SDMetrics' DCROverfittingProtection is 2 × (share of synthetic rows closer to the
@@ -276,7 +277,6 @@ def _privacy(result: SynthesisResult, spec: TableSpec, rows: int, seed: int) -> 
         # the share expected of a synthesizer that learnt nothing row-specific is
         # |H| / (|T| + |H|) (the nearest of T ∪ H is then equally likely any row); the score
         # is the observed share over that, capped at 1: the same number when |T| = |H|.
-        d_train = fast_dcr(synth, train, meta)
         d_hold = fast_dcr(synth, hold, meta)
         closer_to_training = float(np.mean(d_train < d_hold))
         expected_holdout = len(hold) / (len(train) + len(hold))
@@ -302,7 +302,7 @@ def _privacy(result: SynthesisResult, spec: TableSpec, rows: int, seed: int) -> 
     # DCRBaselineProtection: median DCR of the synthetic rows over that of uniform random
     # rows, both against the training sample, capped at 1.
     random_rows = _random_like(train, meta, len(synth), seed + 3)
-    synth_median = float(np.median(fast_dcr(synth, train, meta)))
+    synth_median = float(np.median(d_train))
     random_median = float(np.median(fast_dcr(random_rows, train, meta)))
     baseline = 1.0 if random_median == 0 else min(1.0, synth_median / random_median)
     out["dcr_baseline_protection"] = _round(baseline)
