@@ -191,6 +191,7 @@ def http_median(tmp: Path, sources: list[Source], repeat: int, threads: int) -> 
     try:
         return median_ms(ask, repeat)
     finally:
+        session.close()  # the keep-alive connection ends before the server does
         server.close()
 
 
