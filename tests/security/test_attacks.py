@@ -119,6 +119,19 @@ ATTACKS = [
         "SELECT STDDEV(CASE WHEN age = 97 THEN weight_kg ELSE 0 END) FROM episode",
     ),
     ("null everywhere but one", "SELECT AVG(CASE WHEN age = 97 THEN weight_kg END) FROM episode"),
+    ("count of a column", "SELECT COUNT(weight_kg) FROM episode WHERE age = 97"),
+    (
+        "count of a case singles out",
+        "SELECT sex, COUNT(CASE WHEN age = 97 THEN 1 END) FROM episode GROUP BY sex",
+    ),
+    (
+        "proportion singles out",
+        "SELECT AVG(CASE WHEN indication = 'SCD' THEN 1 ELSE 0 END) FROM episode",
+    ),
+    (
+        "constant outcomes weighted",
+        "SELECT SUM(CASE WHEN age = 97 THEN 1000000 WHEN age > 90 THEN 1 ELSE 0 END) FROM episode",
+    ),
     (
         "complement where",
         "SELECT SUM(weight_kg) FROM episode WHERE NOT (age = 97 AND indication = 'SCD')",
