@@ -18,9 +18,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from presidio_analyzer import Pattern, PatternRecognizer
+
+if TYPE_CHECKING:
+    from presidio_analyzer import PatternRecognizer
 
 Validator = Callable[[str], bool]
 
@@ -107,7 +111,9 @@ class ValuePattern:
 
     def recognizer(self) -> PatternRecognizer:
         """A Presidio recognizer for this pattern (with its validator and context words)."""
-        return _ValidatedPatternRecognizer(
+        from presidio_analyzer import Pattern
+
+        return _recognizer_class()(
             supported_entity=self.entity,
             name=f"Cgt{self.name}Recognizer",
             patterns=[Pattern(self.name, _presidio_regex(self.text_regex, self.flags), self.score)],
@@ -121,18 +127,26 @@ def _presidio_regex(source: str, flags: int) -> str:
     return f"(?i:{source})" if flags & re.IGNORECASE else source
 
 
-class _ValidatedPatternRecognizer(PatternRecognizer):
-    """PatternRecognizer whose ``validate_result`` is a plain function (NHS checksum ...)."""
+@cache
+def _recognizer_class() -> Any:
+    """Presidio is imported on first use: it pulls in spaCy (and with it torch), which the
+    web process, which only needs the patterns, never loads."""
+    from presidio_analyzer import PatternRecognizer
 
-    def __init__(self, *args: object, validator: Validator | None = None, **kwargs: object):
-        self._validator = validator
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    class _ValidatedPatternRecognizer(PatternRecognizer):
+        """PatternRecognizer whose ``validate_result`` is a plain function (NHS checksum)."""
 
-    def validate_result(self, pattern_text: str) -> bool | None:
-        # None means "no opinion" (keep the pattern score); False drops the match.
-        if self._validator is None:
-            return None
-        return bool(self._validator(pattern_text))
+        def __init__(self, *args: object, validator: Validator | None = None, **kwargs: object):
+            self._validator = validator
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+        def validate_result(self, pattern_text: str) -> bool | None:
+            # None means "no opinion" (keep the pattern score); False drops the match.
+            if self._validator is None:
+                return None
+            return bool(self._validator(pattern_text))
+
+    return _ValidatedPatternRecognizer
 
 
 _SEP = r"[\s\-]?"
@@ -328,4 +342,10 @@ def build_cgt_recognizers(
     return [p.recognizer() for p in patterns]
 
 
-CGT_RECOGNIZERS: list[PatternRecognizer] = build_cgt_recognizers()
+def __getattr__(name: str) -> Any:
+    # ``CGT_RECOGNIZERS`` is built on first access, so importing the patterns is cheap.
+    if name == "CGT_RECOGNIZERS":
+        found = build_cgt_recognizers()
+        globals()[name] = found
+        return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

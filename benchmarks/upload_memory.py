@@ -16,12 +16,9 @@ The issue's target is a peak RSS below 300 MB during the upload.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
+# The server helpers are shared with the end-to-end tests (run from the repository).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.serving import cleanroom_command, free_port, server_env, stop  # noqa: E402
 
 MIB = 1 << 20
 TARGET_BYTES = 300 * 1000 * 1000  # 300 MB
@@ -223,38 +224,6 @@ def baseline_post(path: Path) -> tuple[float, int]:
 # The real server ---------------------------------------------------------------------------
 
 
-def cleanroom_command() -> list[str]:
-    """The venv's ``cleanroom`` script next to this interpreter, else the one on PATH."""
-    script = Path(sys.executable).parent / "cleanroom"
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("cleanroom")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from hub.cli import cli; cli()"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_env(data_dir: Path, port: int, max_upload_mb: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_")}
-    env.update(
-        {
-            "CLEANROOM_DATA_DIR": str(data_dir),
-            "CLEANROOM_PORT": str(port),
-            "CLEANROOM_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "CLEANROOM_LOG_LEVEL": "WARNING",
-            "CLEANROOM_EMBEDDED_WORKER": "false",
-            "CLEANROOM_MAX_UPLOAD_MB": str(max_upload_mb),
-        }
-    )
-    return env
-
-
 def run_cli(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [*cleanroom_command(), *args], env=env, capture_output=True, text=True, timeout=120
@@ -318,17 +287,6 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], errors: Path) -> None:
         time.sleep(0.1)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 def upload(url: str, token: str, path: Path) -> requests.Response:
     with open(path, "rb") as fh:
         return requests.post(
@@ -371,7 +329,9 @@ def main() -> None:
         data_dir.mkdir(mode=0o700)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = server_env(data_dir, port, max(2048, 2 * args.mb))
+        env = server_env(
+            data_dir, port, embedded_worker="false", max_upload_mb=max(2048, 2 * args.mb)
+        )
         token, password = setup(env)
         errors = tmp / "serve.err"
         with open(tmp / "serve.out", "wb") as out, open(errors, "wb") as err:

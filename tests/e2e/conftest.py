@@ -10,21 +10,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
 
 PG_URL_ENV = "CLEANROOM_TEST_POSTGRES_URL"
 HEALTH_DEADLINE_SECONDS = 30.0
@@ -46,68 +42,15 @@ class LiveServer:
     logins: dict[str, str]
 
 
-def _cleanroom_command() -> list[str]:
-    """The venv's ``cleanroom`` script next to this interpreter, else the one on PATH."""
-    script = Path(sys.executable).parent / "cleanroom"
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("cleanroom")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "from hub.cli import cli; cli()"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _server_env(data_dir: Path, port: int) -> dict[str, str]:
-    # Inherited CLEANROOM_* settings (a developer's instance, a CI database) must not leak
-    # into the server under test; the PostgreSQL URL of the unit suite is not passed either.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_")}
-    env.update(
-        {
-            "CLEANROOM_DATA_DIR": str(data_dir),
-            "CLEANROOM_PORT": str(port),
-            "CLEANROOM_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "CLEANROOM_LOG_LEVEL": "WARNING",
-            # JupyterHub has its own fixture (test_jupyterhub.py) on ports of its own.
-            "CLEANROOM_SANDBOX_ENABLED": "false",
-        }
-    )
-    return env
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:  # noqa: S310
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     root = tmp_path_factory.mktemp("live-server")
     data_dir = root / "data"
     data_dir.mkdir(mode=0o700)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = _server_env(data_dir, port)
-    command = _cleanroom_command()
+    env = server_env(data_dir, port)
+    command = cleanroom_command()
 
     seeded = subprocess.run(  # noqa: S603
         [*command, "demo", "seed"], env=env, capture_output=True, text=True, timeout=120
@@ -130,7 +73,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         )
     try:
         deadline = time.monotonic() + HEALTH_DEADLINE_SECONDS
-        while not _healthy(url):
+        while not healthy(url):
             if proc.poll() is not None:
                 pytest.fail(
                     f"`cleanroom serve` exited early with status {proc.returncode}:\n"
@@ -144,7 +87,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             time.sleep(0.1)
         yield LiveServer(url=url, data_dir=data_dir, logins=logins)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _chromium_path() -> str | None:

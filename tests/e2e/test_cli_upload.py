@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import LiveServer, _cleanroom_command, _server_env
+from tests.e2e.conftest import LiveServer
+from tests.serving import cleanroom_command, server_env
 
 pytestmark = [pytest.mark.e2e]
 
@@ -18,8 +19,8 @@ CSV = (
 
 def _run(live_server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
     port = int(live_server.url.rsplit(":", 1)[1])
-    env = _server_env(live_server.data_dir, port)
-    return subprocess.run([*_cleanroom_command(), *args], env=env, capture_output=True,
+    env = server_env(live_server.data_dir, port)
+    return subprocess.run([*cleanroom_command(), *args], env=env, capture_output=True,
                           text=True, timeout=120)
 
 

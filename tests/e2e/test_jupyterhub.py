@@ -29,7 +29,7 @@ import pytest
 import requests
 import websocket
 
-from tests.e2e.conftest import _cleanroom_command, _free_port, _healthy, _server_env, _stop
+from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -78,19 +78,19 @@ def sandbox() -> Iterator[Sandbox]:
     root = Path(tempfile.mkdtemp(prefix="cleanroom-e2e-"))
     root.chmod(0o755)
     data_dir = root / "data"
-    port = _free_port()
-    env = _server_env(data_dir, port)
+    port = free_port()
+    env = server_env(data_dir, port)
     env.update({
         "CLEANROOM_SANDBOX_ENABLED": "true",
         "CLEANROOM_SANDBOX_ISOLATION": "system-users",
-        "CLEANROOM_SANDBOX_PORT": str(_free_port()),
-        "CLEANROOM_SANDBOX_HUB_PORT": str(_free_port()),
-        "CLEANROOM_SANDBOX_PROXY_API_PORT": str(_free_port()),
+        "CLEANROOM_SANDBOX_PORT": str(free_port()),
+        "CLEANROOM_SANDBOX_HUB_PORT": str(free_port()),
+        "CLEANROOM_SANDBOX_PROXY_API_PORT": str(free_port()),
         "CLEANROOM_SANDBOX_USER_PREFIX": PREFIX,
         "CLEANROOM_SANDBOX_ACCESS_CHECK_SECONDS": "2",
         "CLEANROOM_LOG_LEVEL": "INFO",
     })
-    command = _cleanroom_command()
+    command = cleanroom_command()
     seeded = subprocess.run([*command, "demo", "seed"], env=env, capture_output=True,
                             text=True, timeout=300)
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
@@ -103,11 +103,11 @@ def sandbox() -> Iterator[Sandbox]:
     hub = f"http://127.0.0.1:{port}"
     jupyterhub = f"http://127.0.0.1:{env['CLEANROOM_SANDBOX_PORT']}"
     try:
-        _wait("the portal", lambda: _healthy(hub), proc, log)
+        _wait("the portal", lambda: healthy(hub), proc, log)
         _wait("JupyterHub", lambda: _answers(f"{jupyterhub}/hub/api"), proc, log)
         yield Sandbox(hub, jupyterhub, data_dir, logins, env)
     finally:
-        _stop(proc)
+        stop(proc)
         print(log.read_text(errors="replace")[-3000:])
         shutil.rmtree(root, ignore_errors=True)
 
