@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+# SIGTERM, then SIGKILL after a timeout: how the hub stops its own JupyterHub child.
+from hub.gateway.cli import stop
+
+__all__ = ["cleanroom_command", "free_port", "healthy", "server_env", "stop"]
 
 
 def cleanroom_command() -> list[str]:
@@ -57,15 +60,3 @@ def healthy(url: str) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)

@@ -184,7 +184,8 @@ def start(settings: Settings, *, hub_host: str, hub_port: int) -> subprocess.Pop
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Ask JupyterHub to stop (it stops the proxy and the researchers' servers), then wait."""
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. JupyterHub stops the proxy and
+    the researchers' servers on SIGTERM."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
