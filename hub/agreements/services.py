@@ -14,12 +14,13 @@ its party-admin role, so moving a user between institutions or roles and recompi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, contains_eager
 
 from contracts.agreements import (
     TEMPLATES,
@@ -89,12 +90,19 @@ def all_records(session: Session) -> list[AgreementRecord]:
     return list(session.scalars(select(AgreementRecord).order_by(AgreementRecord.slug)))
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_terms(terms: str) -> Agreement:
+    """The terms' YAML parsed and validated (a pure function of the text; the gateway asks
+    for it on every request, and parsing costs more than the rest of the lookup)."""
+    return load_agreement(terms, floor=None)
+
+
 def contract_of(stored: AgreementRecord) -> Agreement:
     """The stored agreement as :class:`contracts.agreements.Agreement`, with its state and
     signatures (signers as user ids). Read without the disclosure floor: it was checked
     when the terms were written."""
     try:
-        agreement = load_agreement(stored.terms, floor=None)
+        agreement = _parsed_terms(stored.terms)
     except AgreementError as err:  # the stored YAML no longer loads (e.g. a CDM change)
         raise InvalidAgreement(f"stored agreement {stored.slug!r}: {err.message}") from None
     signatures = tuple(
@@ -440,6 +448,7 @@ def pool_versions(
                 DatasetVersion.pool_key != "",
                 *(() if include_synthetic_only else (DatasetVersion.synthetic_only.is_(False),)),
             )
+            .options(contains_eager(DatasetVersion.institution))
             .order_by(DatasetVersion.institution_id, DatasetVersion.version)
         )
     )

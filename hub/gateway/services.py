@@ -27,13 +27,13 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from anonymisation.pseudonyms import pseudonymise
 from contracts.agreements import Agreement
 from hub.accounts.models import User
 from hub.agreements import services as agreements
-from hub.agreements.models import AgreementRecord
+from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.models import AuditEntry
 from hub.audit.services import record
 from hub.db import utcnow
@@ -95,7 +95,13 @@ def scope(
 ) -> Scope:
     """The views ``user`` may ``action`` under agreement ``slug``; refuses with 403 when
     there are none (not named, not active, expired, suspended, terminated)."""
-    stored = session.scalar(select(AgreementRecord).where(AgreementRecord.slug == slug))
+    stored = session.scalar(
+        select(AgreementRecord)
+        .where(AgreementRecord.slug == slug)
+        .options(
+            selectinload(AgreementRecord.signatures).joinedload(AgreementSignature.institution)
+        )
+    )
     if stored is None:
         raise Forbidden(f"you may not {action} under agreement {slug!r}.", code="policy_denied")
     agreement = agreements.contract_of(stored)
@@ -105,9 +111,7 @@ def scope(
         if not agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False):
             continue
         tables[cover.table] = []
-        for version in agreements.pool_versions(
-            session, stored, cover.table, agreement=agreement
-        ):
+        for version in agreements.pool_versions(session, stored, cover.table, agreement=agreement):
             inst = version.institution.slug
             institutions.add(inst)
             tables[cover.table].append(
