@@ -13,7 +13,8 @@ institutions as Parquet in a temporary directory, then times the same grouped ag
   the ledger entry), against a throwaway data directory holding the same files as released
   versions under an active agreement;
 
-and prints the medians and the ratios. Target: gateway (over HTTP) ≤ 2× DuckDB.
+and prints the medians and the ratios, timed in turns (DuckDB, gateway, HTTP, DuckDB, ...) so
+that other work on the machine slows each alike. Target: gateway (over HTTP) ≤ 2× DuckDB.
 
 Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--http]``
 """
@@ -21,10 +22,12 @@ Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # This folder holds a script named policies.py, which would shadow the `policies` package
@@ -68,18 +71,24 @@ def write_pool(folder: Path, rows: int) -> list[Source]:
     return sources
 
 
-def median_ms(run, repeat: int) -> float:
-    run()  # warm the file cache and DuckDB's metadata cache
-    times = []
+def medians_ms(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median wall time of each run, taken in turns (a, b, c, a, b, c, ...) so that other
+    work on the machine slows every contender alike."""
+    for run in runs.values():
+        run()  # warm the file cache, DuckDB's metadata cache and the gateway's caches
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
-def http_median(tmp: Path, sources: list[Source], repeat: int, threads: int) -> float:
-    """The same query through the hub's HTTP route, on a throwaway consortium."""
+@contextlib.contextmanager
+def http_route(tmp: Path, sources: list[Source], threads: int) -> Iterator[Callable[[], None]]:
+    """The same query through the hub's HTTP route, on a throwaway consortium: yields a
+    function that asks it once."""
     import io
     import socket
     import textwrap
@@ -189,7 +198,7 @@ def http_median(tmp: Path, sources: list[Source], repeat: int, threads: int) -> 
         resp.raise_for_status()
 
     try:
-        return median_ms(ask, repeat)
+        yield ask
     finally:
         session.close()  # the keep-alive connection ends before the server does
         server.close()
@@ -202,25 +211,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--http", action="store_true", help="Also time the hub's HTTP route.")
     args = parser.parse_args()
-    over_http = None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         sources = write_pool(Path(tmp), args.rows)
         paths = [s.path for s in sources]
 
         raw = duckdb.connect(config={"threads": args.threads})
         raw_sql = QUERY.replace("FROM episode", f"FROM read_parquet({paths!r})")
-        baseline = median_ms(lambda: raw.execute(raw_sql).fetchall(), args.repeat)
 
         gateway = Gateway(threads=args.threads, timeout=60)
+        stack.callback(gateway.close)
         disclosure = Disclosure()
         start = time.perf_counter()
         views = gateway.views("bench", {"episode": sources})
         setup = (time.perf_counter() - start) * 1000
         answer = gateway.run(views, disclosure, QUERY)
-        through = median_ms(lambda: gateway.run(views, disclosure, QUERY), args.repeat)
-        gateway.close()
+        runs: dict[str, Callable[[], object]] = {
+            "duckdb": lambda: raw.execute(raw_sql).fetchall(),
+            "gateway": lambda: gateway.run(views, disclosure, QUERY),
+        }
         if args.http:
-            over_http = http_median(Path(tmp), sources, args.repeat, args.threads)
+            runs["http"] = stack.enter_context(http_route(Path(tmp), sources, args.threads))
+        median = medians_ms(runs, args.repeat)
+    baseline, through, over_http = median["duckdb"], median["gateway"], median.get("http")
 
     print(f"rows: {args.rows:,} in 3 Parquet files; threads: {args.threads}")
     print(f"query: {QUERY}")
