@@ -568,12 +568,14 @@ def synthesize_table(
     max_training_rows: int = DEFAULT_MAX_TRAINING_ROWS,
     holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION,
     backend: Backend | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> SynthesisResult:
     """Synthesise a de-identified ``frame`` of CDM ``table``: ``num_rows`` rows (default:
     as many as the input). Same input and seed, same output. ``backend`` overrides
-    ``method`` with an already built :class:`Backend`. ``progress(done, label)`` is called
-    after each of :data:`STEPS` steps."""
+    ``method`` with an already built :class:`Backend`; ``backend_options`` go to the
+    method's factory (for SDV, to the synthesizer: ``{"epochs": 50}`` for CTGAN or TVAE).
+    ``progress(done, label)`` is called after each of :data:`STEPS` steps."""
     if len(frame) < 10:
         raise SynthesisError(f"`{table.name}` has {len(frame)} rows; synthesis needs at least 10")
     done = 0
@@ -598,7 +600,7 @@ def synthesize_table(
             f"trained on a seeded sample of {max_training_rows:,} of "
             f"{len(data) - len(holdout):,} rows"
         )
-    engine = backend or get_backend(method)
+    engine = backend or get_backend(method, **(backend_options or {}))
     step("prepare", t)
 
     t = time.perf_counter()

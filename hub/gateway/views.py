@@ -245,7 +245,17 @@ def synthetic(table: str) -> ResponseReturnValue:
                 "rows": len(body["rows"]), "total": body["total"]},
     )
     db.commit()
-    return jsonify({"agreement": slug, "table": table, "synthetic_versions": ids, **body})
+    # Tables synthesised together share a group; their synthetic keys join each other's.
+    groups = sorted({p.group_id for p in published if p.group_id is not None})
+    return jsonify(
+        {
+            "agreement": slug,
+            "table": table,
+            "synthetic_versions": ids,
+            "synthetic_groups": groups,
+            **body,
+        }
+    )
 
 
 def _int_arg(name: str, default: int, low: int, high: int | None) -> int:

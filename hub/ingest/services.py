@@ -684,7 +684,8 @@ def reject(session: Session, storage: Storage, version: DatasetVersion, *, actor
 
 
 def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, actor: str) -> None:
-    """Take a released version out of the pool: no query after this sees it."""
+    """Take a released version out of the pool: no query after this sees it, and every
+    synthetic version trained on it is withdrawn too (its rows and plots deleted)."""
     _require_state(version, VersionState.RELEASED, doing="withdrawn")
     version.state = VersionState.WITHDRAWN
     version.withdrawn_at = utcnow()
@@ -696,8 +697,11 @@ def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, act
         target=f"dataset:{version.id}",
         detail={"table": version.cdm_table, "version": version.version},
     )
+    from hub.synth.services import withdraw_made_from
+
+    synthetic_objects = withdraw_made_from(session, version, actor=actor)
     session.commit()
-    for key in (version.pool_key, version.keys_key):
+    for key in (version.pool_key, version.keys_key, *synthetic_objects):
         if key:
             storage.delete(key)
     session.commit()
@@ -753,8 +757,9 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
         body["validation"] = {"summary": summary} if summary else {}
         for column in body["deidentification"].get("columns", []):
             column.pop("examples", None)  # values, masked or not, stay with the institution
-        body["error"] = "(hidden: only the uploading institution sees it)" if body["error"] \
-            else None
+        body["error"] = (
+            "(hidden: only the uploading institution sees it)" if body["error"] else None
+        )
     return body
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from datetime import datetime
 
 from sqlalchemy import ForeignKey, Integer, String, Text
@@ -18,12 +19,19 @@ class SynthState(enum.StrEnum):
     PUBLISHED = "published"  # passed every gate; its rows may be served
     FAILED_GATES = "failed_gates"  # made, but a publication gate failed: never served
     FAILED = "failed"  # could not be made (error says why)
+    WITHDRAWN = "withdrawn"  # its training data was withdrawn: objects deleted, never served
 
 
 class SyntheticVersion(Base):
     """Made from one released dataset version (``dataset_version_id``) or from an
     agreement's pooled table (``agreement_slug`` + ``cdm_table``). Only the de-identified
-    pool is ever read. ``data_key`` is set only once the version is published."""
+    pool is ever read. ``data_key`` is set only once the version is published.
+
+    ``group_id`` (the id of the group's first member) is shared by the tables of an
+    agreement synthesised together (``synth.agreement_tables``): their pseudonymous keys
+    join, and they are published all together or not at all. ``source_versions`` lists the
+    dataset versions (JSON ids) whose pool objects it was trained on, so a withdrawal can
+    find it."""
 
     __tablename__ = "synthetic_versions"
 
@@ -42,6 +50,8 @@ class SyntheticVersion(Base):
     rows: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[int | None] = mapped_column(Integer)
+    group_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    source_versions: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -53,3 +63,8 @@ class SyntheticVersion(Base):
         if self.dataset_version_id is not None:
             return f"dataset:{self.dataset_version_id}"
         return f"agreement:{self.agreement_slug}/{self.cdm_table}"
+
+    @property
+    def trained_on(self) -> list[int]:
+        """The dataset version ids it was trained on (empty until its job has read them)."""
+        return [int(v) for v in json.loads(self.source_versions or "[]")]

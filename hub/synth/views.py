@@ -37,9 +37,7 @@ from hub.web import app_storage as _storage
 bp = Blueprint("synthetic", __name__)
 api = Blueprint("synthetic_api", __name__)
 _PLOT = re.compile(r"[A-Za-z0-9_-]+\.svg")
-
-
-
+ALL_LINKED = "all-linked"  # the form's "all linked tables together" choice
 
 
 def _owns_synthetic(user: User, synthetic_id: int, **_: object) -> bool:
@@ -93,8 +91,11 @@ def synthetic_only(version_id: int) -> ResponseReturnValue:
         flash(err.message, "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     db.commit()
-    flash("This version is shared as synthetic only: its real rows are in no agreement's "
-          "views; its synthetic version is made once it is released.", "info")
+    flash(
+        "This version is shared as synthetic only: its real rows are in no agreement's "
+        "views; its synthetic version is made once it is released.",
+        "info",
+    )
     return redirect(url_for("datasets.show", version_id=version_id) + "#synthetic", 303)
 
 
@@ -112,40 +113,53 @@ def index() -> ResponseReturnValue:
         agreement_tables=tables,
         methods=services.METHODS,
         default_method=_settings().synth_method,
+        all_linked=ALL_LINKED,
     )
 
 
 @bp.route("/synthetic", methods=["POST"])
 @guard("synthesise", "synthetic")
 def synthesise_agreement() -> ResponseReturnValue:
+    """One pooled table, or (``table=all-linked``) the agreement's linked tables together."""
     db = get_db()
+    slug, table = request.form.get("agreement", ""), request.form.get("table", "")
     try:
-        synthetic = services.request_for_agreement(
-            db,
-            _settings(),
-            request.form.get("agreement", ""),
-            request.form.get("table", ""),
-            actor=actor(),
-            **_options(request.form),
-        )
+        if table == ALL_LINKED:
+            members = services.request_for_agreement_tables(
+                db, _settings(), slug, actor=actor(), **_options(request.form)
+            )
+        else:
+            members = [
+                services.request_for_agreement(
+                    db, _settings(), slug, table, actor=actor(), **_options(request.form)
+                )
+            ]
     except CleanroomError as err:
         db.rollback()
         flash(err.message, "error")
         return redirect(url_for("synthetic.index"), 303)
     db.commit()
-    flash(f"Synthetic version {synthetic.id} queued.", "info")
-    return redirect(url_for("synthetic.show", synthetic_id=synthetic.id), 303)
+    if len(members) > 1:
+        listed = ", ".join(f"{m.cdm_table} #{m.id}" for m in members)
+        flash(
+            f"Synthetic versions queued together as group {members[0].group_id}: {listed}.", "info"
+        )
+    else:
+        flash(f"Synthetic version {members[0].id} queued.", "info")
+    return redirect(url_for("synthetic.show", synthetic_id=members[0].id), 303)
 
 
 @bp.route("/synthetic/<int:synthetic_id>")
 @guard("read", "synthetic/{synthetic_id}", owner=_owns_synthetic)
 def show(synthetic_id: int) -> ResponseReturnValue:
-    synthetic = services.get(get_db(), synthetic_id)
+    db = get_db()
+    synthetic = services.get(db, synthetic_id)
     return render_template(
         "synthetic/show.html",
         s=synthetic,
         d=services.synthetic_dict(synthetic),
         scores=services.scores(synthetic),
+        group=services.group(db, synthetic.group_id) if synthetic.group_id else [],
     )
 
 
@@ -158,8 +172,10 @@ def plot(synthetic_id: int, name: str) -> ResponseReturnValue:
     return Response(
         data,
         mimetype="image/svg+xml",
-        headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
-                 "Cache-Control": "private, max-age=3600"},
+        headers={
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Cache-Control": "private, max-age=3600",
+        },
     )
 
 
@@ -174,10 +190,12 @@ def api_synthetic_only(version_id: int) -> ResponseReturnValue:
     version = ingest.get_version(db, version_id)
     synthetic = services.share_synthetic_only(db, _settings(), version, actor=actor())
     db.commit()
-    return jsonify({
-        "upload": ingest.version_dict(version),
-        "synthetic": services.synthetic_dict(synthetic, report=False) if synthetic else None,
-    })
+    return jsonify(
+        {
+            "upload": ingest.version_dict(version),
+            "synthetic": services.synthetic_dict(synthetic, report=False) if synthetic else None,
+        }
+    )
 
 
 @api.route("/api/v1/uploads/<int:version_id>/synthesise", methods=["POST"])
@@ -189,8 +207,9 @@ def api_synthesise(version_id: int) -> ResponseReturnValue:
         raise BadRequest('send a JSON object, e.g. {"method": "gaussian_copula", "seed": 0}.')
     db = get_db()
     version = ingest.get_version(db, version_id)
-    synthetic = services.request_for_version(db, _settings(), version, actor=actor(),
-                                             **_options(body))
+    synthetic = services.request_for_version(
+        db, _settings(), version, actor=actor(), **_options(body)
+    )
     db.commit()
     return jsonify(services.synthetic_dict(synthetic, report=False)), 202
 
