@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
 
 from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
 
@@ -128,3 +128,35 @@ def page(browser: Browser) -> Iterator[Page]:
         yield page
     finally:
         context.close()
+
+
+def sign_in(page: Page, server: LiveServer, username: str, password: str | None = None) -> None:
+    """Fill and submit the real sign-in form."""
+    page.goto(f"{server.url}/login")
+    page.fill("#username", username)
+    page.fill("#password", server.logins[username] if password is None else password)
+    page.click("form button[type=submit]")
+
+
+class ConsoleProblems(list[str]):
+    """Console errors and uncaught page errors of every page it is attached to."""
+
+    def watch(self, page: Page) -> None:
+        def on_console(msg: ConsoleMessage) -> None:
+            # base.html declares an inline icon, so Chromium asks for no /favicon.ico (whose
+            # 404 it would log as an error at a moment of its choosing).
+            if msg.type == "error":
+                self.append(f"console: {msg.text} ({msg.location.get('url')})")
+
+        def on_page_error(err: Error) -> None:
+            self.append(f"page error: {err}")
+
+        page.on("console", on_console)
+        page.on("pageerror", on_page_error)
+
+
+@pytest.fixture
+def console_problems(page: Page) -> ConsoleProblems:
+    problems = ConsoleProblems()
+    problems.watch(page)
+    return problems

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import LiveServer
-from tests.e2e.test_portal_browser import sign_in
+from tests.e2e.conftest import LiveServer, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 

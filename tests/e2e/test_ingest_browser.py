@@ -15,10 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.e2e.conftest import LiveServer
-from tests.e2e.test_portal_browser import sign_in
+from tests.e2e.conftest import ConsoleProblems, LiveServer, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -50,28 +49,6 @@ BINARY_FILES = {
     "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06",
     "pdf": b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
 }
-
-
-class ConsoleProblems(list[str]):
-    """Console errors and uncaught page errors of every page it is attached to."""
-
-    def watch(self, page: Page) -> None:
-        def on_console(msg: ConsoleMessage) -> None:
-            if msg.type == "error":
-                self.append(f"console: {msg.text} ({msg.location.get('url')})")
-
-        def on_page_error(err: Error) -> None:
-            self.append(f"page error: {err}")
-
-        page.on("console", on_console)
-        page.on("pageerror", on_page_error)
-
-
-@pytest.fixture
-def console_problems(page: Page) -> ConsoleProblems:
-    problems = ConsoleProblems()
-    problems.watch(page)
-    return problems
 
 
 @pytest.fixture

@@ -7,22 +7,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import ConsoleMessage, Error, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import LiveServer
+from tests.e2e.conftest import ConsoleProblems, LiveServer, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 LOGIN_URL = re.compile(r"/login(\?.*)?$")
 SESSION_COOKIE = "cleanroom_session"
-
-
-def sign_in(page: Page, server: LiveServer, username: str, password: str | None = None) -> None:
-    """Fill and submit the real sign-in form."""
-    page.goto(f"{server.url}/login")
-    page.fill("#username", username)
-    page.fill("#password", server.logins[username] if password is None else password)
-    page.click("form button[type=submit]")
 
 
 def test_steward_signs_in_verifies_the_ledger_and_signs_out(
@@ -154,21 +146,9 @@ def test_security_headers_and_session_cookie_flags(page: Page, live_server: Live
 
 
 def test_pages_render_without_console_errors(
-    page: Page, live_server: LiveServer, tmp_path: Path
+    page: Page, live_server: LiveServer, tmp_path: Path, console_problems: ConsoleProblems
 ) -> None:
-    problems: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        # base.html declares an inline icon, so Chromium asks for no /favicon.ico (whose 404
-        # it would log as an error at a moment of its choosing).
-        if msg.type == "error":
-            problems.append(f"console: {msg.text} ({msg.location.get('url')})")
-
-    def on_page_error(err: Error) -> None:
-        problems.append(f"page error: {err}")
-
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
+    problems = console_problems
 
     sign_in(page, live_server, "steward")
     expect(page.get_by_role("heading", level=1)).to_have_text("Welcome, Sam Steward")

@@ -8,10 +8,9 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Error, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import LiveServer
-from tests.e2e.test_portal_browser import sign_in
+from tests.e2e.conftest import ConsoleProblems, LiveServer, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -25,20 +24,8 @@ def _states(page: Page) -> list[str]:
 
 
 def test_steward_synthesises_linked_tables_and_reads_the_report(
-    page: Page, live_server: LiveServer
+    page: Page, live_server: LiveServer, console_problems: ConsoleProblems
 ) -> None:
-    problems: list[str] = []
-
-    def on_console(msg: ConsoleMessage) -> None:
-        if msg.type == "error":
-            problems.append(f"console: {msg.text} ({msg.location.get('url')})")
-
-    def on_page_error(err: Error) -> None:
-        problems.append(f"page error: {err}")
-
-    page.on("console", on_console)
-    page.on("pageerror", on_page_error)
-
     sign_in(page, live_server, "steward")
     page.goto(f"{live_server.url}/synthetic")
     expect(page.get_by_role("heading", level=1)).to_have_text("Synthetic versions")
@@ -96,8 +83,9 @@ def test_steward_synthesises_linked_tables_and_reads_the_report(
         href = link.get_attribute("href")
         assert href is not None
         member = page.context.new_page()
+        console_problems.watch(member)
         member.goto(f"{live_server.url}{href}")
         expect(member.get_by_test_id("synthetic-state")).to_have_text(states[0])
         expect(member.get_by_test_id("relationships")).to_contain_text("kept by")
         member.close()
-    assert problems == []
+    assert console_problems == []
