@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,14 +83,27 @@ async def main() -> None:
     run = load_run_config()
     api = JupyterHubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
     allowed = hub_allows(run["hub_url"], run["service_secret"])
-    while True:
+    period = float(run.get("access_check_seconds", 30))
+    # JupyterHub stops its services with SIGINT, and Ctrl-C in the terminal of `cleanroom up`
+    # sends another to the whole process group: each ends the loop after the current sweep.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    while not stopping.is_set():
         try:
             await sweep(api.running, allowed, api.stop)
         except Exception:  # noqa: BLE001 - keep sweeping whatever one round hit
             log.exception("access sweep failed; trying again")
-        await asyncio.sleep(float(run.get("access_check_seconds", 30)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=period)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):  # JupyterHub stops its services with SIGINT
+    # Closing the loop puts Python's own SIGINT handler back (a late signal then raises
+    # KeyboardInterrupt: "stop" too), and the interpreter's shutdown the system's default,
+    # which would end the process by the signal: once stopping, further signals are ignored.
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)

@@ -180,3 +180,48 @@ def test_access_sweep_leaves_servers_running_while_the_hub_does_not_answer(
     # A wrong secret is no answer of "allowed": refused, so the servers are stopped.
     assert _run(sweep(jupyterhub.running, hub_allows(served, "wrong"),
                              jupyterhub.stop)) == ["omar", "rosa"]
+
+
+def test_access_sweep_stops_quietly_on_sigint_twice(tmp_path) -> None:
+    """JupyterHub stops its services with SIGINT, and Ctrl-C on `cleanroom up` sends the
+    process group another: the sweep ends with status 0 and no traceback."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:  # nothing listens here: every sweep fails and retries
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    config = tmp_path / "run.json"
+    config.write_text(
+        json.dumps({"hub_url": dead, "service_secret": "x", "access_check_seconds": 30})
+    )
+    env = {
+        **os.environ,
+        "CLEANROOM_SANDBOX_CONFIG": str(config),
+        "JUPYTERHUB_API_URL": f"{dead}/hub/api",
+        "JUPYTERHUB_API_TOKEN": "x",
+    }
+    log = tmp_path / "access.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.jupyterhub.access"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "access sweep failed" not in log.read_text():  # the first sweep has run
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)  # the second lands while the first is being handled
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 0, err
+    assert "KeyboardInterrupt" not in err and "Event loop stopped" not in err, err
+    assert err.count("Traceback") == 1  # only the logged failure of the first sweep (no hub)
