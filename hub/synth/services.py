@@ -462,6 +462,8 @@ def _failed(database: Database, synthetic_ids: Sequence[int], message: str) -> N
     with database.session() as s:
         for synthetic_id in synthetic_ids:
             synthetic = get(s, synthetic_id)
+            if synthetic.state == SynthState.WITHDRAWN:
+                continue  # withdrawn says more, and was recorded when it happened
             synthetic.state = SynthState.FAILED
             synthetic.error = message[:4000]
             synthetic.finished_at = utcnow()
@@ -529,6 +531,9 @@ def _start(database: Database, ids: Sequence[int]) -> tuple[_Plan, str]:
     with database.session() as s:
         for synthetic_id in ids:
             synthetic = get(s, synthetic_id)
+            if synthetic.state == SynthState.WITHDRAWN:  # its source went while it queued
+                problem = problem or "its training data was withdrawn before it ran"
+                continue
             synthetic.state = SynthState.RUNNING
             synthetic.error = ""
             try:

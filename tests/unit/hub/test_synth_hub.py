@@ -264,3 +264,24 @@ def test_synthetic_rows_need_an_agreement_that_allows_them(
     rosa = _token(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert resp.status_code == 403
+
+
+def test_a_synthesis_queued_when_its_version_is_withdrawn_stays_withdrawn(
+    app: Flask, database: Database, settings: Settings, pool: dict[str, int]
+) -> None:
+    storage = app.extensions["cleanroom.storage"]
+    with database.session() as s:
+        version = ingest.get_version(s, pool["acme-bio"])
+        synthetic_id = synth.request_for_version(s, settings, version, actor="t").id
+    with database.session() as s:  # withdrawn before any worker picks the job up
+        ingest.withdraw(s, storage, ingest.get_version(s, pool["acme-bio"]), actor="t")
+    _run_jobs(database, settings)
+    target = f"synthetic:{synthetic_id}"
+    with database.session() as s:
+        synthetic = synth.get(s, synthetic_id)
+        assert synthetic.state == "withdrawn" and synthetic.data_key == ""
+        assert "withdrew" in synthetic.error
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.target == target))
+        actions = [e.action for e in entries]
+    assert actions == ["synth.request", "synth.withdrawn"]  # no synth.failed after it
+    assert not list(storage.list(f"synthetic/batch/dataset={pool['acme-bio']}/"))
