@@ -3,4 +3,4 @@
 
 from sandbox.jupyterhub.config import configure
 
-configure(c)  # noqa: F821 - JupyterHub defines `c` when it loads this file
+configure(c)  # type: ignore[name-defined]  # noqa: F821 - JupyterHub defines `c` when it loads this file

@@ -32,7 +32,7 @@ INSTITUTION = "institution"
 """The pseudonym column every view carries; it is not an identifier of a person."""
 
 # Aggregates real data answers: sqlglot class -> canonical name.
-AGGREGATES: dict[type[exp.Expression], str] = {
+AGGREGATES: dict[type[exp.Expr], str] = {
     exp.Count: "count",
     exp.Sum: "sum",
     exp.Avg: "avg",
@@ -46,7 +46,7 @@ COUNTS = {"count", "count_star"}
 
 # Refused aggregates and functions, each with the sentence a researcher sees.
 _SINGLE_VALUE = "returns a single record's value; real data answers only aggregates"
-REFUSED_NODES: dict[type[exp.Expression], tuple[str, str]] = {
+REFUSED_NODES: dict[type[exp.Expr], tuple[str, str]] = {
     exp.Min: ("MIN", _SINGLE_VALUE),
     exp.Max: ("MAX", _SINGLE_VALUE),
     exp.ArgMax: ("ARG_MAX", _SINGLE_VALUE),
@@ -172,7 +172,7 @@ _SELECT_ARGS = {
     "exclude",
     "distinct",
 }
-_STATEMENTS: dict[type[exp.Expression], str] = {
+_STATEMENTS: dict[type[exp.Expr], str] = {
     exp.Copy: "COPY",
     exp.Attach: "ATTACH",
     exp.Detach: "DETACH",
@@ -197,7 +197,7 @@ class Selector:
     """A ``CASE``/``IF`` or a predicate inside an aggregate: each branch must hold 0 or ≥ k
     records of the cell, else the aggregate singles out a few records."""
 
-    branches: tuple[exp.Expression, ...]  # the condition under which each branch is taken
+    branches: tuple[exp.Expr, ...]  # the condition under which each branch is taken
     text: str
 
 
@@ -206,9 +206,9 @@ class Aggregate:
     """One allowed aggregate in an output column."""
 
     func: str  # count_star, count, sum, avg, var_samp, var_pop, stddev_samp, stddev_pop
-    arg: exp.Expression | None
+    arg: exp.Expr | None
     selectors: tuple[Selector, ...]
-    node: exp.Expression  # the node in the checked tree (identity used by the rewrite)
+    node: exp.Expr  # the node in the checked tree (identity used by the rewrite)
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class Output:
     """One output column: a group key (``key`` set) or an expression over aggregates."""
 
     name: str
-    expr: exp.Expression
+    expr: exp.Expr
     key: int | None
     aggregates: tuple[Aggregate, ...] = ()
 
@@ -232,9 +232,9 @@ class CheckedQuery:
     sql: str
     tree: exp.Select
     tables: tuple[tuple[str, str], ...]  # (alias, view) in FROM order
-    keys: tuple[exp.Expression, ...]
+    keys: tuple[exp.Expr, ...]
     outputs: tuple[Output, ...]
-    conjuncts: tuple[exp.Expression, ...]
+    conjuncts: tuple[exp.Expr, ...]
     order: tuple[tuple[int, bool], ...] = ()  # (output index, descending)
     limit: int | None = None
     aggregates: tuple[Aggregate, ...] = field(default=())
@@ -333,7 +333,7 @@ class _Checker:
             self._join(join)
         return tuple(found)
 
-    def _table(self, node: exp.Expression) -> tuple[str, str]:
+    def _table(self, node: exp.Expr) -> tuple[str, str]:
         if isinstance(node, exp.Subquery):
             raise _reject("subquery", "subqueries are not supported on real data; use joins")
         if not isinstance(node, exp.Table):
@@ -386,14 +386,14 @@ class _Checker:
             ):
                 raise _reject(f"join {key}", "only plain joins on equal keys are allowed")
         on, using = join.args.get("on"), join.args.get("using")
-        if on is None and not using:
-            raise _reject("join without ON", "an implicit (comma) join is a cross join; use ON")
         if using:
             for ident in using:
                 if not isinstance(ident, exp.Identifier):
                     raise _reject("USING", "USING takes column names")
                 self._column_name(ident.name)
             return
+        if on is None:
+            raise _reject("join without ON", "an implicit (comma) join is a cross join; use ON")
         for part in _conjuncts(on):
             if not (
                 isinstance(part, exp.EQ)
@@ -407,14 +407,14 @@ class _Checker:
             for column in (part.this, part.expression):
                 self._column(column, allow_identifier=True)
 
-    def _where(self) -> tuple[exp.Expression, ...]:
+    def _where(self) -> tuple[exp.Expr, ...]:
         where = self.tree.args.get("where")
         if where is None:
             return ()
         self._scalar(where.this, "WHERE")
         return tuple(_conjuncts(where.this))
 
-    def _keys(self) -> tuple[exp.Expression, ...]:
+    def _keys(self) -> tuple[exp.Expr, ...]:
         group = self.tree.args.get("group")
         selects = self.tree.expressions
         if group is None:
@@ -452,7 +452,7 @@ class _Checker:
             self._scalar(node, "GROUP BY")
         return tuple(keys)
 
-    def _outputs(self, keys: tuple[exp.Expression, ...]) -> tuple[Output, ...]:
+    def _outputs(self, keys: tuple[exp.Expr, ...]) -> tuple[Output, ...]:
         outputs = []
         names: set[str] = set()
         for position, select in enumerate(self.tree.expressions):
@@ -475,7 +475,7 @@ class _Checker:
             outputs.append(Output(name, inner, None, tuple(aggregates)))
         return tuple(outputs)
 
-    def _output_expr(self, node: exp.Expression, found: list[Aggregate]) -> None:
+    def _output_expr(self, node: exp.Expr, found: list[Aggregate]) -> None:
         self._refused(node)
         for cls, func in AGGREGATES.items():
             if type(node) is cls:
@@ -493,7 +493,7 @@ class _Checker:
         for child in node.iter_expressions():
             self._output_expr(child, found)
 
-    def _aggregate(self, node: exp.Expression, func: str) -> Aggregate:
+    def _aggregate(self, node: exp.Expr, func: str) -> Aggregate:
         arg = node.this
         if func == "count" and (arg is None or isinstance(arg, exp.Star)):
             return Aggregate("count_star", None, (), node)
@@ -520,7 +520,7 @@ class _Checker:
 
     # -- scalar expressions ----------------------------------------------------------------
 
-    def _scalar(self, node: exp.Expression, where: str) -> None:
+    def _scalar(self, node: exp.Expr, where: str) -> None:
         self._refused(node)
         if isinstance(node, exp.Column):
             self._column(node)
@@ -568,7 +568,7 @@ class _Checker:
             raise _reject(f"column `{name}`", "internal columns are not queryable")
 
     @staticmethod
-    def _refused(node: exp.Expression) -> None:
+    def _refused(node: exp.Expr) -> None:
         for cls, (construct, reason) in REFUSED_NODES.items():
             if isinstance(node, cls):
                 raise _reject(construct, reason)
@@ -576,7 +576,7 @@ class _Checker:
             _Checker._refused(node.this)
 
     @staticmethod
-    def _unknown(node: exp.Expression) -> None:
+    def _unknown(node: exp.Expr) -> None:
         if isinstance(node, exp.Func):
             name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()
             if name in _TABLE_FUNCTIONS:
@@ -625,7 +625,7 @@ class _Checker:
         return int(value.this)
 
 
-def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
+def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     while isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.And):
@@ -633,20 +633,20 @@ def _conjuncts(node: exp.Expression) -> list[exp.Expression]:
     return [node]
 
 
-def _is_aggregate(node: exp.Expression) -> bool:
+def _is_aggregate(node: exp.Expr) -> bool:
     return isinstance(node, exp.AggFunc | exp.Window) or type(node) in AGGREGATES
 
 
-def _has_aggregate(node: exp.Expression) -> bool:
+def _has_aggregate(node: exp.Expr) -> bool:
     return any(_is_aggregate(n) for n in node.walk())
 
 
-def _selectors(node: exp.Expression, found: list[Selector]) -> None:
+def _selectors(node: exp.Expr, found: list[Selector]) -> None:
     """Collect the conditionals and predicates inside an aggregate's argument."""
     if isinstance(node, exp.Case):
         operand = node.args.get("this")
-        branches: list[exp.Expression] = []
-        taken_before: list[exp.Expression] = []
+        branches: list[exp.Expr] = []
+        taken_before: list[exp.Expr] = []
         for when in node.args.get("ifs") or []:
             condition = when.this
             if operand is not None:
@@ -708,17 +708,17 @@ def _q(name: str) -> exp.Identifier:
     return exp.to_identifier(name, quoted=True)
 
 
-def _is_true(condition: exp.Expression) -> exp.Expression:
+def _is_true(condition: exp.Expr) -> exp.Expr:
     return exp.Is(this=exp.paren(condition.copy()), expression=exp.true())
 
 
-def _filtered(agg: exp.Expression, condition: exp.Expression | None) -> exp.Expression:
+def _filtered(agg: exp.Expr, condition: exp.Expr | None) -> exp.Expr:
     if condition is None:
         return agg
     return exp.Filter(this=agg, expression=exp.Where(this=condition.copy()))
 
 
-def _count_if(*conditions: exp.Expression) -> exp.Expression:
+def _count_if(*conditions: exp.Expr) -> exp.Expr:
     """Records meeting every condition (each never NULL): ``COUNT_IF`` costs less than a
     filtered ``COUNT(*)``, and identical ones are computed once."""
     if not conditions:
@@ -726,14 +726,14 @@ def _count_if(*conditions: exp.Expression) -> exp.Expression:
     return exp.CountIf(this=exp.and_(*[c.copy() for c in conditions]))
 
 
-def _total(terms: list[exp.Expression]) -> exp.Expression:
+def _total(terms: list[exp.Expr]) -> exp.Expr:
     total = terms[0].copy()
     for term in terms[1:]:
         total = exp.Add(this=total, expression=term.copy())
     return total
 
 
-def _constant(node: exp.Expression | None) -> float | None | bool:
+def _constant(node: exp.Expr | None) -> float | None | bool:
     """A numeric literal's value, None for NULL, False for anything else."""
     if node is None or isinstance(node, exp.Null):
         return None
@@ -748,7 +748,7 @@ def _constant(node: exp.Expression | None) -> float | None | bool:
     return False
 
 
-def _outcomes(arg: exp.Expression) -> list[exp.Expression | None] | None:
+def _outcomes(arg: exp.Expr) -> list[exp.Expr | None] | None:
     """The constant outcomes of a ``CASE``/``IF`` argument in branch order, else None."""
     if isinstance(arg, exp.Case):
         found = [when.args.get("true") for when in arg.args.get("ifs") or []]
@@ -767,11 +767,11 @@ class _Inner:
     name asking for it is mapped to the first one."""
 
     def __init__(self) -> None:
-        self.columns: list[exp.Expression] = []
+        self.columns: list[exp.Expr] = []
         self._by_sql: dict[str, str] = {}
         self._names: dict[str, str] = {}
 
-    def add(self, name: str, node: exp.Expression) -> None:
+    def add(self, name: str, node: exp.Expr) -> None:
         physical = self._by_sql.setdefault(node.sql(dialect="duckdb"), name)
         if physical == name:
             self.columns.append(exp.alias_(node, _q(name)))
@@ -782,8 +782,8 @@ class _Inner:
 
 
 def _branch_counts(
-    inner: _Inner, prefix: str, selector: Selector, where: list[exp.Expression], n: exp.Expression
-) -> list[exp.Expression]:
+    inner: _Inner, prefix: str, selector: Selector, where: list[exp.Expr], n: exp.Expr
+) -> list[exp.Expr]:
     """Records per branch; the branches part the cell, so the last is the rest."""
     counts = [_count_if(*where, branch) for branch in selector.branches[:-1]]
     counts.append(exp.Sub(this=n.copy(), expression=exp.paren(_total(counts))) if counts else n)
@@ -793,7 +793,7 @@ def _branch_counts(
 
 
 def _aggregate_partials(
-    inner: _Inner, j: int, agg: Aggregate, where: list[exp.Expression], n: exp.Expression
+    inner: _Inner, j: int, agg: Aggregate, where: list[exp.Expr], n: exp.Expr
 ) -> None:
     assert agg.arg is not None
     condition = exp.and_(*[c.copy() for c in where]) if where else None
@@ -875,11 +875,11 @@ def _contribution(func: str, j: int, ref: Callable[[str], str]) -> str:
     return ref(f"__a{j}_c")
 
 
-def _aggregate_nodes(node: exp.Expression) -> list[exp.Expression]:
+def _aggregate_nodes(node: exp.Expr) -> list[exp.Expr]:
     """Aggregates of an output expression in the order ``_Checker._output_expr`` found them."""
     if type(node) in AGGREGATES:
         return [node]
-    found: list[exp.Expression] = []
+    found: list[exp.Expr] = []
     for child in node.iter_expressions():
         found.extend(_aggregate_nodes(child))
     return found
