@@ -20,8 +20,14 @@ if TYPE_CHECKING:  # the engine pulls in Presidio and spaCy: import it only when
     from anonymisation.engine import EngineResult
 
 # The identifier classes, spelled here so `cleanroom --help` does not load Presidio.
-CLASSES = ("direct_identifier", "linkable_identifier", "quasi_identifier", "sensitive",
-           "free_text", "safe")
+CLASSES = (
+    "direct_identifier",
+    "linkable_identifier",
+    "quasi_identifier",
+    "sensitive",
+    "free_text",
+    "safe",
+)
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")

@@ -242,8 +242,9 @@ def fast_dcr(
     return out
 
 
-def _random_like(reference: pd.DataFrame, metadata: Mapping[str, Any], n: int, seed: int
-                 ) -> pd.DataFrame:
+def _random_like(
+    reference: pd.DataFrame, metadata: Mapping[str, Any], n: int, seed: int
+) -> pd.DataFrame:
     """Uniform random rows over each column's observed range or categories (SDMetrics'
     baseline for ``DCRBaselineProtection``)."""
     rng = np.random.default_rng(seed)

@@ -27,16 +27,23 @@ def main() -> None:
         for i in range(n):
             with db.engine.begin() as conn:
                 conn.execute(
-                    text("INSERT INTO login_attempts (address, username, succeeded, at) "
-                         "VALUES (:a, :u, :s, CURRENT_TIMESTAMP)"),
+                    text(
+                        "INSERT INTO login_attempts (address, username, succeeded, at) "
+                        "VALUES (:a, :u, :s, CURRENT_TIMESTAMP)"
+                    ),
                     {"a": "10.0.0.1", "u": f"user{i}", "s": True},
                 )
         base = time.perf_counter() - start
         start = time.perf_counter()
         for i in range(n):
             with db.session() as s:
-                record(s, actor=f"user:u{i}", action="upload", target=f"dataset:{i}",
-                       detail={"rows": i})
+                record(
+                    s,
+                    actor=f"user:u{i}",
+                    action="upload",
+                    target=f"dataset:{i}",
+                    detail={"rows": i},
+                )
         appends = time.perf_counter() - start
         start = time.perf_counter()
         with db.session() as s:

@@ -261,13 +261,19 @@ def portal_upload(url: str, password: str, path: Path) -> requests.Response:
     builds the multipart body in this process's memory; the server's is what is measured.)"""
     session = requests.Session()
     token = _csrf(session.get(f"{url}/login", timeout=30).text)
-    session.post(f"{url}/login", data={"username": "bench-uploader", "password": password,
-                                       "csrf_token": token}, timeout=30)
+    session.post(
+        f"{url}/login",
+        data={"username": "bench-uploader", "password": password, "csrf_token": token},
+        timeout=30,
+    )
     token = _csrf(session.get(f"{url}/datasets", timeout=30).text)
     with open(path, "rb") as fh:
         resp = session.post(
-            f"{url}/datasets", data={"csrf_token": token, "table": "batch"},
-            files={"file": (path.name, fh, "text/csv")}, allow_redirects=False, timeout=1800,
+            f"{url}/datasets",
+            data={"csrf_token": token, "table": "batch"},
+            files={"file": (path.name, fh, "text/csv")},
+            allow_redirects=False,
+            timeout=1800,
         )
     if resp.status_code == 303 and "/datasets/" in resp.headers.get("Location", ""):
         resp.status_code = 201  # the portal's "created, go and see it"
@@ -305,8 +311,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mb", type=int, default=1024, help="size of the CSV in MiB")
     parser.add_argument("--interval", type=float, default=0.05, help="RSS sampling period (s)")
-    parser.add_argument("--portal", action="store_true",
-                        help="upload through the portal's form instead of the JSON API")
+    parser.add_argument(
+        "--portal",
+        action="store_true",
+        help="upload through the portal's form instead of the JSON API",
+    )
     args = parser.parse_args()
     size = args.mb * MIB
     tmp = Path(tempfile.mkdtemp(prefix="cleanroom-upload-bench-"))
@@ -362,7 +371,8 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 resp: requests.Response | None = (
-                    portal_upload(url, password, csv_path) if args.portal
+                    portal_upload(url, password, csv_path)
+                    if args.portal
                     else upload(url, token, csv_path)
                 )
             except requests.RequestException as exc:
@@ -371,8 +381,10 @@ def main() -> None:
         hwm = status_kib(pid, "VmHWM")
         peak = max(sampler.peak_kib, hwm if reset else 0)
         if resp is not None and resp.status_code == 201 and args.portal:
-            print(f"upload through the portal form: accepted in {took:.2f} s "
-                  f"({args.mb / took:,.0f} MiB/s), now at {resp.headers['Location']}")
+            print(
+                f"upload through the portal form: accepted in {took:.2f} s "
+                f"({args.mb / took:,.0f} MiB/s), now at {resp.headers['Location']}"
+            )
         elif resp is not None and resp.status_code == 201:
             body = resp.json()
             print(

@@ -62,12 +62,32 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     csrf.init_app(app)
     web.init_app(app)
 
-    for bp in (health_bp, auth_bp, portal_bp, tokens_bp, admin_bp, datasets_bp, api_bp,
-               uploads_api, agreements_bp, agreements_admin_bp, agreements_api, sandbox_api,
-               sandbox_service_api, synthetic_bp, synthetic_api):
+    for bp in (
+        health_bp,
+        auth_bp,
+        portal_bp,
+        tokens_bp,
+        admin_bp,
+        datasets_bp,
+        api_bp,
+        uploads_api,
+        agreements_bp,
+        agreements_admin_bp,
+        agreements_api,
+        sandbox_api,
+        sandbox_service_api,
+        synthetic_bp,
+        synthetic_api,
+    ):
         app.register_blueprint(bp)
-    for bp in (api_bp, uploads_api, agreements_api, sandbox_api, sandbox_service_api,
-               synthetic_api):
+    for bp in (
+        api_bp,
+        uploads_api,
+        agreements_api,
+        sandbox_api,
+        sandbox_service_api,
+        synthetic_api,
+    ):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)
     return app

@@ -58,8 +58,10 @@ def db_upgrade(hub: Hub, revision: str) -> None:
     from hub import schema
 
     schema.upgrade(hub.database, revision)
-    click.echo(f"database at revision {schema.current_revision(hub.database)} "
-               f"({hub.database.engine.url.render_as_string(hide_password=True)})")
+    click.echo(
+        f"database at revision {schema.current_revision(hub.database)} "
+        f"({hub.database.engine.url.render_as_string(hide_password=True)})"
+    )
 
 
 @db.command("current")
@@ -104,15 +106,26 @@ def serve(hub: Hub, host: str | None, port: int | None, data_dir: str | None) ->
     proxy: dict[str, Any] = {}
     if settings.trusted_proxy:
         # Client addresses (rate limiting, audit) come from the proxy's header.
-        proxy = {"trusted_proxy": settings.trusted_proxy, "trusted_proxy_count": 1,
-                 "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
-    server = create_server(app, host=host, port=port, threads=settings.threads,
-                           ident="cleanroom", clear_untrusted_proxy_headers=True,
-                           # waitress's own cap (1 GiB by default) must not undercut ours.
-                           max_request_body_size=(settings.max_upload_mb << 20) + (1 << 20),
-                           **proxy)
-    click.echo(f"Cleanroom portal on http://{host}:{server.effective_port}/ "
-               f"(public URL {settings.public_url})")
+        proxy = {
+            "trusted_proxy": settings.trusted_proxy,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+        }
+    server = create_server(
+        app,
+        host=host,
+        port=port,
+        threads=settings.threads,
+        ident="cleanroom",
+        clear_untrusted_proxy_headers=True,
+        # waitress's own cap (1 GiB by default) must not undercut ours.
+        max_request_body_size=(settings.max_upload_mb << 20) + (1 << 20),
+        **proxy,
+    )
+    click.echo(
+        f"Cleanroom portal on http://{host}:{server.effective_port}/ "
+        f"(public URL {settings.public_url})"
+    )
 
     def stop() -> None:
         if worker is not None:
@@ -165,8 +178,11 @@ def worker(hub: Hub, once: bool) -> None:
 @cli.command()
 @click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
 @click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
-@click.option("--sandbox/--no-sandbox", default=None,
-              help="Also start JupyterHub for researchers (default: CLEANROOM_SANDBOX_ENABLED).")
+@click.option(
+    "--sandbox/--no-sandbox",
+    default=None,
+    help="Also start JupyterHub for researchers (default: CLEANROOM_SANDBOX_ENABLED).",
+)
 @data_dir_option
 @click.pass_context
 @pass_hub
@@ -189,12 +205,14 @@ def up(
     jupyterhub = None
     if settings.sandbox_enabled if sandbox is None else sandbox:
         try:
-            jupyterhub = sandbox_cli.start(settings, hub_host=host or settings.host,
-                                           hub_port=port or settings.port)
+            jupyterhub = sandbox_cli.start(
+                settings, hub_host=host or settings.host, hub_port=port or settings.port
+            )
         except (click.ClickException, OSError) as err:
             message = err.format_message() if isinstance(err, click.ClickException) else err
-            click.secho(f"the sandbox (JupyterHub) was not started: {message}",
-                        fg="yellow", err=True)
+            click.secho(
+                f"the sandbox (JupyterHub) was not started: {message}", fg="yellow", err=True
+            )
         else:
             threading.Thread(target=_watch_sandbox, args=(jupyterhub,), daemon=True).start()
     try:
@@ -209,8 +227,12 @@ def _watch_sandbox(proc: Any) -> None:
     """Say so when JupyterHub stops on its own (a port in use, a bad setting)."""
     code = proc.wait()
     if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-        click.secho(f"the sandbox (JupyterHub) stopped with status {code}; see its log above. "
-                    "The portal keeps running.", fg="yellow", err=True)
+        click.secho(
+            f"the sandbox (JupyterHub) stopped with status {code}; see its log above. "
+            "The portal keeps running.",
+            fg="yellow",
+            err=True,
+        )
 
 
 def _register() -> None:
@@ -225,8 +247,21 @@ def _register() -> None:
     from hub.jobs.cli import job
     from hub.synth.cli import synth
 
-    for command in (institution, user, token, audit, job, demo, upload, pool, demo_data, deid,
-                    agreement, sandbox, synth):
+    for command in (
+        institution,
+        user,
+        token,
+        audit,
+        job,
+        demo,
+        upload,
+        pool,
+        demo_data,
+        deid,
+        agreement,
+        sandbox,
+        synth,
+    ):
         cli.add_command(command)
 
 

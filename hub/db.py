@@ -125,8 +125,10 @@ def _make_engine(url: str) -> Engine:
 
 
 def is_postgres(engine_or_session: Engine | Session) -> bool:
-    bind = engine_or_session.get_bind() if isinstance(engine_or_session, Session) else (
-        engine_or_session
+    bind = (
+        engine_or_session.get_bind()
+        if isinstance(engine_or_session, Session)
+        else (engine_or_session)
     )
     return bind.dialect.name == "postgresql"
 

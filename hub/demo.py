@@ -63,10 +63,20 @@ def _load_or_create_passwords(path: Path) -> dict[str, str]:
 
 
 # Upload order: referenced tables first, so referential checks find their keys.
-TABLE_ORDER = ("episode", "collection", "batch", "custody_event", "release_test", "deviation",
-               "administration")
-DATA_USERS = {"northbridge-cell": "northbridge-data", "st-aurelia": "aurelia-data",
-              "kelvin-institute": "kelvin-data"}
+TABLE_ORDER = (
+    "episode",
+    "collection",
+    "batch",
+    "custody_event",
+    "release_test",
+    "deviation",
+    "administration",
+)
+DATA_USERS = {
+    "northbridge-cell": "northbridge-data",
+    "st-aurelia": "aurelia-data",
+    "kelvin-institute": "kelvin-data",
+}
 
 
 def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
@@ -96,8 +106,11 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
         for slug, username in DATA_USERS.items():
             with database.session() as s:
                 user = s.scalar(select(User).where(User.username == username))
-                if user is None or s.scalar(select(DatasetVersion.id).where(
-                        DatasetVersion.institution_id == user.institution_id).limit(1)):
+                if user is None or s.scalar(
+                    select(DatasetVersion.id)
+                    .where(DatasetVersion.institution_id == user.institution_id)
+                    .limit(1)
+                ):
                     continue
                 s.expunge(user)
             uploads = []
@@ -110,24 +123,34 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
                 with database.session() as s, path.open("rb") as fh:
                     user = s.scalar(select(User).where(User.username == username))
                     assert user is not None  # checked above
-                    v = ingest.start_upload(s, hub.settings, storage, user=user, table=table,
-                                            filename=path.name, stream=fh, sheet=sheet or "")
+                    v = ingest.start_upload(
+                        s,
+                        hub.settings,
+                        storage,
+                        user=user,
+                        table=table,
+                        filename=path.name,
+                        stream=fh,
+                        sheet=sheet or "",
+                    )
                     vid = v.id
                 drain()
                 with database.session() as s:
                     v = ingest.get_version(s, vid)
                     if v.state == VersionState.AWAITING_MAPPING:
-                        ingest.confirm_mapping(s, hub.settings, v, {},
-                                               actor=f"user:{username}")
+                        ingest.confirm_mapping(s, hub.settings, v, {}, actor=f"user:{username}")
                 drain()
                 with database.session() as s:
                     v = ingest.get_version(s, vid)
                     if v.state == VersionState.AWAITING_REVIEW:
                         # The demo's contributors approve the engine's report as it stands.
-                        ingest.release(s, hub.settings, storage, v, actor=f"user:{username}",
-                                       approved=True)
-                    lines.append(f"{slug:<18} {table:<15} {v.state:<16} "
-                                 f"{v.valid_rows}/{v.rows} rows {v.error}")
+                        ingest.release(
+                            s, hub.settings, storage, v, actor=f"user:{username}", approved=True
+                        )
+                    lines.append(
+                        f"{slug:<18} {table:<15} {v.state:<16} "
+                        f"{v.valid_rows}/{v.rows} rows {v.error}"
+                    )
     return lines
 
 
@@ -160,7 +183,9 @@ def demo_agreement_text(today: date | None = None) -> str:
     institutions contribute, the hospital and the institute receive, the demo researcher is
     named, valid for two years from today."""
     return _demo_terms(
-        "manufacturing_failure_prediction", today, id=DEMO_AGREEMENT,
+        "manufacturing_failure_prediction",
+        today,
+        id=DEMO_AGREEMENT,
         title="Demo: manufacturing-failure prediction across the consortium",
     )
 
@@ -173,7 +198,10 @@ def demo_v2v_agreement_text(today: date | None = None) -> str:
     tables = yaml.safe_load(template_text("vein_to_vein_benchmarking"))["tables"]
     tables["episode"] = ["coi_id", "product_class", "product", "indication"]
     return _demo_terms(
-        "vein_to_vein_benchmarking", today, id=DEMO_V2V_AGREEMENT, tables=tables,
+        "vein_to_vein_benchmarking",
+        today,
+        id=DEMO_V2V_AGREEMENT,
+        tables=tables,
         title="Demo: vein-to-vein time by site and product",
     )
 
@@ -184,8 +212,10 @@ def seed_agreement(hub: Hub) -> str:
     from hub.agreements import services as agreements
 
     lines = []
-    for slug, text in ((DEMO_AGREEMENT, demo_agreement_text),
-                       (DEMO_V2V_AGREEMENT, demo_v2v_agreement_text)):
+    for slug, text in (
+        (DEMO_AGREEMENT, demo_agreement_text),
+        (DEMO_V2V_AGREEMENT, demo_v2v_agreement_text),
+    ):
         with hub.database.session() as s:
             if s.scalar(select(AgreementRecord.id).where(AgreementRecord.slug == slug)):
                 lines.append(f"agreement {slug} already exists")
@@ -209,8 +239,15 @@ def seed(hub: Hub) -> dict[str, str]:
         s.flush()
         for username, display, role, inst in USERS:
             if s.scalar(select(User).where(User.username == username)) is None:
-                services.create_user(s, username, passwords[username], role, institution=inst,
-                                     actor="demo", display_name=display)
+                services.create_user(
+                    s,
+                    username,
+                    passwords[username],
+                    role,
+                    institution=inst,
+                    actor="demo",
+                    display_name=display,
+                )
     return passwords
 
 
@@ -244,8 +281,12 @@ def researcher_token(hub: Hub) -> str:
 
 
 @demo.command("seed")
-@click.option("--data/--no-data", default=True, show_default=True,
-              help="Also generate demo files and release them through the pipeline.")
+@click.option(
+    "--data/--no-data",
+    default=True,
+    show_default=True,
+    help="Also generate demo files and release them through the pipeline.",
+)
 @click.option("--patients", default=120, show_default=True, help="Patients per institution.")
 @data_dir_option
 @pass_hub

@@ -15,6 +15,18 @@ for _table in _policy_store.metadata.sorted_tables:
     if _table.name not in Base.metadata.tables:
         _table.to_metadata(Base.metadata)
 
-__all__ = ["AgreementRecord", "AgreementSignature", "ApiToken", "AuditEntry", "AuditHead",
-           "Base", "DatasetVersion", "Institution", "InstitutionMapping", "Job", "LoginAttempt",
-           "SyntheticVersion", "User"]
+__all__ = [
+    "AgreementRecord",
+    "AgreementSignature",
+    "ApiToken",
+    "AuditEntry",
+    "AuditHead",
+    "Base",
+    "DatasetVersion",
+    "Institution",
+    "InstitutionMapping",
+    "Job",
+    "LoginAttempt",
+    "SyntheticVersion",
+    "User",
+]

@@ -62,8 +62,7 @@ class Setting:
             ) from None
         if self.choices and value not in self.choices:
             raise ConfigurationError(
-                f"setting {self.name} ({source}): {value!r} is not one of "
-                f"{', '.join(self.choices)}"
+                f"setting {self.name} ({source}): {value!r} is not one of {', '.join(self.choices)}"
             )
         return value
 
@@ -397,8 +396,10 @@ class Settings(Mapping[str, Any]):
         for s in SETTINGS:
             value = self.data[s.name]
             if s.secret and value:
-                shown = "********" if value not in (DEV_SECRET_KEY, DEV_HMAC_KEY) else (
-                    "******** (built-in development value)"
+                shown = (
+                    "********"
+                    if value not in (DEV_SECRET_KEY, DEV_HMAC_KEY)
+                    else ("******** (built-in development value)")
                 )
             else:
                 shown = str(value)

@@ -77,9 +77,13 @@ def current_user() -> User | None:
             db = get_db()
             token = verify_token(db, value)
             g.user, g.token = token.user, token
-            record(db, actor=f"user:{token.user.username}", action="token.use",
-                   target=f"token:{token.lookup}",
-                   detail={"method": request.method, "path": request.path})
+            record(
+                db,
+                actor=f"user:{token.user.username}",
+                action="token.use",
+                target=f"token:{token.lookup}",
+                detail={"method": request.method, "path": request.path},
+            )
             db.commit()
     elif "uid" in session:
         user = get_db().get(User, session["uid"])
@@ -167,9 +171,14 @@ def guard(
             target, act = obj.format(**kwargs), action.format(**kwargs)
             is_owner = bool(owner(user, **kwargs)) if owner is not None else False
             if domain is not None:
-                ok = get_policy().allowed(user_subject(user.id), act, target,
-                                          domain=domain(**kwargs), owner=is_owner,
-                                          refresh=False)
+                ok = get_policy().allowed(
+                    user_subject(user.id),
+                    act,
+                    target,
+                    domain=domain(**kwargs),
+                    owner=is_owner,
+                    refresh=False,
+                )
             else:
                 ok = policies.allowed(user.role, act, target, owner=is_owner)
             if not ok:
@@ -211,7 +220,8 @@ def _handle_cleanroom(err: CleanroomError) -> Response:
 
 def _handle_csrf(err: CSRFError) -> Response:
     return _render_error(
-        400, "csrf_failed",
+        400,
+        "csrf_failed",
         "the form has expired or did not come from this site; reload the page and try again.",
     )
 
@@ -240,7 +250,8 @@ def _handle_db_down(err: sa_exc.OperationalError) -> Response:
 def _handle_unexpected(err: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return _render_error(
-        500, "internal_error",
+        500,
+        "internal_error",
         "something went wrong on our side; it has been logged. Try again, and tell the "
         "steward if it keeps happening.",
     )

@@ -87,14 +87,18 @@ def _truncate_postgres(url: str) -> None:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     except exc.OperationalError:
         with engine.connect() as conn:
-            leaks = conn.execute(text(
-                "SELECT state, left(query, 200) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )).all()
-            conn.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ))
+            leaks = conn.execute(
+                text(
+                    "SELECT state, left(query, 200) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).all()
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
         raise RuntimeError(f"a previous test left a database transaction open: {leaks}") from None
     finally:
         engine.dispose()
@@ -184,12 +188,16 @@ class Users:
 
     def institution(self, slug: str = "st-aurelia", kind: str = "hospital") -> str:
         with self.database.session() as s:
-            accounts.create_institution(s, slug, slug.replace("-", " ").title(), kind,
-                                        actor="test")
+            accounts.create_institution(s, slug, slug.replace("-", " ").title(), kind, actor="test")
         return slug
 
-    def make(self, username: str, role: str = "contributor", institution: str | None = None,
-             password: str = PASSWORD) -> User:
+    def make(
+        self,
+        username: str,
+        role: str = "contributor",
+        institution: str | None = None,
+        password: str = PASSWORD,
+    ) -> User:
         if role in ("contributor", "contributor_admin") and institution is None:
             with self.database.session() as s:
                 from sqlalchemy import select
@@ -199,8 +207,9 @@ class Users:
                 exists = s.scalar(select(Institution).where(Institution.slug == "st-aurelia"))
             institution = "st-aurelia" if exists else self.institution()
         with self.database.session() as s:
-            user = accounts.create_user(s, username, password, role, institution=institution,
-                                        actor="test")
+            user = accounts.create_user(
+                s, username, password, role, institution=institution, actor="test"
+            )
         return user
 
 

@@ -51,12 +51,27 @@ def user() -> None:
 @click.option("--email", default="")
 @click.password_option(help="Prompted for when not given (at least 12 characters).")
 @pass_hub
-def user_add(hub: Hub, username: str, role: str, institution_slug: str | None,
-             display_name: str, email: str, password: str) -> None:
+def user_add(
+    hub: Hub,
+    username: str,
+    role: str,
+    institution_slug: str | None,
+    display_name: str,
+    email: str,
+    password: str,
+) -> None:
     """Add a user."""
     with hub.require_current_schema().session() as s:
-        services.create_user(s, username, password, role, institution=institution_slug,
-                             actor=ACTOR, display_name=display_name, email=email)
+        services.create_user(
+            s,
+            username,
+            password,
+            role,
+            institution=institution_slug,
+            actor=ACTOR,
+            display_name=display_name,
+            email=email,
+        )
     click.echo(f"user {username} added ({role})")
 
 
@@ -100,20 +115,35 @@ def token() -> None:
 @token.command("create")
 @click.argument("username")
 @click.option("--name", default="cli", show_default=True)
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(services.TOKEN_SCOPES),
-              required=True, help="Repeat for several scopes.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    type=click.Choice(services.TOKEN_SCOPES),
+    required=True,
+    help="Repeat for several scopes.",
+)
 @click.option("--days", type=int, default=None, help="Lifetime (default: token_default_days).")
 @pass_hub
-def token_create(hub: Hub, username: str, name: str, scopes: tuple[str, ...],
-                 days: int | None) -> None:
+def token_create(
+    hub: Hub, username: str, name: str, scopes: tuple[str, ...], days: int | None
+) -> None:
     """Issue a token for USERNAME; the token is printed once and stored only as a hash."""
     with hub.require_current_schema().session() as s:
-        issued = services.create_token(s, hub.settings, services.get_user(s, username), name,
-                                       list(scopes), days=days, actor=ACTOR)
+        issued = services.create_token(
+            s,
+            hub.settings,
+            services.get_user(s, username),
+            name,
+            list(scopes),
+            days=days,
+            actor=ACTOR,
+        )
         expires = issued.token.expires_at
     click.echo(issued.secret)
-    click.echo(f"expires {expires:%Y-%m-%d %H:%M} UTC; store it now, it is not shown again",
-               err=True)
+    click.echo(
+        f"expires {expires:%Y-%m-%d %H:%M} UTC; store it now, it is not shown again", err=True
+    )
 
 
 @token.command("list")
@@ -123,10 +153,11 @@ def token_list(hub: Hub, username: str) -> None:
     """List a user's tokens."""
     with hub.require_current_schema().session() as s:
         u = services.get_user(s, username)
-        for t in s.scalars(select(ApiToken).where(ApiToken.user_id == u.id)
-                           .order_by(ApiToken.id)):
-            click.echo(f"crt_{t.lookup}_…  {t.name:<20} {t.scopes:<20} "
-                       f"expires {t.expires_at:%Y-%m-%d}  {services.token_status(t)}")
+        for t in s.scalars(select(ApiToken).where(ApiToken.user_id == u.id).order_by(ApiToken.id)):
+            click.echo(
+                f"crt_{t.lookup}_…  {t.name:<20} {t.scopes:<20} "
+                f"expires {t.expires_at:%Y-%m-%d}  {services.token_status(t)}"
+            )
 
 
 @token.command("revoke")

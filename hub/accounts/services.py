@@ -75,8 +75,13 @@ def create_institution(
     inst = Institution(slug=slug, name=name.strip(), kind=kind)
     session.add(inst)
     session.flush()
-    record(session, actor=actor, action="institution.create", target=f"institution:{slug}",
-           detail={"name": inst.name, "kind": kind})
+    record(
+        session,
+        actor=actor,
+        action="institution.create",
+        target=f"institution:{slug}",
+        detail={"name": inst.name, "kind": kind},
+    )
     return inst
 
 
@@ -121,8 +126,13 @@ def create_user(
     )
     session.add(user)
     session.flush()
-    record(session, actor=actor, action="user.create", target=f"user:{username}",
-           detail={"role": role, "institution": institution})
+    record(
+        session,
+        actor=actor,
+        action="user.create",
+        target=f"user:{username}",
+        detail={"role": role, "institution": institution},
+    )
     return user
 
 
@@ -144,8 +154,12 @@ def set_password(session: Session, user: User, password: str, *, actor: str) -> 
 def set_active(session: Session, user: User, active: bool, *, actor: str) -> None:
     user.is_active = active
     user.session_epoch += 1
-    record(session, actor=actor, action="user.enable" if active else "user.disable",
-           target=f"user:{user.username}")
+    record(
+        session,
+        actor=actor,
+        action="user.enable" if active else "user.disable",
+        target=f"user:{user.username}",
+    )
     _recompile_agreements(session)
 
 
@@ -171,8 +185,9 @@ def change_user(
     user.institution = inst
     user.session_epoch += 1
     session.flush()
-    record(session, actor=actor, action="user.change", target=f"user:{user.username}",
-           detail=detail)
+    record(
+        session, actor=actor, action="user.change", target=f"user:{user.username}", detail=detail
+    )
     _recompile_agreements(session)
     return True
 
@@ -210,17 +225,19 @@ def authenticate(
     username = username.strip().lower()
     _check_rate(session, settings, address)
     # Forget attempts older than the rate window so the table stays small.
-    session.execute(
-        delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(minutes=10))
-    )
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(minutes=10)))
     user = session.scalar(select(User).where(User.username == username))
     now = utcnow()
 
     def fail(reason: str, message: str) -> Unauthorized:
         session.add(LoginAttempt(address=address, username=username[:64], succeeded=False))
-        record(session, actor=f"user:{username}" if user else "anonymous",
-               action="login.failure", target=f"user:{username}",
-               detail={"reason": reason, "address": address})
+        record(
+            session,
+            actor=f"user:{username}" if user else "anonymous",
+            action="login.failure",
+            target=f"user:{username}",
+            detail={"reason": reason, "address": address},
+        )
         return Unauthorized(message, code="login_failed")
 
     generic = "wrong username or password."
@@ -239,8 +256,13 @@ def authenticate(
         if user.failed_logins >= settings.login_max_failures:
             user.locked_until = now + timedelta(minutes=settings.login_lockout_minutes)
             user.failed_logins = 0
-            record(session, actor="system", action="user.lock", target=f"user:{username}",
-                   detail={"minutes": settings.login_lockout_minutes})
+            record(
+                session,
+                actor="system",
+                action="user.lock",
+                target=f"user:{username}",
+                detail={"minutes": settings.login_lockout_minutes},
+            )
         raise fail("wrong password", generic)
     if not user.is_active:
         raise fail("disabled", "this account is disabled; ask the steward.")
@@ -250,8 +272,13 @@ def authenticate(
     user.locked_until = None
     user.last_login_at = now
     session.add(LoginAttempt(address=address, username=username, succeeded=True))
-    record(session, actor=f"user:{username}", action="login.success", target=f"user:{username}",
-           detail={"address": address})
+    record(
+        session,
+        actor=f"user:{username}",
+        action="login.success",
+        target=f"user:{username}",
+        detail={"address": address},
+    )
     return user
 
 
@@ -295,8 +322,10 @@ def create_token(
     if not 1 <= days <= settings.token_max_days:
         raise BadRequest(f"token lifetime must be 1-{settings.token_max_days} days.")
     name = name.strip() or "token"
-    lookup = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789")
-                     for _ in range(16))
+    lookup = "".join(
+        secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789")
+        for _ in range(16)
+    )
     secret = secrets.token_urlsafe(32)
     token = ApiToken(
         lookup=lookup,
@@ -308,8 +337,13 @@ def create_token(
     )
     session.add(token)
     session.flush()
-    record(session, actor=actor, action="token.create", target=f"token:{lookup}",
-           detail={"user": user.username, "scopes": scopes, "days": days})
+    record(
+        session,
+        actor=actor,
+        action="token.create",
+        target=f"token:{lookup}",
+        detail={"user": user.username, "scopes": scopes, "days": days},
+    )
     return IssuedToken(token, f"crt_{lookup}_{secret}")
 
 

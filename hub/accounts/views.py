@@ -88,12 +88,18 @@ def _own_token(user: User, token_id: int) -> bool:
 def list_tokens() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
-    tokens = get_db().scalars(
-        select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())
-    ).all()
+    tokens = (
+        get_db()
+        .scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc()))
+        .all()
+    )
     return render_template(
-        "tokens.html", tokens=tokens, status=services.token_status, scopes=services.TOKEN_SCOPES,
-        new_token=None, now=utcnow(),
+        "tokens.html",
+        tokens=tokens,
+        status=services.token_status,
+        scopes=services.TOKEN_SCOPES,
+        new_token=None,
+        now=utcnow(),
     )
 
 
@@ -110,8 +116,13 @@ def create_token() -> ResponseReturnValue:
         days = -1
     try:
         issued = services.create_token(
-            db, settings, user, request.form.get("name", ""), request.form.getlist("scopes"),
-            days=days, actor=actor(),
+            db,
+            settings,
+            user,
+            request.form.get("name", ""),
+            request.form.getlist("scopes"),
+            days=days,
+            actor=actor(),
         )
     except CleanroomError as err:
         db.rollback()
@@ -122,8 +133,12 @@ def create_token() -> ResponseReturnValue:
         select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id.desc())
     ).all()
     return render_template(
-        "tokens.html", tokens=tokens, status=services.token_status, scopes=services.TOKEN_SCOPES,
-        new_token=issued.secret, now=utcnow(),
+        "tokens.html",
+        tokens=tokens,
+        status=services.token_status,
+        scopes=services.TOKEN_SCOPES,
+        new_token=issued.secret,
+        now=utcnow(),
     )
 
 
@@ -137,5 +152,8 @@ def revoke_token(token_id: int) -> ResponseReturnValue:
     services.revoke_token(db, token, actor=actor())
     db.commit()
     flash(f"Token “{token.name}” revoked.", "info")
-    return redirect(request.referrer if request.referrer and request.referrer.startswith(
-        request.host_url) else url_for("tokens.list_tokens"))
+    return redirect(
+        request.referrer
+        if request.referrer and request.referrer.startswith(request.host_url)
+        else url_for("tokens.list_tokens")
+    )

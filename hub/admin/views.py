@@ -46,8 +46,7 @@ def institutions() -> ResponseReturnValue:
     if request.method == "POST":
         form = {k: request.form.get(k, "").strip() for k in form}
         try:
-            accounts.create_institution(db, form["slug"], form["name"], form["kind"],
-                                        actor=actor())
+            accounts.create_institution(db, form["slug"], form["name"], form["kind"], actor=actor())
             db.commit()
             flash(f"Institution {form['slug']} added.", "info")
             return redirect(url_for("admin.institutions"))
@@ -56,24 +55,38 @@ def institutions() -> ResponseReturnValue:
             flash(err.message, "error")
             status = err.status
     rows = db.scalars(select(Institution).order_by(Institution.slug)).all()
-    return render_template("admin/institutions.html", institutions=rows, form=form,
-                           kinds=[k.value for k in InstitutionKind]), status
+    return render_template(
+        "admin/institutions.html",
+        institutions=rows,
+        form=form,
+        kinds=[k.value for k in InstitutionKind],
+    ), status
 
 
 @bp.route("/users", methods=["GET", "POST"])
 @guard("write", "admin/users")
 def users() -> ResponseReturnValue:
     db = get_db()
-    form = {"username": "", "display_name": "", "email": "", "role": "researcher",
-            "institution": ""}
+    form = {
+        "username": "",
+        "display_name": "",
+        "email": "",
+        "role": "researcher",
+        "institution": "",
+    }
     status = 200
     if request.method == "POST":
         form = {k: request.form.get(k, "").strip() for k in form}
         try:
             accounts.create_user(
-                db, form["username"], request.form.get("password", ""), form["role"],
-                institution=form["institution"] or None, actor=actor(),
-                display_name=form["display_name"], email=form["email"],
+                db,
+                form["username"],
+                request.form.get("password", ""),
+                form["role"],
+                institution=form["institution"] or None,
+                actor=actor(),
+                display_name=form["display_name"],
+                email=form["email"],
             )
             db.commit()
             flash(f"User {form['username']} added.", "info")
@@ -84,8 +97,14 @@ def users() -> ResponseReturnValue:
             status = err.status
     rows = db.scalars(select(User).order_by(User.username)).all()
     insts = db.scalars(select(Institution).order_by(Institution.slug)).all()
-    return render_template("admin/users.html", users=rows, institutions=insts, form=form,
-                           roles=[r.value for r in Role], now=utcnow()), status
+    return render_template(
+        "admin/users.html",
+        users=rows,
+        institutions=insts,
+        form=form,
+        roles=[r.value for r in Role],
+        now=utcnow(),
+    ), status
 
 
 @bp.route("/users/<int:user_id>/<any(unlock,disable,enable):op>", methods=["POST"])
@@ -114,12 +133,20 @@ def user_edit(user_id: int) -> ResponseReturnValue:
         raise NotFound(f"no user {user_id}.")
     try:
         changed = accounts.change_user(
-            db, user, role=request.form.get("role", user.role),
-            institution=request.form.get("institution", "").strip() or None, actor=actor(),
+            db,
+            user,
+            role=request.form.get("role", user.role),
+            institution=request.form.get("institution", "").strip() or None,
+            actor=actor(),
         )
         db.commit()
-        flash(f"User {user.username}: " + ("role and institution saved; their sessions end."
-                                           if changed else "nothing changed."), "info")
+        flash(
+            f"User {user.username}: "
+            + (
+                "role and institution saved; their sessions end." if changed else "nothing changed."
+            ),
+            "info",
+        )
     except CleanroomError as err:
         db.rollback()
         flash(err.message, "error")
@@ -127,8 +154,9 @@ def user_edit(user_id: int) -> ResponseReturnValue:
 
 
 def _audit_query() -> tuple[Select[AuditEntry], dict[str, str]]:
-    filters = {k: request.args.get(k, "").strip() for k in ("actor", "action", "target",
-                                                              "since", "until")}
+    filters = {
+        k: request.args.get(k, "").strip() for k in ("actor", "action", "target", "since", "until")
+    }
     q = select(AuditEntry)
     if filters["actor"]:
         q = q.where(AuditEntry.actor.contains(filters["actor"]))
@@ -157,8 +185,9 @@ def audit() -> ResponseReturnValue:
         q = q.where(AuditEntry.id < before)
     entries = db.scalars(q.order_by(AuditEntry.id.desc()).limit(PAGE)).all()
     result = verify(db) if request.args.get("verify") else None
-    return render_template("admin/audit.html", entries=entries, filters=filters,
-                           verification=result, page=PAGE)
+    return render_template(
+        "admin/audit.html", entries=entries, filters=filters, verification=result, page=PAGE
+    )
 
 
 def csv_safe(value: object) -> str:
@@ -182,20 +211,34 @@ def audit_csv() -> ResponseReturnValue:
         a slow download never blocks writers (SQLite) or schema changes (PostgreSQL)."""
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["id", "at", "actor", "action", "target", "detail", "prev_hash",
-                         "entry_hash"])
+        writer.writerow(
+            ["id", "at", "actor", "action", "target", "detail", "prev_hash", "entry_hash"]
+        )
         last = 0
         with database.sessionmaker() as s:
             while True:
-                page = s.scalars(q.where(AuditEntry.id > last).order_by(AuditEntry.id)
-                                 .limit(1000)).all()
+                page = s.scalars(
+                    q.where(AuditEntry.id > last).order_by(AuditEntry.id).limit(1000)
+                ).all()
                 s.rollback()
                 if not page:
                     break
                 for e in page:
-                    writer.writerow([csv_safe(v) for v in (e.id, e.at, e.actor, e.action,
-                                                            e.target, e.detail, e.prev_hash,
-                                                            e.entry_hash)])
+                    writer.writerow(
+                        [
+                            csv_safe(v)
+                            for v in (
+                                e.id,
+                                e.at,
+                                e.actor,
+                                e.action,
+                                e.target,
+                                e.detail,
+                                e.prev_hash,
+                                e.entry_hash,
+                            )
+                        ]
+                    )
                 last = page[-1].id
                 yield buf.getvalue()
                 buf.seek(0)

@@ -23,12 +23,10 @@ GENESIS = "0" * 64
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=str)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def entry_hash(prev_hash: str, at: str, actor: str, action: str, target: str,
-               detail: str) -> str:
+def entry_hash(prev_hash: str, at: str, actor: str, action: str, target: str, detail: str) -> str:
     body = canonical_json(
         {"at": at, "actor": actor, "action": action, "target": target, "detail": detail}
     )
@@ -120,34 +118,52 @@ def verify(session: Session) -> Verification:
         if e.prev_hash != expected_prev:
             if e.prev_hash in position:
                 return Verification(
-                    False, count,
+                    False,
+                    count,
                     f"entry {e.id} links to entry {position[e.prev_hash]}, not to the entry "
                     "before it: entries were reordered.",
-                    e.id, "reordered",
+                    e.id,
+                    "reordered",
                 )
             if e.id != expected_id:
-                missing = (f"entry {expected_id}" if e.id == expected_id + 1
-                           else f"entries {expected_id}-{e.id - 1}")
+                missing = (
+                    f"entry {expected_id}"
+                    if e.id == expected_id + 1
+                    else f"entries {expected_id}-{e.id - 1}"
+                )
                 return Verification(
-                    False, count, f"{missing} deleted: entry {e.id} links to a hash that is "
-                    "no longer in the ledger.", expected_id, "deleted",
+                    False,
+                    count,
+                    f"{missing} deleted: entry {e.id} links to a hash that is "
+                    "no longer in the ledger.",
+                    expected_id,
+                    "deleted",
                 )
             return Verification(
-                False, count,
+                False,
+                count,
                 f"entry {expected_id - 1} was edited: entry {e.id} links to a hash that no "
-                "longer matches it." if expected_id > 1 else
-                f"entry {e.id}'s link to the start of the ledger was edited.",
-                expected_id - 1 if expected_id > 1 else e.id, "edited",
+                "longer matches it."
+                if expected_id > 1
+                else f"entry {e.id}'s link to the start of the ledger was edited.",
+                expected_id - 1 if expected_id > 1 else e.id,
+                "edited",
             )
         if recomputed != e.entry_hash:
             return Verification(
-                False, count,
+                False,
+                count,
                 f"entry {e.id} ({e.action} by {e.actor} at {e.at}) was edited: its content "
-                "no longer matches its hash.", e.id, "edited",
+                "no longer matches its hash.",
+                e.id,
+                "edited",
             )
         if e.id != expected_id:
             return Verification(
-                False, count, f"entry ids jump from {expected_id - 1} to {e.id}.", expected_id,
+                False,
+                count,
+                f"entry ids jump from {expected_id - 1} to {e.id}.",
+                expected_id,
                 "deleted",
             )
         expected_prev = e.entry_hash
@@ -156,9 +172,11 @@ def verify(session: Session) -> Verification:
     last_id, last_hash = (head.last_id, head.last_hash) if head else (0, GENESIS)
     if last_id != expected_id - 1 or last_hash != expected_prev:
         return Verification(
-            False, count,
+            False,
+            count,
             f"the ledger should end at entry {last_id} but ends at entry {expected_id - 1}: "
             "its last entries were deleted (or its head was edited).",
-            expected_id, "truncated",
+            expected_id,
+            "truncated",
         )
     return Verification(True, count)

@@ -161,15 +161,19 @@ def prepare(
 
 def announce(settings: Settings, mode: str) -> None:
     host = _loopback(settings.sandbox_host)
-    click.echo(f"Cleanroom sandbox (JupyterHub) on http://{host}:{settings.sandbox_port}/ "
-               "(researchers sign in with their Cleanroom account)")
+    click.echo(
+        f"Cleanroom sandbox (JupyterHub) on http://{host}:{settings.sandbox_port}/ "
+        "(researchers sign in with their Cleanroom account)"
+    )
     if mode == "same-user":
         click.secho(
             "WARNING: SANDBOX ISOLATION IS OFF. Notebook servers run as this same "
             "operating-system user and can read Cleanroom's data directory, database and "
             "keys. Use this only on a developer machine; run as root (sandbox_isolation = "
             "system-users) anywhere researchers are not you.",
-            fg="red", bold=True, err=True,
+            fg="red",
+            bold=True,
+            err=True,
         )
 
 
@@ -178,7 +182,9 @@ def start(settings: Settings, *, hub_host: str, hub_port: int) -> subprocess.Pop
     command, env, mode = prepare(settings, hub_host=hub_host, hub_port=hub_port)
     announce(settings, mode)
     return subprocess.Popen(  # noqa: S603 - our venv's jupyterhub with our config file
-        command, env=env, cwd=env["CLEANROOM_SANDBOX_CONFIG"].rsplit("/", 1)[0],
+        command,
+        env=env,
+        cwd=env["CLEANROOM_SANDBOX_CONFIG"].rsplit("/", 1)[0],
         stdin=subprocess.DEVNULL,
     )
 

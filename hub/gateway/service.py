@@ -156,9 +156,13 @@ def login() -> ResponseReturnValue:
         db.commit()  # failed attempts count towards the rate limit and lock-out
         raise
     allowed = sandbox_agreements(db, get_policy(), user)
-    record(db, actor=f"user:{user.username}", action="sandbox.login",
-           target=f"user:{user.username}",
-           detail={"allowed": bool(allowed), "agreements": allowed})
+    record(
+        db,
+        actor=f"user:{user.username}",
+        action="sandbox.login",
+        target=f"user:{user.username}",
+        detail={"allowed": bool(allowed), "agreements": allowed},
+    )
     db.commit()
     return jsonify({"name": user.username, "allowed": bool(allowed), "agreements": allowed})
 
@@ -192,8 +196,9 @@ def token() -> ResponseReturnValue:
         )
     secret, expires = issue_token(db, settings, user)
     db.commit()
-    return jsonify({"token": secret, "expires_at": expires.isoformat(),
-                    "gateway_url": gateway_url(settings)})
+    return jsonify(
+        {"token": secret, "expires_at": expires.isoformat(), "gateway_url": gateway_url(settings)}
+    )
 
 
 def gateway_url(settings: Settings) -> str:

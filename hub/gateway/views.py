@@ -28,7 +28,6 @@ api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
 
 
-
 def _gateway() -> Gateway:
     gateway = current_app.extensions.get("cleanroom.gateway")
     if gateway is None:
@@ -241,8 +240,13 @@ def synthetic(table: str) -> ResponseReturnValue:
         actor=actor(),
         action="sandbox.synthetic",
         slug=slug,
-        detail={"table": table, "synthetic_versions": ids, "offset": offset,
-                "rows": len(body["rows"]), "total": body["total"]},
+        detail={
+            "table": table,
+            "synthetic_versions": ids,
+            "offset": offset,
+            "rows": len(body["rows"]),
+            "total": body["total"],
+        },
     )
     db.commit()
     # Tables synthesised together share a group; their synthetic keys join each other's.

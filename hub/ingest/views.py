@@ -34,8 +34,6 @@ bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 api = Blueprint("uploads_api", __name__, url_prefix="/api/v1/uploads")
 
 
-
-
 def _same_institution(user: User, version_id: int, **_: object) -> bool:
     version = get_db().get(DatasetVersion, version_id)
     return (
@@ -294,10 +292,14 @@ def api_upload() -> ResponseReturnValue:
 def api_list() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
-    return jsonify({"uploads": [
-        services.version_dict(v, content=v.institution_id == user.institution_id)
-        for v in _visible_versions(user)
-    ]})
+    return jsonify(
+        {
+            "uploads": [
+                services.version_dict(v, content=v.institution_id == user.institution_id)
+                for v in _visible_versions(user)
+            ]
+        }
+    )
 
 
 @api.route("/<int:version_id>")

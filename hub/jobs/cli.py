@@ -43,8 +43,10 @@ def job_list(hub: Hub, count: int) -> None:
     """Newest jobs first."""
     with hub.require_current_schema().session() as s:
         for j in s.scalars(select(Job).order_by(Job.id.desc()).limit(count)):
-            click.echo(f"{j.id:>6} {j.kind:<20} {j.state:<10} {j.progress:>3}% "
-                       f"attempts={j.attempts} {j.error or j.message}")
+            click.echo(
+                f"{j.id:>6} {j.kind:<20} {j.state:<10} {j.progress:>3}% "
+                f"attempts={j.attempts} {j.error or j.message}"
+            )
 
 
 @job.command("show")

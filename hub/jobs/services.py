@@ -76,12 +76,18 @@ def enqueue(
     if kind not in TASKS:
         raise NotFound(f"no job kind {kind!r}; known kinds: {', '.join(sorted(TASKS))}")
     attempts = max_attempts or (settings.job_max_attempts if settings else 3)
-    job = Job(kind=kind, payload=json.dumps(payload or {}), max_attempts=attempts,
-              created_by=actor, run_after=run_after or utcnow())
+    job = Job(
+        kind=kind,
+        payload=json.dumps(payload or {}),
+        max_attempts=attempts,
+        created_by=actor,
+        run_after=run_after or utcnow(),
+    )
     session.add(job)
     session.flush()
-    record(session, actor=actor, action="job.enqueue", target=f"job:{job.id}",
-           detail={"kind": kind})
+    record(
+        session, actor=actor, action="job.enqueue", target=f"job:{job.id}", detail={"kind": kind}
+    )
     return job
 
 
@@ -134,8 +140,11 @@ class JobContext:
         with self.database.session() as s:
             n = s.execute(  # type: ignore[attr-defined]  # an UPDATE's CursorResult
                 update(Job)
-                .where(Job.id == self.job_id, Job.lease_token == self.lease_token,
-                       Job.state == JobState.RUNNING)
+                .where(
+                    Job.id == self.job_id,
+                    Job.lease_token == self.lease_token,
+                    Job.state == JobState.RUNNING,
+                )
                 .values(heartbeat_at=utcnow(), **values)
             ).rowcount
         if n == 0:
@@ -163,12 +172,15 @@ def claim(database: Database, settings: Settings, worker_id: str) -> JobContext 
         if job is None:
             return None
         if job.state == JobState.RUNNING:
-            log.warning("job %s: worker %s stopped reporting; taking it over", job.id,
-                        job.worker_id)
+            log.warning(
+                "job %s: worker %s stopped reporting; taking it over", job.id, job.worker_id
+            )
             if job.attempts >= job.max_attempts:
                 job.state = JobState.FAILED
-                job.error = (f"the worker running this job stopped {job.attempts} time(s); "
-                             "giving up. Check the worker logs, then retry the job.")
+                job.error = (
+                    f"the worker running this job stopped {job.attempts} time(s); "
+                    "giving up. Check the worker logs, then retry the job."
+                )
                 job.finished_at = now
                 job.lease_token = ""
                 return None
@@ -179,8 +191,15 @@ def claim(database: Database, settings: Settings, worker_id: str) -> JobContext 
         job.heartbeat_at = now
         job.started_at = job.started_at or now
         job.error = ""
-        ctx = JobContext(database, settings, job.id, job.kind, json.loads(job.payload or "{}"),
-                         job.attempts, job.lease_token)
+        ctx = JobContext(
+            database,
+            settings,
+            job.id,
+            job.kind,
+            json.loads(job.payload or "{}"),
+            job.attempts,
+            job.lease_token,
+        )
     return ctx
 
 
@@ -227,16 +246,22 @@ def run(ctx: JobContext) -> str:
         message = f"{type(err).__name__}: {err}"[:2000]
         if ctx.attempt < _max_attempts(ctx):
             backoff = timedelta(seconds=min(300, 5 * 2 ** (ctx.attempt - 1)))
-            _finish(ctx, state=JobState.QUEUED, error=message, run_after=utcnow() + backoff,
-                    finished_at=None)
+            _finish(
+                ctx,
+                state=JobState.QUEUED,
+                error=message,
+                run_after=utcnow() + backoff,
+                finished_at=None,
+            )
             return JobState.QUEUED
         _finish(ctx, state=JobState.FAILED, error=message)
         return JobState.FAILED
     finally:
         stop.set()
         beater.join(timeout=5)
-    if _finish(ctx, state=JobState.SUCCEEDED, progress=100, result=json.dumps(result),
-               message="done"):
+    if _finish(
+        ctx, state=JobState.SUCCEEDED, progress=100, result=json.dumps(result), message="done"
+    ):
         return JobState.SUCCEEDED
     return "lost"
 
@@ -263,8 +288,13 @@ class Worker:
         ctx = claim(self.database, self.settings, self.worker_id)
         if ctx is None:
             return None
-        log.info("job %s (%s) attempt %s started by %s", ctx.job_id, ctx.kind, ctx.attempt,
-                 self.worker_id)
+        log.info(
+            "job %s (%s) attempt %s started by %s",
+            ctx.job_id,
+            ctx.kind,
+            ctx.attempt,
+            self.worker_id,
+        )
         state = run(ctx)
         log.info("job %s finished: %s", ctx.job_id, state)
         return state

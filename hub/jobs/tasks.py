@@ -16,6 +16,11 @@ def verify_audit(ctx: JobContext) -> dict[str, Any]:
         result = verify(s)
     ctx.progress(90, "recording the result")
     with ctx.database.session() as s:
-        record(s, actor="system", action="audit.verify", target="ledger",
-               detail={"ok": result.ok, "entries": result.entries, "problem": result.problem})
+        record(
+            s,
+            actor="system",
+            action="audit.verify",
+            target="ledger",
+            detail={"ok": result.ok, "entries": result.entries, "problem": result.problem},
+        )
     return {"ok": result.ok, "entries": result.entries, "problem": result.problem}

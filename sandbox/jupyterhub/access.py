@@ -30,10 +30,14 @@ class JupyterHubAPI:
 
     async def _call(self, method: str, path: str) -> Any:
         resp = await AsyncHTTPClient().fetch(
-            HTTPRequest(f"{self.api_url}{path}", method=method,
-                        headers={"Authorization": f"token {self.token}"},
-                        body=None if method == "GET" else b"", allow_nonstandard_methods=True,
-                        request_timeout=30),
+            HTTPRequest(
+                f"{self.api_url}{path}",
+                method=method,
+                headers={"Authorization": f"token {self.token}"},
+                body=None if method == "GET" else b"",
+                allow_nonstandard_methods=True,
+                request_timeout=30,
+            ),
             raise_error=False,
         )
         if resp.code >= 400:
@@ -57,8 +61,7 @@ async def sweep(
     stopped = []
     for name in await running():
         if not await allowed(name):
-            log.warning("stopping %s's server: no longer a researcher in an active agreement",
-                        name)
+            log.warning("stopping %s's server: no longer a researcher in an active agreement", name)
             await stop(name)
             stopped.append(name)
     return stopped

@@ -60,8 +60,9 @@ class CleanroomAuthenticator(Authenticator):
             return None
         if status != 200:
             message = (body.get("error") or {}).get("message", "") if isinstance(body, dict) else ""
-            self.log.warning("login of %r refused by the hub (%s): %s",
-                             data.get("username"), status, message)
+            self.log.warning(
+                "login of %r refused by the hub (%s): %s", data.get("username"), status, message
+            )
             return None
         if not body.get("allowed"):
             self.log.warning("%s signed in but is named in no active agreement", body["name"])
@@ -72,8 +73,9 @@ class CleanroomAuthenticator(Authenticator):
         """Still a researcher in an active agreement? If not, the user must sign in again
         (and the access sweep stops their server)."""
         try:
-            status, body = await ask(self.hub_url, self.service_secret, "check",
-                                     {"username": user.name})
+            status, body = await ask(
+                self.hub_url, self.service_secret, "check", {"username": user.name}
+            )
         except HubUnavailable as err:
             self.log.error("access re-check of %s failed: %s", user.name, err)
             return False

@@ -58,8 +58,9 @@ def configure(c: Any, path: str | None = None) -> dict[str, Any]:
     c.CleanroomSpawner.isolate = run["isolation"] == "system-users"
     c.CleanroomSpawner.user_prefix = run.get("user_prefix", "cr-")
     c.CleanroomSpawner.home_root = run.get("home_root", "/home")
-    c.Spawner.cmd = [run.get("singleuser") or str(Path(sys.executable).parent /
-                                                      "jupyterhub-singleuser")]
+    c.Spawner.cmd = [
+        run.get("singleuser") or str(Path(sys.executable).parent / "jupyterhub-singleuser")
+    ]
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60

@@ -50,9 +50,21 @@ def ensure_system_user(name: str, home_root: str) -> pwd.struct_passwd:
         home = os.path.join(home_root, name)
         useradd = shutil.which("useradd", path="/usr/sbin:/sbin:/usr/bin") or "useradd"
         subprocess.run(  # noqa: S603 - fixed program, a name we built from [a-z0-9_-]
-            [useradd, "--create-home", "--home-dir", home, "--shell", "/bin/bash",
-             "--user-group", "--comment", "Cleanroom sandbox researcher", name],
-            check=True, capture_output=True, text=True,
+            [
+                useradd,
+                "--create-home",
+                "--home-dir",
+                home,
+                "--shell",
+                "/bin/bash",
+                "--user-group",
+                "--comment",
+                "Cleanroom sandbox researcher",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         entry = pwd.getpwnam(name)
     os.makedirs(entry.pw_dir, mode=0o700, exist_ok=True)
@@ -75,7 +87,8 @@ class CleanroomSpawner(LocalProcessSpawner):
         "", config=True, help="URL notebooks reach the gateway at (empty: the hub's answer)."
     )
     isolate = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="Run as a per-researcher system user (needs root). False: same user, isolation off.",
     )
     user_prefix = Unicode("cr-", config=True, help="Prefix of the system users' names.")
@@ -106,8 +119,9 @@ class CleanroomSpawner(LocalProcessSpawner):
     async def start(self) -> Any:
         if not self.hub_url or not self.service_secret:
             raise ValueError("CleanroomSpawner.hub_url and service_secret must be set")
-        status, body = await ask(self.hub_url, self.service_secret, "token",
-                                 {"username": self.user.name})
+        status, body = await ask(
+            self.hub_url, self.service_secret, "token", {"username": self.user.name}
+        )
         if status != 200:
             message = (body.get("error") or {}).get("message", status)
             raise RuntimeError(f"the Cleanroom hub refused a sandbox token: {message}")
@@ -117,12 +131,17 @@ class CleanroomSpawner(LocalProcessSpawner):
         }
         if self.isolate:
             entry = ensure_system_user(self.system_user, self.home_root)
-            self.log.info("spawning %s as system user %s (uid %d)",
-                          self.user.name, entry.pw_name, entry.pw_uid)
+            self.log.info(
+                "spawning %s as system user %s (uid %d)",
+                self.user.name,
+                entry.pw_name,
+                entry.pw_uid,
+            )
         else:
             os.makedirs(self._home(), mode=0o700, exist_ok=True)
-            self.log.warning("ISOLATION OFF: %s's notebook server runs as the hub's own user",
-                             self.user.name)
+            self.log.warning(
+                "ISOLATION OFF: %s's notebook server runs as the hub's own user", self.user.name
+            )
         return await super().start()
 
     def make_preexec_fn(self, name: str) -> Any:

@@ -20,18 +20,38 @@ CSV = (
 def _run(live_server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
     port = int(live_server.url.rsplit(":", 1)[1])
     env = server_env(live_server.data_dir, port)
-    return subprocess.run([*cleanroom_command(), *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [*cleanroom_command(), *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_upload_streams_and_follows_the_job(live_server: LiveServer, tmp_path) -> None:
-    token = _run(live_server, "token", "create", "northbridge-data", "--scope", "upload",
-                 "--scope", "read", "--days", "1")
+    token = _run(
+        live_server,
+        "token",
+        "create",
+        "northbridge-data",
+        "--scope",
+        "upload",
+        "--scope",
+        "read",
+        "--days",
+        "1",
+    )
     assert token.returncode == 0, token.stderr
     path = tmp_path / "batches.csv"
     path.write_text(CSV)
-    done = _run(live_server, "upload", str(path), "--table", "batch", "--url", live_server.url,
-                "--token", token.stdout.strip())
+    done = _run(
+        live_server,
+        "upload",
+        str(path),
+        "--table",
+        "batch",
+        "--url",
+        live_server.url,
+        "--token",
+        token.stdout.strip(),
+    )
     assert done.returncode == 0, done.stderr
     assert "uploaded: dataset version" in done.stdout
     assert "awaiting mapping" in done.stdout
@@ -41,8 +61,17 @@ def test_cli_upload_streams_and_follows_the_job(live_server: LiveServer, tmp_pat
 def test_cli_upload_explains_a_bad_token(live_server: LiveServer, tmp_path) -> None:
     path = tmp_path / "b.csv"
     path.write_text(CSV)
-    bad = _run(live_server, "upload", str(path), "--table", "batch", "--url", live_server.url,
-               "--token", "crt_AAAAAAAAAAAAAAAA_" + "x" * 43)
+    bad = _run(
+        live_server,
+        "upload",
+        str(path),
+        "--table",
+        "batch",
+        "--url",
+        live_server.url,
+        "--token",
+        "crt_AAAAAAAAAAAAAAAA_" + "x" * 43,
+    )
     assert bad.returncode == 1
     assert "unknown API token" in bad.stderr
     assert "Traceback" not in bad.stderr

@@ -51,11 +51,14 @@ def _wait(what: str, ok: Any, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + DEADLINE
     while not ok():
         if proc.poll() is not None:
-            pytest.fail(f"`cleanroom up` exited ({proc.returncode}) before {what}:\n"
-                        f"{log.read_text(errors='replace')[-4000:]}")
+            pytest.fail(
+                f"`cleanroom up` exited ({proc.returncode}) before {what}:\n"
+                f"{log.read_text(errors='replace')[-4000:]}"
+            )
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} not ready in {DEADLINE:.0f} s:\n"
-                        f"{log.read_text(errors='replace')[-4000:]}")
+            pytest.fail(
+                f"{what} not ready in {DEADLINE:.0f} s:\n{log.read_text(errors='replace')[-4000:]}"
+            )
         time.sleep(0.2)
 
 
@@ -80,26 +83,33 @@ def sandbox() -> Iterator[Sandbox]:
     data_dir = root / "data"
     port = free_port()
     env = server_env(data_dir, port)
-    env.update({
-        "CLEANROOM_SANDBOX_ENABLED": "true",
-        "CLEANROOM_SANDBOX_ISOLATION": "system-users",
-        "CLEANROOM_SANDBOX_PORT": str(free_port()),
-        "CLEANROOM_SANDBOX_HUB_PORT": str(free_port()),
-        "CLEANROOM_SANDBOX_PROXY_API_PORT": str(free_port()),
-        "CLEANROOM_SANDBOX_USER_PREFIX": PREFIX,
-        "CLEANROOM_SANDBOX_ACCESS_CHECK_SECONDS": "2",
-        "CLEANROOM_LOG_LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "CLEANROOM_SANDBOX_ENABLED": "true",
+            "CLEANROOM_SANDBOX_ISOLATION": "system-users",
+            "CLEANROOM_SANDBOX_PORT": str(free_port()),
+            "CLEANROOM_SANDBOX_HUB_PORT": str(free_port()),
+            "CLEANROOM_SANDBOX_PROXY_API_PORT": str(free_port()),
+            "CLEANROOM_SANDBOX_USER_PREFIX": PREFIX,
+            "CLEANROOM_SANDBOX_ACCESS_CHECK_SECONDS": "2",
+            "CLEANROOM_LOG_LEVEL": "INFO",
+        }
+    )
     command = cleanroom_command()
-    seeded = subprocess.run([*command, "demo", "seed"], env=env, capture_output=True,
-                            text=True, timeout=300)
+    seeded = subprocess.run(
+        [*command, "demo", "seed"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr
     logins = json.loads((data_dir / "demo-logins.json").read_text())
     log = root / "up.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([*command, "up", "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*command, "up", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     hub = f"http://127.0.0.1:{port}"
     jupyterhub = f"http://127.0.0.1:{env['CLEANROOM_SANDBOX_PORT']}"
     try:
@@ -132,12 +142,14 @@ class Kernel:
         path = urlparse(base).path.rstrip("/") + "/"
         xsrf = http.cookies.get("_xsrf", default="", path=path)
         self.headers = {"X-XSRFToken": xsrf}
-        resp = http.post(f"{base}/api/kernels", json={"name": "python3"},
-                         headers=self.headers, timeout=30)
+        resp = http.post(
+            f"{base}/api/kernels", json={"name": "python3"}, headers=self.headers, timeout=30
+        )
         assert resp.status_code == 201, resp.text
         self.id = resp.json()["id"]
-        cookie = "; ".join(f"{c.name}={c.value}" for c in http.cookies
-                           if path.startswith(c.path or "/"))
+        cookie = "; ".join(
+            f"{c.name}={c.value}" for c in http.cookies if path.startswith(c.path or "/")
+        )
         ws_url = base.replace("http://", "ws://") + f"/api/kernels/{self.id}/channels"
         self.ws = websocket.create_connection(
             ws_url, header=[f"Cookie: {cookie}", f"X-XSRFToken: {xsrf}"], timeout=60
@@ -147,13 +159,30 @@ class Kernel:
     def run(self, code: str) -> tuple[str, dict[str, str] | None]:
         """Execute ``code``; (printed output and results, error or None)."""
         msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "username": "test", "session": self.session,
-                       "msg_type": "execute_request", "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": True,
-                        "user_expressions": {}, "allow_stdin": False, "stop_on_error": True},
-        }))
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": self.session,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": True,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
         out: list[str] = []
         error = None
         idle = replied = False
@@ -185,7 +214,8 @@ def _server(http: requests.Session, sandbox: Sandbox, name: str) -> str:
     while time.monotonic() < deadline:
         resp = http.get(f"{base}/api/status", timeout=30)
         if resp.status_code == 200 and resp.headers.get("content-type", "").startswith(
-                "application/json"):
+            "application/json"
+        ):
             http.get(f"{base}/lab", timeout=30)  # sets the server's _xsrf cookie
             return base
         if resp.status_code == 403:
@@ -201,8 +231,10 @@ def test_only_researchers_in_an_active_agreement_sign_in(sandbox: Sandbox) -> No
         _, resp = _login(sandbox, username)
         assert resp.status_code == 403 and "/hub/login" in resp.url, username
     http = requests.Session()
-    resp = http.post(f"{sandbox.jupyterhub}/hub/login",
-                     data={"username": "researcher", "password": "not the password"})
+    resp = http.post(
+        f"{sandbox.jupyterhub}/hub/login",
+        data={"username": "researcher", "password": "not the password"},
+    )
     assert resp.status_code == 403
 
 
@@ -225,7 +257,8 @@ def test_a_researchers_notebook_runs_isolated_and_follows_the_agreement(
             "from sandbox import connect\n"
             "cr = connect(agreement='demo-mfp')\n"
             "df = cr.query('SELECT product, COUNT(*) AS n FROM episode GROUP BY product')\n"
-            "print(int(df['n'].fillna(0).sum()))")
+            "print(int(df['n'].fillna(0).sum()))"
+        )
         assert error is None, error
         assert int(out.strip()) >= 10  # aggregates come back
 
@@ -235,10 +268,10 @@ def test_a_researchers_notebook_runs_isolated_and_follows_the_agreement(
 import os, pwd, json
 result = {{"user": pwd.getpwuid(os.getuid()).pw_name,
            "home_mode": oct(os.stat(os.path.expanduser('~')).st_mode & 0o777)}}
-for label, path in [("database", {str(data / 'cleanroom.db')!r}),
-                    ("quarantine", {str(data / 'objects' / 'quarantine')!r}),
-                    ("pool", {str(data / 'objects' / 'pool')!r}),
-                    ("secret", {str(data / 'sandbox-service-secret')!r})]:
+for label, path in [("database", {str(data / "cleanroom.db")!r}),
+                    ("quarantine", {str(data / "objects" / "quarantine")!r}),
+                    ("pool", {str(data / "objects" / "pool")!r}),
+                    ("secret", {str(data / "sandbox-service-secret")!r})]:
     try:
         open(path, "rb").read(1) if label in ("database", "secret") else os.listdir(path)
         result[label] = "readable"
@@ -261,7 +294,9 @@ print(json.dumps(result))
         names = seen["env"]
         assert {"CLEANROOM_GATEWAY_URL", "CLEANROOM_TOKEN"} <= set(names)
         assert [n for n in names if n.startswith("CLEANROOM_")] == [
-            "CLEANROOM_GATEWAY_URL", "CLEANROOM_TOKEN"]
+            "CLEANROOM_GATEWAY_URL",
+            "CLEANROOM_TOKEN",
+        ]
         for word in ("DATABASE", "S3", "AWS", "HMAC", "SECRET", "PASSWORD", "PG"):
             assert not [n for n in names if word in n], (word, names)
         assert "cleanroom.db" not in seen["env_values"]
@@ -275,8 +310,7 @@ print(json.dumps(result))
 
         def suspend(slug: str) -> None:
             with database.session() as s:
-                agreements.transition(s, agreements.get(s, slug), "suspend",
-                                      actor="user:steward")
+                agreements.transition(s, agreements.get(s, slug), "suspend", actor="user:steward")
 
         suspend("demo-mfp")
         out, error = kernel.run(
@@ -285,7 +319,8 @@ print(json.dumps(result))
             "    cr.query('SELECT COUNT(*) AS n FROM episode', agreement='demo-mfp')\n"
             "    print('answered')\n"
             "except PolicyDenied as err:\n"
-            "    print('refused:', err.code)\n")
+            "    print('refused:', err.code)\n"
+        )
         assert error is None, error
         assert out.startswith("refused:"), out
     finally:
@@ -296,8 +331,11 @@ print(json.dumps(result))
     database.engine.dispose()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        running = [p for p in psutil.process_iter(["username"])
-                   if p.info["username"] == f"{PREFIX}researcher"]
+        running = [
+            p
+            for p in psutil.process_iter(["username"])
+            if p.info["username"] == f"{PREFIX}researcher"
+        ]
         if not running:
             break
         time.sleep(0.5)

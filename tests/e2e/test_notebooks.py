@@ -19,7 +19,10 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "sandbox" / "notebooks
 
 def test_there_are_the_three_example_notebooks() -> None:
     assert [p.name for p in NOTEBOOKS] == [
-        "01_pooled_data_tour.ipynb", "02_manufacturing_failure.ipynb", "03_vein_to_vein.ipynb"]
+        "01_pooled_data_tour.ipynb",
+        "02_manufacturing_failure.ipynb",
+        "03_vein_to_vein.ipynb",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -37,6 +40,7 @@ def test_notebook_runs_top_to_bottom(
     NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
-                   for o in outputs)
+    text = "".join(
+        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+    )
     assert "demo-" in text or "mean_v2v_days" in text or "coefficient" in text

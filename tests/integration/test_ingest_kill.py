@@ -27,10 +27,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _worker(cli_env: dict[str, str], modules: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLEANROOM_")}
-    env.update(cli_env, CLEANROOM_TASK_MODULES=modules, CLEANROOM_JOB_LEASE_SECONDS="1",
-               CLEANROOM_WORKER_POLL_SECONDS="0.05", PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "hub", "worker"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env.update(
+        cli_env,
+        CLEANROOM_TASK_MODULES=modules,
+        CLEANROOM_JOB_LEASE_SECONDS="1",
+        CLEANROOM_WORKER_POLL_SECONDS="0.05",
+        PYTHONPATH=str(ROOT),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "hub", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _until(predicate, what: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -51,8 +62,15 @@ def test_kill_mid_ingest(database: Database, settings, users, cli_env) -> None:
     with database.session() as s:
         user = accounts.get_user(s, "nadia")
         s.commit()
-        vid = ingest.start_upload(s, settings, storage, user=user, table="episode",
-                                  filename="e.csv", stream=io.BytesIO(EPISODE_CSV.encode())).id
+        vid = ingest.start_upload(
+            s,
+            settings,
+            storage,
+            user=user,
+            table="episode",
+            filename="e.csv",
+            stream=io.BytesIO(EPISODE_CSV.encode()),
+        ).id
 
     def version():
         with database.session() as s:
@@ -80,8 +98,7 @@ def test_kill_mid_ingest(database: Database, settings, users, cli_env) -> None:
 
     healthy = _worker(cli_env, "")
     try:
-        _until(lambda: version()[0].state == "awaiting_review", "another worker to finish",
-               healthy)
+        _until(lambda: version()[0].state == "awaiting_review", "another worker to finish", healthy)
     finally:
         healthy.terminate()
         healthy.wait(timeout=10)

@@ -42,8 +42,12 @@ def start_worker(worker_env: dict[str, str]) -> Iterator:
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "worker"], env=worker_env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "hub", "worker"],
+            env=worker_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         procs.append(proc)
         return proc
@@ -82,8 +86,9 @@ def _read_log(path: Path) -> list[tuple[str, int, int, int, float]]:
     return rows
 
 
-def test_killed_worker_job_is_taken_over(database: Database, settings, start_worker,
-                                         tmp_path: Path) -> None:
+def test_killed_worker_job_is_taken_over(
+    database: Database, settings, start_worker, tmp_path: Path
+) -> None:
     load_task_modules("tests.jobtasks")
     log = tmp_path / "runs.log"
     with database.session() as s:
@@ -102,8 +107,9 @@ def test_killed_worker_job_is_taken_over(database: Database, settings, start_wor
     assert interrupted.state == "running" and interrupted.progress < 100
 
     second = start_worker()
-    _wait_for(lambda: job().state == "succeeded", "the second worker to finish the job",
-              procs=[second])
+    _wait_for(
+        lambda: job().state == "succeeded", "the second worker to finish the job", procs=[second]
+    )
     done = job()
     assert done.attempts == 2
     runs = _read_log(log)
@@ -114,13 +120,16 @@ def test_killed_worker_job_is_taken_over(database: Database, settings, start_wor
     assert starts[1][4] >= killed_at  # taken over only after the first worker died
 
 
-def test_two_workers_never_run_a_job_twice(database: Database, start_worker,
-                                           tmp_path: Path) -> None:
+def test_two_workers_never_run_a_job_twice(
+    database: Database, start_worker, tmp_path: Path
+) -> None:
     load_task_modules("tests.jobtasks")
     log = tmp_path / "runs.log"
     with database.session() as s:
-        ids = [enqueue(s, "test.sleep", {"log": str(log), "seconds": 0.15}, actor="user:t").id
-               for _ in range(8)]
+        ids = [
+            enqueue(s, "test.sleep", {"log": str(log), "seconds": 0.15}, actor="user:t").id
+            for _ in range(8)
+        ]
     workers = [start_worker(), start_worker()]
 
     def all_done() -> bool:

@@ -34,8 +34,9 @@ def test_single_key_is_plain_hmac_sha256() -> None:
     import hmac
 
     values = pd.Series(["COI-1", " DIN 7", None])
-    expected = [hmac.new(K1, v.encode(), hashlib.sha256).hexdigest()[:32]
-                for v in ("COI-1", "DIN 7")] + [None]
+    expected = [
+        hmac.new(K1, v.encode(), hashlib.sha256).hexdigest()[:32] for v in ("COI-1", "DIN 7")
+    ] + [None]
     assert pseudonymise(values, K1).tolist() == expected
 
 

@@ -30,8 +30,7 @@ def test_short_passwords_and_bad_names_are_refused(database: Database) -> None:
     with database.session() as s, pytest.raises(BadRequest, match="at least 12"):
         services.create_user(s, "bob", "short", "researcher", institution=None, actor="t")
     with database.session() as s, pytest.raises(BadRequest, match="username"):
-        services.create_user(s, "Bob Smith!", PASSWORD, "researcher", institution=None,
-                             actor="t")
+        services.create_user(s, "Bob Smith!", PASSWORD, "researcher", institution=None, actor="t")
     with database.session() as s, pytest.raises(BadRequest, match="must belong"):
         services.create_user(s, "bob", PASSWORD, "contributor", institution=None, actor="t")
 
@@ -42,8 +41,9 @@ def test_duplicates_conflict(database: Database, users: Users) -> None:
         services.create_user(s, "nadia", PASSWORD, "researcher", institution=None, actor="t")
 
 
-def _login(database: Database, settings: Settings, username: str, password: str,
-           address: str = "10.0.0.1") -> User:
+def _login(
+    database: Database, settings: Settings, username: str, password: str, address: str = "10.0.0.1"
+) -> User:
     with database.session() as s:
         try:
             return services.authenticate(s, settings, username, password, address=address)
@@ -52,8 +52,9 @@ def _login(database: Database, settings: Settings, username: str, password: str,
             raise
 
 
-def test_login_succeeds_and_is_audited(database: Database, settings: Settings,
-                                       users: Users) -> None:
+def test_login_succeeds_and_is_audited(
+    database: Database, settings: Settings, users: Users
+) -> None:
     users.make("nadia", "researcher")
     user = _login(database, settings, "Nadia", PASSWORD)
     assert user.username == "nadia" and user.last_login_at is not None
@@ -62,8 +63,9 @@ def test_login_succeeds_and_is_audited(database: Database, settings: Settings,
     assert "login.success" in actions
 
 
-def test_lockout_after_repeated_failures(database: Database, settings: Settings,
-                                         users: Users) -> None:
+def test_lockout_after_repeated_failures(
+    database: Database, settings: Settings, users: Users
+) -> None:
     users.make("nadia", "researcher")
     for _ in range(settings.login_max_failures):
         with pytest.raises(Unauthorized, match="wrong username or password"):
@@ -101,8 +103,9 @@ def test_rate_limit_per_address(database: Database, users: Users, settings_overr
         _login(database, settings, "ghost", "nothing here!", address="10.1.1.1")
 
 
-def test_disabled_account_cannot_sign_in(database: Database, settings: Settings,
-                                         users: Users) -> None:
+def test_disabled_account_cannot_sign_in(
+    database: Database, settings: Settings, users: Users
+) -> None:
     users.make("nadia", "researcher")
     with database.session() as s:
         services.set_active(s, services.get_user(s, "nadia"), False, actor="t")
@@ -116,19 +119,20 @@ def test_disabled_account_cannot_sign_in(database: Database, settings: Settings,
 def _issue(database: Database, settings: Settings, scopes=("upload",), days=None):
     with database.session() as s:
         user = services.get_user(s, "nadia")
-        return services.create_token(s, settings, user, "lims", list(scopes), days=days,
-                                     actor="t")
+        return services.create_token(s, settings, user, "lims", list(scopes), days=days, actor="t")
 
 
-def test_token_is_hashed_at_rest_and_verifies(database: Database, settings: Settings,
-                                              users: Users) -> None:
+def test_token_is_hashed_at_rest_and_verifies(
+    database: Database, settings: Settings, users: Users
+) -> None:
     users.make("nadia")
     issued = _issue(database, settings)
     assert issued.secret.startswith("crt_")
     secret_part = issued.secret.split("_", 2)[2]
     with database.engine.connect() as conn:
-        dump = " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_tokens"))
-                        for v in row)
+        dump = " ".join(
+            str(v) for row in conn.execute(text("SELECT * FROM api_tokens")) for v in row
+        )
     assert secret_part not in dump
     with database.session() as s:
         token = services.verify_token(s, issued.secret, scope="upload")

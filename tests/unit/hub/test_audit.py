@@ -16,8 +16,13 @@ pytestmark = pytest.mark.db
 def _fill(database: Database, n: int = 6) -> None:
     for i in range(n):
         with database.session() as s:
-            record(s, actor=f"user:u{i}", action="upload", target=f"dataset:{i}",
-                   detail={"rows": i * 10, "name": "Zoë"})
+            record(
+                s,
+                actor=f"user:u{i}",
+                action="upload",
+                target=f"dataset:{i}",
+                detail={"rows": i * 10, "name": "Zoë"},
+            )
 
 
 def test_entries_form_a_chain(database: Database) -> None:
@@ -55,8 +60,9 @@ def test_an_entry_rolled_back_with_its_action_leaves_no_trace(database: Database
 def test_edit_is_named(database: Database) -> None:
     _fill(database)
     with database.session() as s:
-        s.execute(update(AuditEntry).where(AuditEntry.id == 3)
-                  .values(detail='{"name":"Zoë","rows":0}'))
+        s.execute(
+            update(AuditEntry).where(AuditEntry.id == 3).values(detail='{"name":"Zoë","rows":0}')
+        )
     with database.session() as s:
         result = verify(s)
     assert not result.ok

@@ -35,10 +35,27 @@ def test_db_upgrade_is_idempotent(runner: CliRunner) -> None:
 
 
 def test_institution_user_and_token_commands(runner: CliRunner) -> None:
-    assert runner.invoke(cli, ["institution", "add", "kelvin", "--name", "Kelvin Institute",
-                               "--kind", "academic"]).exit_code == 0
-    added = runner.invoke(cli, ["user", "add", "kiri", "--role", "contributor_admin",
-                                "--institution", "kelvin", "--password", "long enough pass"])
+    assert (
+        runner.invoke(
+            cli,
+            ["institution", "add", "kelvin", "--name", "Kelvin Institute", "--kind", "academic"],
+        ).exit_code
+        == 0
+    )
+    added = runner.invoke(
+        cli,
+        [
+            "user",
+            "add",
+            "kiri",
+            "--role",
+            "contributor_admin",
+            "--institution",
+            "kelvin",
+            "--password",
+            "long enough pass",
+        ],
+    )
     assert added.exit_code == 0, added.output
     token = runner.invoke(cli, ["token", "create", "kiri", "--scope", "upload", "--days", "7"])
     assert token.exit_code == 0, token.output
@@ -55,8 +72,20 @@ def test_user_errors_are_one_line(runner: CliRunner) -> None:
     dup = runner.invoke(cli, ["institution", "add", "x", "--name", "X", "--kind", "hospital"])
     assert dup.exit_code == 1
     assert "Error: institution id 'x'" in dup.output
-    missing = runner.invoke(cli, ["user", "add", "ann", "--role", "contributor",
-                                  "--institution", "nowhere", "--password", "long enough pass"])
+    missing = runner.invoke(
+        cli,
+        [
+            "user",
+            "add",
+            "ann",
+            "--role",
+            "contributor",
+            "--institution",
+            "nowhere",
+            "--password",
+            "long enough pass",
+        ],
+    )
     assert missing.exit_code == 1
     assert missing.output.strip().splitlines() == [
         "Error: no institution 'nowhere'; `cleanroom institution list` shows them."
@@ -81,8 +110,13 @@ def test_schema_must_be_current(runner: CliRunner, cli_env, tmp_path) -> None:
 def test_unreachable_database_is_one_clear_line(url: str, reason: str) -> None:
     """A real process, as a user would run it: one line on stderr, exit 1, no traceback."""
     env = {"CLEANROOM_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "hub", "db", "upgrade"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hub", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -98,13 +132,20 @@ def test_up_stops_cleanly_on_sigterm_and_ctrl_c(tmp_path, signum: int) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {"PATH": "/usr/bin:/bin", "CLEANROOM_DATA_DIR": str(tmp_path / "data"),
-           "CLEANROOM_SANDBOX_ENABLED": "false", "CLEANROOM_LOG_LEVEL": "WARNING"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CLEANROOM_DATA_DIR": str(tmp_path / "data"),
+        "CLEANROOM_SANDBOX_ENABLED": "false",
+        "CLEANROOM_LOG_LEVEL": "WARNING",
+    }
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub", "up", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         text=True,
     )
     try:

@@ -43,8 +43,9 @@ def test_seed_a_data_dir_and_use_the_printed_token(clean_env: CliRunner, tmp_pat
 
     app = create_app({"data_dir": str(data_dir)})
     client = app.test_client()
-    resp = client.get("/api/v1/sandbox/agreements",
-                      headers={"Authorization": f"Bearer {token.group(1)}"})
+    resp = client.get(
+        "/api/v1/sandbox/agreements", headers={"Authorization": f"Bearer {token.group(1)}"}
+    )
     assert resp.status_code == 200, resp.get_json()
     listed = resp.get_json()["agreements"]
     tables = {a["agreement"]: a["tables"] for a in listed}

@@ -29,7 +29,8 @@ SITES = ("acme-bio", "st-aurelia", "kelvin")
 
 
 def _terms(disclosure: str = "") -> str:
-    return textwrap.dedent("""\
+    return (
+        textwrap.dedent("""\
         id: v2v
         title: Vein-to-vein benchmarking
         purpose:
@@ -47,18 +48,22 @@ def _terms(disclosure: str = "") -> str:
         researchers: [rosa]
         valid_from: 2026-01-01
         valid_until: 2099-12-31
-        """) + disclosure
+        """)
+        + disclosure
+    )
 
 
 def _batch(seed: int, rows: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
-        "platform": rng.choice(["central", "point_of_care"], rows),
-        "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
-        "viability": rng.normal(88, 4, rows).round(1),
-        "culture_days": rng.integers(7, 12, rows),
-    })
+    return pd.DataFrame(
+        {
+            "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
+            "platform": rng.choice(["central", "point_of_care"], rows),
+            "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
+            "viability": rng.normal(88, 4, rows).round(1),
+            "culture_days": rng.integers(7, 12, rows),
+        }
+    )
 
 
 @pytest.fixture
@@ -79,9 +84,17 @@ def pooled(users: Users, database: Database, app) -> dict[str, str]:
             pq.write_table(pa.Table.from_pandas(_batch(n)), buf)
             buf.seek(0)
             storage.put(key, buf)
-            s.add(DatasetVersion(institution_id=accounts.get_institution(s, slug).id,
-                                 cdm_table="batch", version=1, state="released",
-                                 filename="b.csv", created_by="t", pool_key=key))
+            s.add(
+                DatasetVersion(
+                    institution_id=accounts.get_institution(s, slug).id,
+                    cdm_table="batch",
+                    version=1,
+                    state="released",
+                    filename="b.csv",
+                    created_by="t",
+                    pool_key=key,
+                )
+            )
     return {}
 
 
@@ -92,26 +105,34 @@ def _activate(database: Database, text: str) -> None:
         services.transition(s, services.get(s, "v2v"), "submit", actor="user:sam")
     for slug in SITES:
         with database.session() as s:
-            services.sign(s, services.get(s, "v2v"), accounts.get_user(s, f"{slug}-admin"),
-                          actor=f"user:{slug}-admin")
+            services.sign(
+                s,
+                services.get(s, "v2v"),
+                accounts.get_user(s, f"{slug}-admin"),
+                actor=f"user:{slug}-admin",
+            )
 
 
-def _token(database: Database, settings: Settings, username: str,
-           scopes: tuple[str, ...] = ("sandbox",)) -> dict[str, str]:
+def _token(
+    database: Database, settings: Settings, username: str, scopes: tuple[str, ...] = ("sandbox",)
+) -> dict[str, str]:
     with database.session() as s:
-        secret = accounts.create_token(s, settings, accounts.get_user(s, username), "t",
-                                       list(scopes), actor="t").secret
+        secret = accounts.create_token(
+            s, settings, accounts.get_user(s, username), "t", list(scopes), actor="t"
+        ).secret
     return {"Authorization": f"Bearer {secret}"}
 
 
-QUERY = ("SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability "
-         "FROM batch GROUP BY platform")
+QUERY = (
+    "SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability FROM batch GROUP BY platform"
+)
 
 
 def _ledger(database: Database, prefix: str = "sandbox.") -> list[dict]:
     with database.session() as s:
-        entries = s.scalars(select(AuditEntry).where(AuditEntry.action.startswith(prefix))
-                            .order_by(AuditEntry.id))
+        entries = s.scalars(
+            select(AuditEntry).where(AuditEntry.action.startswith(prefix)).order_by(AuditEntry.id)
+        )
         return [{"action": e.action, "actor": e.actor, **json.loads(e.detail)} for e in entries]
 
 
@@ -126,8 +147,9 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     columns = {c["name"] for c in tables["tables"][0]["columns"]}
     assert {"platform", "viability", "institution"} <= columns
 
-    resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY},
-                       headers=rosa)
+    resp = client.post(
+        "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY}, headers=rosa
+    )
     assert resp.status_code == 200, resp.get_json()
     answer = resp.get_json()
     assert answer["columns"] == ["platform", "n", "mean_viability"]
@@ -151,8 +173,9 @@ def test_row_level_sql_is_refused_with_the_construct_and_logged(
         ("SELECT MIN(viability) FROM batch", "MIN"),
         ("SELECT COUNT(*) FROM read_parquet('/etc/passwd')", None),
     ):
-        resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql},
-                           headers=rosa)
+        resp = client.post(
+            "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa
+        )
         assert resp.status_code == 400, (sql, resp.get_json())
         error = resp.get_json()["error"]
         assert error["code"] == "query_rejected"
@@ -180,10 +203,16 @@ def test_policy_decides_per_request(
     resp = client.post("/api/v1/sandbox/query", json=body, headers=read_only)
     assert resp.status_code == 403
     # Synthetic rows and fitting are not allowed by these terms.
-    assert client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v",
-                      headers=rosa).status_code == 403
-    fit = {"agreement": "v2v", "table": "batch", "kind": "linear", "features": ["culture_days"],
-           "target": "viability"}
+    assert (
+        client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa).status_code == 403
+    )
+    fit = {
+        "agreement": "v2v",
+        "table": "batch",
+        "kind": "linear",
+        "features": ["culture_days"],
+        "target": "viability",
+    }
     assert client.post("/api/v1/sandbox/fit", json=fit, headers=rosa).status_code == 403
     # Suspension takes effect on the next request.
     with database.session() as s:
@@ -194,11 +223,17 @@ def test_policy_decides_per_request(
 def test_fit_and_synthetic_where_allowed(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(database, _terms("disclosure:\n  allow_model_fitting: true\n"
-                               "  allow_synthetic: true\n"))
+    _activate(
+        database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
+    )
     rosa = _token(database, settings, "rosa")
-    fit = {"agreement": "v2v", "table": "batch", "kind": "linear", "features": ["culture_days"],
-           "target": "viability"}
+    fit = {
+        "agreement": "v2v",
+        "table": "batch",
+        "kind": "linear",
+        "features": ["culture_days"],
+        "target": "viability",
+    }
     resp = client.post("/api/v1/sandbox/fit", json=fit, headers=rosa)
     assert resp.status_code == 200, resp.get_json()
     summary = resp.get_json()
@@ -217,8 +252,9 @@ def test_rate_limit_per_researcher(
     monkeypatch.setitem(settings.data, "gateway_rate_per_minute", 2)
     rosa = _token(database, settings, "rosa")
     body = {"agreement": "v2v", "sql": QUERY}
-    codes = [client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code
-             for _ in range(3)]
+    codes = [
+        client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code for _ in range(3)
+    ]
     assert codes == [200, 200, 429]
 
 
@@ -231,6 +267,7 @@ def test_malformed_requests_get_clear_errors(
     assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
     resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v"}, headers=rosa)
     assert resp.status_code == 400 and "`sql`" in resp.get_json()["error"]["message"]
-    resp = client.post("/api/v1/sandbox/query", json={"agreement": "nope", "sql": QUERY},
-                       headers=rosa)
+    resp = client.post(
+        "/api/v1/sandbox/query", json={"agreement": "nope", "sql": QUERY}, headers=rosa
+    )
     assert resp.status_code == 403

@@ -25,7 +25,7 @@ EPISODE_CSV = (
     "\ufeffPatient ID;Site;Product Class;Indication;Age;Sex;Patient Name;MRN;Weight (kg)\n"
     "COI-0001;St Aurelia;autologous_car_t;LBCL;54;female;Jane Doe;MRN123456;71.5\n"
     "COI-0002;St Aurelia;autologous_car_t;ALL;23;male;John Roe;MRN654321;80\n"
-    "COI-0003;=HYPERLINK(\"http://x\");autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n"
+    'COI-0003;=HYPERLINK("http://x");autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n'
     "COI-0004;St Aurelia;autologous_car_t;FL;130;male;Bob Loe;MRN222222;90\n"
     # Enough look-alike episodes for k=5 to hold without suppressing everything.
     + "".join(
@@ -52,8 +52,11 @@ def _auth(token: str) -> dict[str, str]:
 
 def upload(client: FlaskClient, token: str, table: str, filename: str, data: bytes | str):
     body = data.encode("utf-8") if isinstance(data, str) else data
-    return client.post(f"/api/v1/uploads?table={table}&filename={filename}", data=body,
-                       headers={**_auth(token), "Content-Type": "application/octet-stream"})
+    return client.post(
+        f"/api/v1/uploads?table={table}&filename={filename}",
+        data=body,
+        headers={**_auth(token), "Content-Type": "application/octet-stream"},
+    )
 
 
 def drain(database: Database, settings: Settings) -> None:
@@ -73,16 +76,19 @@ def release_episode(client, token, database, settings) -> dict:
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
     drain(database, settings)
-    assert client.post(f"/api/v1/uploads/{vid}/mapping", json={},
-                       headers=_auth(token)).status_code == 200
+    assert (
+        client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token)).status_code
+        == 200
+    )
     drain(database, settings)
     resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()
 
 
-def test_upload_to_release(client: FlaskClient, token: str, database: Database,
-                           settings: Settings, app) -> None:
+def test_upload_to_release(
+    client: FlaskClient, token: str, database: Database, settings: Settings, app
+) -> None:
     storage = app.extensions["cleanroom.storage"]
     resp = upload(client, token, "episode", "episodes.csv", EPISODE_CSV)
     assert resp.status_code == 201
@@ -99,8 +105,10 @@ def test_upload_to_release(client: FlaskClient, token: str, database: Database,
     assert targets["Patient Name"] == "patient_name"
     assert targets["Weight (kg)"] == "weight_kg"
 
-    assert client.post(f"/api/v1/uploads/{vid}/mapping", json={},
-                       headers=_auth(token)).status_code == 200
+    assert (
+        client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token)).status_code
+        == 200
+    )
     drain(database, settings)
     reviewed = show(client, token, vid)
     assert reviewed["state"] == "awaiting_review", reviewed["error"]
@@ -127,8 +135,10 @@ def test_upload_to_release(client: FlaskClient, token: str, database: Database,
         actions = s.scalars(select(AuditEntry.action)).all()
     assert pool_key == "pool/episode/institution=st-aurelia/version=1/part-0.parquet"
     assert raw_key == ""  # the raw copy is deleted on release
-    assert not any(o.key.startswith("quarantine/") and o.key.endswith("/raw")
-                   for o in storage.list("quarantine/"))
+    assert not any(
+        o.key.startswith("quarantine/") and o.key.endswith("/raw")
+        for o in storage.list("quarantine/")
+    )
     with storage.open(pool_key) as fh:
         pooled = pq.read_table(io.BytesIO(fh.read())).to_pandas()
     assert "patient_name" not in pooled.columns and "mrn" not in pooled.columns
@@ -141,9 +151,9 @@ def test_upload_to_release(client: FlaskClient, token: str, database: Database,
     assert {"upload", "ingest.map", "ingest.processed", "release"} <= set(actions)
 
 
-def test_reports_are_downloadable_and_formula_safe(client: FlaskClient, token: str,
-                                                  database: Database, settings: Settings,
-                                                  auth: AuthActions) -> None:
+def test_reports_are_downloadable_and_formula_safe(
+    client: FlaskClient, token: str, database: Database, settings: Settings, auth: AuthActions
+) -> None:
     vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
     client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
@@ -176,8 +186,11 @@ def test_remembered_mapping_is_offered(client, token, database, settings) -> Non
     first = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
     # The contributor says "Weight (kg)" is not to be used.
-    resp = client.post(f"/api/v1/uploads/{first}/mapping",
-                       json={"columns": {"Weight (kg)": {"target": ""}}}, headers=_auth(token))
+    resp = client.post(
+        f"/api/v1/uploads/{first}/mapping",
+        json={"columns": {"Weight (kg)": {"target": ""}}},
+        headers=_auth(token),
+    )
     assert resp.status_code == 200
     second = upload(client, token, "episode", "e2.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
@@ -186,8 +199,7 @@ def test_remembered_mapping_is_offered(client, token, database, settings) -> Non
     assert "remembered" in cols["Patient ID"]["reason"]
 
 
-def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, settings,
-                                                    app) -> None:
+def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, settings, app) -> None:
     from hub.ingest.services import released_keys
 
     released = release_episode(client, token, database, settings)
@@ -201,8 +213,9 @@ def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, set
         assert released_keys(s, "episode") == []
         assert "withdrawal" in s.scalars(select(AuditEntry.action)).all()
     assert not storage.exists(key)
-    again = client.post(f"/api/v1/uploads/{released['id']}/release", headers=_auth(token),
-                        json=APPROVE)
+    again = client.post(
+        f"/api/v1/uploads/{released['id']}/release", headers=_auth(token), json=APPROVE
+    )
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "wrong_state"
 
 
@@ -233,8 +246,9 @@ def _nothing_kept(database: Database, app) -> None:
     ],
     ids=["empty", "pdf", "png", "legacy-xls"],
 )
-def test_bad_files_are_refused_and_leave_nothing(client, token, database, app, data,
-                                                 needle) -> None:
+def test_bad_files_are_refused_and_leave_nothing(
+    client, token, database, app, data, needle
+) -> None:
     resp = upload(client, token, "episode", "data.csv", data)
     assert resp.status_code == 400
     body = resp.get_json()
@@ -243,8 +257,9 @@ def test_bad_files_are_refused_and_leave_nothing(client, token, database, app, d
     _nothing_kept(database, app)
 
 
-def test_oversize_upload_is_refused_and_leaves_nothing(token, database, settings_overrides,
-                                                       users) -> None:
+def test_oversize_upload_is_refused_and_leaves_nothing(
+    token, database, settings_overrides, users
+) -> None:
     from hub import create_app
 
     app = create_app({**settings_overrides, "max_upload_mb": 1})
@@ -273,15 +288,17 @@ def test_api_refusals(client, token, users, database, settings) -> None:
     assert resp.status_code == 401
     users.make("rosa", "researcher")
     with database.session() as s:
-        rtoken = accounts.create_token(s, settings, accounts.get_user(s, "rosa"), "t",
-                                       ["upload", "read"], actor="t").secret
+        rtoken = accounts.create_token(
+            s, settings, accounts.get_user(s, "rosa"), "t", ["upload", "read"], actor="t"
+        ).secret
     assert upload(client, rtoken, "episode", "x.csv", EPISODE_CSV).status_code == 403
     vid = upload(client, token, "episode", "x.csv", EPISODE_CSV).get_json()["id"]
     users.institution("kelvin", "academic")
     users.make("kiri", "contributor", institution="kelvin")
     with database.session() as s:
-        other = accounts.create_token(s, settings, accounts.get_user(s, "kiri"), "t",
-                                      ["upload", "read"], actor="t").secret
+        other = accounts.create_token(
+            s, settings, accounts.get_user(s, "kiri"), "t", ["upload", "read"], actor="t"
+        ).secret
     assert client.get(f"/api/v1/uploads/{vid}", headers=_auth(other)).status_code == 403
     assert client.post(f"/api/v1/uploads/{vid}/reject", headers=_auth(other)).status_code == 403
 
@@ -293,10 +310,15 @@ def test_portal_upload_and_mapping_form(client, auth, users, database, settings)
     users.make("nadia", "contributor")
     auth.login("nadia")
     token = csrf_from(client, "/datasets")
-    resp = client.post("/datasets", data={
-        "csrf_token": token, "table": "episode",
-        "file": (io.BytesIO(EPISODE_CSV.encode()), "episodes.csv"),
-    }, content_type="multipart/form-data")
+    resp = client.post(
+        "/datasets",
+        data={
+            "csrf_token": token,
+            "table": "episode",
+            "file": (io.BytesIO(EPISODE_CSV.encode()), "episodes.csv"),
+        },
+        content_type="multipart/form-data",
+    )
     assert resp.status_code == 303
     page = client.get(resp.location)
     assert "uploaded" in page.get_data(as_text=True)
@@ -336,9 +358,9 @@ def _zip_bomb() -> bytes:
     ],
     ids=["zip-bomb", "ragged-rows", "100k-columns"],
 )
-def test_files_refused_while_parsing_fail_and_keep_nothing(client, token, database, settings,
-                                                           app, filename, data,
-                                                           needle) -> None:
+def test_files_refused_while_parsing_fail_and_keep_nothing(
+    client, token, database, settings, app, filename, data, needle
+) -> None:
     resp = upload(client, token, "episode", filename, data)
     assert resp.status_code == 201  # accepted by content sniffing; the parser decides
     vid = resp.get_json()["id"]
@@ -367,17 +389,18 @@ def _workbook(sheets: dict[str, str]) -> bytes:
 
 
 def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
-    data = _workbook({"Read me": "Exported from the LIMS;\n",
-                      "Patients 2024": EPISODE_CSV.lstrip("\ufeff")})
+    data = _workbook(
+        {"Read me": "Exported from the LIMS;\n", "Patients 2024": EPISODE_CSV.lstrip("\ufeff")}
+    )
     vid = upload(client, token, "episode", "register.xlsx", data).get_json()["id"]
     drain(database, settings)
     waiting = show(client, token, vid)
     assert waiting["state"] == "awaiting_sheet"
-    bad = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Nope"},
-                      headers=_auth(token))
+    bad = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Nope"}, headers=_auth(token))
     assert bad.status_code == 400 and "Patients 2024" in bad.get_json()["error"]["message"]
-    ok = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Patients 2024"},
-                     headers=_auth(token))
+    ok = client.post(
+        f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Patients 2024"}, headers=_auth(token)
+    )
     assert ok.status_code == 200
     drain(database, settings)
     profiled = show(client, token, vid)
@@ -392,8 +415,9 @@ def test_steward_sees_records_not_content(client, token, users, database, settin
     drain(database, settings)
     users.make("sam", "steward")
     with database.session() as s:
-        stoken = accounts.create_token(s, settings, accounts.get_user(s, "sam"), "t", ["read"],
-                                       actor="t").secret
+        stoken = accounts.create_token(
+            s, settings, accounts.get_user(s, "sam"), "t", ["read"], actor="t"
+        ).secret
     seen = client.get(f"/api/v1/uploads/{vid}", headers=_auth(stoken)).get_json()
     assert seen["state"] == "awaiting_review" and seen["valid_rows"] == 23
     assert seen["mapping"] == {} and "columns" not in seen["validation"]
@@ -403,4 +427,6 @@ def test_steward_sees_records_not_content(client, token, users, database, settin
     assert "COI-0" not in json.dumps(seen) and "C***" not in json.dumps(seen)
     assert "Patient ID" not in json.dumps(seen) and "130" not in json.dumps(seen["validation"])
     assert client.get(f"/datasets/{vid}/report.csv", headers=_auth(stoken)).status_code in (
-        302, 403)
+        302,
+        403,
+    )

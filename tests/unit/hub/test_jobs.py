@@ -76,8 +76,9 @@ def test_crash_is_retried_with_backoff_then_fails(database: Database, settings: 
     assert "RuntimeError: simulated crash on attempt 2" == job.error
 
 
-def test_user_errors_fail_at_once_with_their_message(database: Database,
-                                                     settings: Settings) -> None:
+def test_user_errors_fail_at_once_with_their_message(
+    database: Database, settings: Settings
+) -> None:
     job_id = _enqueue(database, "test.refuse")
     assert Worker(database, settings).run_once() == "failed"
     job = _job(database, job_id)
@@ -85,8 +86,9 @@ def test_user_errors_fail_at_once_with_their_message(database: Database,
     assert job.error == "column `viability`: 3 values above 100 %; check the unit"
 
 
-def test_a_running_job_is_not_claimed_twice(database: Database, settings: Settings,
-                                            tmp_path) -> None:
+def test_a_running_job_is_not_claimed_twice(
+    database: Database, settings: Settings, tmp_path
+) -> None:
     _enqueue(database, "test.sleep", {"log": str(tmp_path / "log")})
     first = claim(database, settings, "w1")
     assert first is not None
@@ -110,8 +112,7 @@ def test_expired_lease_is_taken_over_and_the_old_worker_is_fenced(
     assert (job.state, job.worker_id, job.attempts) == ("succeeded", "w2", 2)
 
 
-def test_worker_that_keeps_dying_gives_up(database: Database, settings: Settings,
-                                          tmp_path) -> None:
+def test_worker_that_keeps_dying_gives_up(database: Database, settings: Settings, tmp_path) -> None:
     job_id = _enqueue(database, "test.sleep", {"log": str(tmp_path / "log")})
     for _ in range(2):
         assert claim(database, settings, "doomed") is not None

@@ -19,16 +19,18 @@ def _closed_port() -> int:
 @pytest.fixture
 def down_app(tmp_path: Path):
     port = _closed_port()
-    app = create_app({
-        "data_dir": str(tmp_path),
-        "database_url": f"postgresql://cleanroom:pw@127.0.0.1:{port}/cleanroom",
-        "storage_backend": "s3",
-        "s3_bucket": "cleanroom",
-        "s3_endpoint_url": f"http://127.0.0.1:{port}",
-        "s3_access_key_id": "x",
-        "s3_secret_access_key": "y",
-        "log_level": "CRITICAL",
-    })
+    app = create_app(
+        {
+            "data_dir": str(tmp_path),
+            "database_url": f"postgresql://cleanroom:pw@127.0.0.1:{port}/cleanroom",
+            "storage_backend": "s3",
+            "s3_bucket": "cleanroom",
+            "s3_endpoint_url": f"http://127.0.0.1:{port}",
+            "s3_access_key_id": "x",
+            "s3_secret_access_key": "y",
+            "log_level": "CRITICAL",
+        }
+    )
     app.config["TESTING"] = True
     return app
 

@@ -33,8 +33,13 @@ def served(app) -> Iterator[str]:
         server.close()
 
 
-def test_client_tour(served: str, database: Database, settings: Settings, pooled,  # noqa: F811
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_client_tour(
+    served: str,
+    database: Database,
+    settings: Settings,
+    pooled,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _activate(database, _terms("disclosure:\n  allow_model_fitting: true\n"))
     token = _token(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     monkeypatch.setenv("CLEANROOM_GATEWAY_URL", served)
@@ -49,8 +54,10 @@ def test_client_tour(served: str, database: Database, settings: Settings, pooled
     assert isinstance(df, pd.DataFrame) and list(df.columns) == ["platform", "n", "mean_viability"]
     assert "suppressed" in df.attrs and len(df.attrs["result_hash"]) == 64
     # A near-unique key: suppression, not rows; the reasons come with the frame.
-    tiny = cr.query("SELECT culture_days, viability > 95 AS high, COUNT(*) AS n "
-                    "FROM batch GROUP BY culture_days, viability > 95")
+    tiny = cr.query(
+        "SELECT culture_days, viability > 95 AS high, COUNT(*) AS n "
+        "FROM batch GROUP BY culture_days, viability > 95"
+    )
     assert tiny.attrs["suppressed"]
 
     with pytest.raises(QueryRejected) as rejected:

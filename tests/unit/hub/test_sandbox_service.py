@@ -58,8 +58,11 @@ def test_without_the_secret_every_service_endpoint_is_refused(
 ) -> None:
     body = {"username": "rosa", "password": PASSWORD}
     for path in ("login", "check", "token"):
-        for headers in ({}, {"Authorization": "Bearer wrong"},
-                        {"Authorization": f"Bearer {token}"}):  # a user's token is no secret
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {token}"},
+        ):  # a user's token is no secret
             resp = client.post(f"/api/v1/sandbox/service/{path}", json=body, headers=headers)
             assert resp.status_code == 401, (path, headers)
             assert resp.json["error"]["code"] == "service_secret_required"
@@ -69,8 +72,11 @@ def test_login_checks_the_password_and_the_agreements(
     client: FlaskClient, world: dict[str, str]
 ) -> None:
     def login(username: str, password: str = PASSWORD):
-        return client.post("/api/v1/sandbox/service/login", headers=world,
-                           json={"username": username, "password": password})
+        return client.post(
+            "/api/v1/sandbox/service/login",
+            headers=world,
+            json={"username": username, "password": password},
+        )
 
     ok = login("Rosa")
     assert ok.status_code == 200
@@ -85,10 +91,16 @@ def test_login_failures_lock_the_account_as_the_portal_does(
     client: FlaskClient, world: dict[str, str], settings: Settings
 ) -> None:
     for _ in range(settings.login_max_failures):
-        client.post("/api/v1/sandbox/service/login", headers=world,
-                    json={"username": "rosa", "password": "wrong", "address": "10.0.0.9"})
-    resp = client.post("/api/v1/sandbox/service/login", headers=world,
-                       json={"username": "rosa", "password": PASSWORD})
+        client.post(
+            "/api/v1/sandbox/service/login",
+            headers=world,
+            json={"username": "rosa", "password": "wrong", "address": "10.0.0.9"},
+        )
+    resp = client.post(
+        "/api/v1/sandbox/service/login",
+        headers=world,
+        json={"username": "rosa", "password": PASSWORD},
+    )
     assert resp.status_code == 401 and "locked" in resp.json["error"]["message"]
 
 
@@ -96,8 +108,9 @@ def test_check_follows_a_suspension(
     client: FlaskClient, world: dict[str, str], database: Database
 ) -> None:
     def check(username: str) -> bool:
-        resp = client.post("/api/v1/sandbox/service/check", headers=world,
-                           json={"username": username})
+        resp = client.post(
+            "/api/v1/sandbox/service/check", headers=world, json={"username": username}
+        )
         assert resp.status_code == 200
         return bool(resp.json["allowed"])
 
@@ -110,23 +123,24 @@ def test_check_follows_a_suspension(
 def test_token_is_short_lived_sandbox_scoped_and_replaces_the_last(
     client: FlaskClient, world: dict[str, str], database: Database
 ) -> None:
-    first = client.post("/api/v1/sandbox/service/token", headers=world,
-                        json={"username": "rosa"})
+    first = client.post("/api/v1/sandbox/service/token", headers=world, json={"username": "rosa"})
     assert first.status_code == 200
-    second = client.post("/api/v1/sandbox/service/token", headers=world,
-                         json={"username": "rosa"}).json
+    second = client.post(
+        "/api/v1/sandbox/service/token", headers=world, json={"username": "rosa"}
+    ).json
     with database.session() as s:
         token = accounts.verify_token(s, second["token"])
         assert token.scope_set == {"sandbox"}
         assert token.expires_at <= utcnow() + timedelta(hours=8, minutes=1)
-    old = client.get("/api/v1/sandbox/agreements",
-                     headers={"Authorization": f"Bearer {first.json['token']}"})
+    old = client.get(
+        "/api/v1/sandbox/agreements", headers={"Authorization": f"Bearer {first.json['token']}"}
+    )
     assert old.status_code == 401  # revoked by the second spawn
-    new = client.get("/api/v1/sandbox/agreements",
-                     headers={"Authorization": f"Bearer {second['token']}"})
+    new = client.get(
+        "/api/v1/sandbox/agreements", headers={"Authorization": f"Bearer {second['token']}"}
+    )
     assert new.status_code == 200
-    refused = client.post("/api/v1/sandbox/service/token", headers=world,
-                          json={"username": "omar"})
+    refused = client.post("/api/v1/sandbox/service/token", headers=world, json={"username": "omar"})
     assert refused.status_code == 403 and refused.json["error"]["code"] == "policy_denied"
 
 
@@ -174,12 +188,16 @@ def test_access_sweep_leaves_servers_running_while_the_hub_does_not_answer(
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     jupyterhub = FakeJupyterHub("rosa", "omar")
-    assert _run(sweep(jupyterhub.running, hub_allows(dead, service_secret(settings)),
-                             jupyterhub.stop)) == []
+    assert (
+        _run(sweep(jupyterhub.running, hub_allows(dead, service_secret(settings)), jupyterhub.stop))
+        == []
+    )
     assert jupyterhub.servers == {"rosa", "omar"}
     # A wrong secret is no answer of "allowed": refused, so the servers are stopped.
-    assert _run(sweep(jupyterhub.running, hub_allows(served, "wrong"),
-                             jupyterhub.stop)) == ["omar", "rosa"]
+    assert _run(sweep(jupyterhub.running, hub_allows(served, "wrong"), jupyterhub.stop)) == [
+        "omar",
+        "rosa",
+    ]
 
 
 def test_access_sweep_stops_quietly_on_sigint_twice(tmp_path) -> None:

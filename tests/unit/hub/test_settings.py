@@ -31,16 +31,17 @@ def test_precedence_file_then_environment_then_override(tmp_path: Path) -> None:
 def test_explicit_instance_file_with_section(tmp_path: Path) -> None:
     conf = tmp_path / "hub.toml"
     conf.write_text('[cleanroom]\nembedded_worker = false\nstorage_backend = "s3"\n')
-    s = load_settings(environ={"CLEANROOM_CONFIG": str(conf),
-                               "CLEANROOM_DATA_DIR": str(tmp_path)})
+    s = load_settings(environ={"CLEANROOM_CONFIG": str(conf), "CLEANROOM_DATA_DIR": str(tmp_path)})
     assert s.embedded_worker is False and s.storage_backend == "s3"
 
 
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"CLEANROOM_PORT": "eighty"}, "setting port (env CLEANROOM_PORT): 'eighty' is not a "
-                                       "valid int"),
+        (
+            {"CLEANROOM_PORT": "eighty"},
+            "setting port (env CLEANROOM_PORT): 'eighty' is not a valid int",
+        ),
         ({"CLEANROOM_MODE": "prod"}, "not one of development, production"),
         ({"CLEANROOM_EMBEDDED_WORKER": "maybe"}, "not a valid bool"),
         ({"CLEANROOM_CONFIG": "/nonexistent/cleanroom.toml"}, "does not exist"),
@@ -66,18 +67,33 @@ def test_production_refuses_default_keys_naming_them(tmp_path: Path) -> None:
         s.check_production()
     assert "CLEANROOM_SECRET_KEY" in err.value.message
     assert "CLEANROOM_HMAC_KEY" in err.value.message
-    s = load_settings({"data_dir": str(tmp_path), "mode": "production",
-                       "secret_key": "x" * 40}, environ={})
+    s = load_settings(
+        {"data_dir": str(tmp_path), "mode": "production", "secret_key": "x" * 40}, environ={}
+    )
     with pytest.raises(ConfigurationError, match="CLEANROOM_HMAC_KEY") as err:
         s.check_production()
     assert "CLEANROOM_SECRET_KEY" not in err.value.message
-    s = load_settings({"data_dir": str(tmp_path), "mode": "production",
-                       "secret_key": "x" * 40, "hmac_key": "short"}, environ={})
+    s = load_settings(
+        {
+            "data_dir": str(tmp_path),
+            "mode": "production",
+            "secret_key": "x" * 40,
+            "hmac_key": "short",
+        },
+        environ={},
+    )
     with pytest.raises(ConfigurationError, match="at least 32"):
         s.check_production()
-    s = load_settings({"data_dir": str(tmp_path), "mode": "production", "secret_key": "x" * 40,
-                       "hmac_key": "k" * 40, "hmac_previous_keys": "o" * 20 + ", tiny"},
-                      environ={})
+    s = load_settings(
+        {
+            "data_dir": str(tmp_path),
+            "mode": "production",
+            "secret_key": "x" * 40,
+            "hmac_key": "k" * 40,
+            "hmac_previous_keys": "o" * 20 + ", tiny",
+        },
+        environ={},
+    )
     assert s.key_chain == [b"o" * 20, b"tiny", b"k" * 40]
     with pytest.raises(ConfigurationError, match="HMAC_PREVIOUS_KEYS"):
         s.check_production()
@@ -97,8 +113,14 @@ def test_create_app_refuses_production_defaults(tmp_path: Path) -> None:
 
 
 def test_masked_output_hides_secrets(tmp_path: Path) -> None:
-    s = load_settings({"data_dir": str(tmp_path), "secret_key": "s3cr3t-value-abc",
-                       "database_url": "postgresql://u:pw@db/x"}, environ={})
+    s = load_settings(
+        {
+            "data_dir": str(tmp_path),
+            "secret_key": "s3cr3t-value-abc",
+            "database_url": "postgresql://u:pw@db/x",
+        },
+        environ={},
+    )
     shown = {name: value for name, value, _ in s.masked()}
     assert shown["secret_key"] == "********"
     assert "pw" not in shown["database_url"]

@@ -45,16 +45,18 @@ def _deidentified_batch(seed: int, rows: int = 150) -> pd.DataFrame:
     """A batch table as the pool holds it: pseudonyms, day offsets, no direct identifier."""
     rng = np.random.default_rng(seed)
     start = rng.integers(0, 40, rows)
-    return pd.DataFrame({
-        "lot_id": [f"{seed:02x}{i:030x}" for i in range(rows)],
-        "coi_id": [f"c{seed:01x}{i:030x}" for i in range(rows)],
-        "platform": rng.choice(["central", "point_of_care"], rows),
-        "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
-        "viability": rng.normal(88, 4, rows).round(1),
-        "culture_days": rng.integers(7, 12, rows),
-        "manufacturing_start": start,
-        "release_date": start + rng.integers(8, 20, rows),
-    })
+    return pd.DataFrame(
+        {
+            "lot_id": [f"{seed:02x}{i:030x}" for i in range(rows)],
+            "coi_id": [f"c{seed:01x}{i:030x}" for i in range(rows)],
+            "platform": rng.choice(["central", "point_of_care"], rows),
+            "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
+            "viability": rng.normal(88, 4, rows).round(1),
+            "culture_days": rng.integers(7, 12, rows),
+            "manufacturing_start": start,
+            "release_date": start + rng.integers(8, 20, rows),
+        }
+    )
 
 
 @pytest.fixture
@@ -75,10 +77,16 @@ def pool(users: Users, database: Database, app: Flask) -> dict[str, int]:
             pq.write_table(pa.Table.from_pandas(_deidentified_batch(n + 1)), buf)
             buf.seek(0)
             storage.put(key, buf)
-            version = DatasetVersion(institution_id=accounts.get_institution(s, slug).id,
-                                     cdm_table="batch", version=1, state="released",
-                                     filename="b.csv", created_by="t", pool_key=key,
-                                     valid_rows=150)
+            version = DatasetVersion(
+                institution_id=accounts.get_institution(s, slug).id,
+                cdm_table="batch",
+                version=1,
+                state="released",
+                filename="b.csv",
+                created_by="t",
+                pool_key=key,
+                valid_rows=150,
+            )
             s.add(version)
             s.flush()
             ids[slug] = version.id
@@ -101,13 +109,18 @@ def _pool_ids(app: Flask, column: str = "lot_id") -> set[str]:
 
 
 def test_contributor_synthesises_a_version_and_researchers_read_its_rows(
-    app: Flask, client: FlaskClient, auth: AuthActions, database: Database, settings: Settings,
+    app: Flask,
+    client: FlaskClient,
+    auth: AuthActions,
+    database: Database,
+    settings: Settings,
     pool: dict[str, int],
 ) -> None:
     _activate(database, _terms(ALLOW))
     acme = _token(database, settings, "acme-bio-admin", ("upload", "read"))
-    resp = client.post(f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1},
-                       headers=acme)
+    resp = client.post(
+        f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1}, headers=acme
+    )
     assert resp.status_code == 202, resp.get_json()
     synthetic_id = resp.get_json()["id"]
     assert resp.get_json()["state"] == "queued" and resp.get_json()["method"] == "gaussian_copula"
@@ -170,7 +183,11 @@ class LeakyBackend:
 
 
 def test_a_version_failing_a_gate_is_not_published(
-    app: Flask, client: FlaskClient, auth: AuthActions, database: Database, settings: Settings,
+    app: Flask,
+    client: FlaskClient,
+    auth: AuthActions,
+    database: Database,
+    settings: Settings,
     pool: dict[str, int],
 ) -> None:
     _activate(database, _terms(ALLOW))
@@ -178,8 +195,9 @@ def test_a_version_failing_a_gate_is_not_published(
     try:
         with database.session() as s:
             version = ingest.get_version(s, pool["acme-bio"])
-            synthetic_id = synth.request_for_version(s, settings, version, actor="t",
-                                                     method="leaky").id
+            synthetic_id = synth.request_for_version(
+                s, settings, version, actor="t", method="leaky"
+            ).id
         _run_jobs(database, settings)
     finally:
         BACKENDS.pop("leaky", None)
@@ -190,9 +208,11 @@ def test_a_version_failing_a_gate_is_not_published(
         assert "copied_rows" in failed
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "synth.failed_gates"))
         assert "copied_rows" in json.loads(entry.one().detail)["failed_gates"]
-    assert not list(app.extensions["cleanroom.storage"].list("synthetic/batch/dataset="
-                                                              f"{pool['acme-bio']}/synthetic="
-                                                              f"{synthetic_id}/part"))
+    assert not list(
+        app.extensions["cleanroom.storage"].list(
+            f"synthetic/batch/dataset={pool['acme-bio']}/synthetic={synthetic_id}/part"
+        )
+    )
     rosa = _token(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "no_synthetic_version"
@@ -221,8 +241,11 @@ def test_synthetic_only_versions_leave_the_real_data_views(
         queued = s.scalars(select(SyntheticVersion)).one()
         assert queued.dataset_version_id == pool["kelvin"]
     rosa = _token(database, settings, "rosa")
-    resp = client.post("/api/v1/sandbox/query", headers=rosa, json={
-        "agreement": "v2v", "sql": "SELECT COUNT(*) AS n FROM batch"})
+    resp = client.post(
+        "/api/v1/sandbox/query",
+        headers=rosa,
+        json={"agreement": "v2v", "sql": "SELECT COUNT(*) AS n FROM batch"},
+    )
     assert resp.status_code == 200, resp.get_json()
     with database.session() as s:
         entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "sandbox.query")).one()
@@ -231,17 +254,21 @@ def test_synthetic_only_versions_leave_the_real_data_views(
     again = client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=kelvin)
     assert again.get_json()["synthetic"] is None
     acme = _token(database, settings, "acme-bio-admin", ("upload",))
-    assert client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only",
-                       headers=acme).status_code == 403
+    assert (
+        client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=acme).status_code
+        == 403
+    )
 
 
 def test_cli_synthesises_an_agreement_table_and_prints_scores(
-    runner: CliRunner, client: FlaskClient, database: Database, settings: Settings,
+    runner: CliRunner,
+    client: FlaskClient,
+    database: Database,
+    settings: Settings,
     pool: dict[str, int],
 ) -> None:
     _activate(database, _terms(ALLOW))
-    result = runner.invoke(cli, ["synth", "--agreement", "v2v", "--table", "batch",
-                                 "--seed", "7"])
+    result = runner.invoke(cli, ["synth", "--agreement", "v2v", "--table", "batch", "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert "quality score" in result.output and "DCR overfitting protection" in result.output
     assert "gates: all passed; published" in result.output

@@ -99,19 +99,25 @@ def test_next_parameter_cannot_redirect_off_site(client: FlaskClient, users: Use
     users.make("nadia", "researcher")
     token = csrf_from(client, "/login")
     for target in ("https://evil.example/", "//evil.example/x", "javascript:alert(1)"):
-        resp = client.post("/login", data={"username": "nadia", "password": PASSWORD,
-                                           "csrf_token": token, "next": target})
+        resp = client.post(
+            "/login",
+            data={"username": "nadia", "password": PASSWORD, "csrf_token": token, "next": target},
+        )
         assert resp.location == "/", target
         client.post("/logout", data={"csrf_token": csrf_from(client, "/")})
         token = csrf_from(client, "/login")
 
 
-def test_session_cookie_flags(app: Flask, client: FlaskClient, auth: AuthActions,
-                              users: Users) -> None:
+def test_session_cookie_flags(
+    app: Flask, client: FlaskClient, auth: AuthActions, users: Users
+) -> None:
     users.make("nadia", "researcher")
     resp = auth.login("nadia")
-    cookie = next(v for k, v in resp.headers.items()
-                  if k == "Set-Cookie" and v.startswith("cleanroom_session="))
+    cookie = next(
+        v
+        for k, v in resp.headers.items()
+        if k == "Set-Cookie" and v.startswith("cleanroom_session=")
+    )
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
@@ -132,16 +138,16 @@ def test_security_headers(client: FlaskClient) -> None:
     assert "Strict-Transport-Security" not in resp.headers  # plain-HTTP development
 
 
-def test_password_change_ends_other_sessions(client: FlaskClient, auth: AuthActions,
-                                             users: Users, database) -> None:
+def test_password_change_ends_other_sessions(
+    client: FlaskClient, auth: AuthActions, users: Users, database
+) -> None:
     from hub.accounts import services
 
     users.make("nadia", "researcher")
     auth.login("nadia")
     assert client.get("/").status_code == 200
     with database.session() as s:
-        services.set_password(s, services.get_user(s, "nadia"), "a brand new password",
-                              actor="t")
+        services.set_password(s, services.get_user(s, "nadia"), "a brand new password", actor="t")
     assert client.get("/").status_code == 302
 
 
@@ -193,8 +199,9 @@ def _token(database, settings, username: str, scopes: list[str]) -> str:
     from hub.accounts import services
 
     with database.session() as s:
-        return services.create_token(s, settings, services.get_user(s, username), "t", scopes,
-                                     actor="t").secret
+        return services.create_token(
+            s, settings, services.get_user(s, username), "t", scopes, actor="t"
+        ).secret
 
 
 def test_api_with_token(client: FlaskClient, users: Users, database, settings) -> None:
@@ -202,8 +209,12 @@ def test_api_with_token(client: FlaskClient, users: Users, database, settings) -
     token = _token(database, settings, "nadia", ["read"])
     resp = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200
-    assert resp.get_json() == {"username": "nadia", "display_name": "nadia",
-                               "role": "contributor", "institution": "st-aurelia"}
+    assert resp.get_json() == {
+        "username": "nadia",
+        "display_name": "nadia",
+        "role": "contributor",
+        "institution": "st-aurelia",
+    }
     from sqlalchemy import select
 
     from hub.audit.models import AuditEntry
@@ -212,8 +223,9 @@ def test_api_with_token(client: FlaskClient, users: Users, database, settings) -
         assert "token.use" in s.scalars(select(AuditEntry.action)).all()
 
 
-def test_api_refuses_scope_expired_and_cookie(client: FlaskClient, auth: AuthActions,
-                                              users: Users, database, settings) -> None:
+def test_api_refuses_scope_expired_and_cookie(
+    client: FlaskClient, auth: AuthActions, users: Users, database, settings
+) -> None:
     users.make("nadia", "contributor")
     upload_only = _token(database, settings, "nadia", ["upload"])
     resp = client.get("/api/v1/me", headers={"Authorization": f"Bearer {upload_only}"})
@@ -226,8 +238,7 @@ def test_api_refuses_scope_expired_and_cookie(client: FlaskClient, auth: AuthAct
     assert client.get("/api/v1/me").status_code == 401
 
 
-def test_jobs_api_owner_and_steward(client: FlaskClient, users: Users, database,
-                                    settings) -> None:
+def test_jobs_api_owner_and_steward(client: FlaskClient, users: Users, database, settings) -> None:
     from hub.jobs.services import enqueue, load_task_modules
 
     load_task_modules()
@@ -245,8 +256,9 @@ def test_jobs_api_owner_and_steward(client: FlaskClient, users: Users, database,
     assert resp.status_code == 404
 
 
-def test_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, auth: AuthActions,
-                                                    users: Users, database) -> None:
+def test_tokens_page_creates_shows_once_and_revokes(
+    client: FlaskClient, auth: AuthActions, users: Users, database
+) -> None:
     from sqlalchemy import select
 
     from hub.accounts.models import ApiToken
@@ -254,12 +266,14 @@ def test_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, auth: A
     users.make("nadia", "contributor")
     auth.login("nadia")
     token = csrf_from(client, "/account/tokens")
-    resp = client.post("/account/tokens", data={"name": "LIMS", "scopes": ["upload", "read"],
-                                                "days": "7", "csrf_token": token})
+    resp = client.post(
+        "/account/tokens",
+        data={"name": "LIMS", "scopes": ["upload", "read"], "days": "7", "csrf_token": token},
+    )
     body = resp.get_data(as_text=True)
     assert resp.status_code == 200 and 'data-testid="new-token">crt_' in body
     listing = client.get("/account/tokens").get_data(as_text=True)
-    assert "data-testid=\"new-token\"" not in listing and "LIMS" in listing
+    assert 'data-testid="new-token"' not in listing and "LIMS" in listing
     with database.session() as s:
         tid = s.scalar(select(ApiToken.id))
     client.post(f"/account/tokens/{tid}/revoke", data={"csrf_token": token})
@@ -267,8 +281,9 @@ def test_tokens_page_creates_shows_once_and_revokes(client: FlaskClient, auth: A
         assert s.scalar(select(ApiToken.revoked_at)) is not None
 
 
-def test_cannot_revoke_someone_elses_token(client: FlaskClient, auth: AuthActions,
-                                           users: Users, database, settings) -> None:
+def test_cannot_revoke_someone_elses_token(
+    client: FlaskClient, auth: AuthActions, users: Users, database, settings
+) -> None:
     from sqlalchemy import select
 
     from hub.accounts.models import ApiToken
@@ -279,8 +294,7 @@ def test_cannot_revoke_someone_elses_token(client: FlaskClient, auth: AuthAction
     auth.login("nadia")
     with database.session() as s:
         tid = s.scalar(select(ApiToken.id))
-    resp = client.post(f"/account/tokens/{tid}/revoke",
-                       data={"csrf_token": csrf_from(client, "/")})
+    resp = client.post(f"/account/tokens/{tid}/revoke", data={"csrf_token": csrf_from(client, "/")})
     assert resp.status_code == 403
     with database.session() as s:
         assert s.scalar(select(ApiToken.revoked_at)) is None
@@ -289,8 +303,7 @@ def test_cannot_revoke_someone_elses_token(client: FlaskClient, auth: AuthAction
 # Steward pages --------------------------------------------------------------------------
 
 
-def test_admin_pages_for_steward_only(client: FlaskClient, auth: AuthActions,
-                                      users: Users) -> None:
+def test_admin_pages_for_steward_only(client: FlaskClient, auth: AuthActions, users: Users) -> None:
     users.make("nadia", "contributor")
     users.make("sam", "steward")
     auth.login("nadia")
@@ -302,30 +315,45 @@ def test_admin_pages_for_steward_only(client: FlaskClient, auth: AuthActions,
     assert "chain verified" in client.get("/admin/audit?verify=1").get_data(as_text=True)
 
 
-def test_steward_adds_institution_and_keeps_input_on_error(client: FlaskClient,
-                                                          auth: AuthActions,
-                                                          users: Users) -> None:
+def test_steward_adds_institution_and_keeps_input_on_error(
+    client: FlaskClient, auth: AuthActions, users: Users
+) -> None:
     users.make("sam", "steward")
     auth.login("sam")
     token = csrf_from(client, "/admin/institutions")
-    ok = client.post("/admin/institutions", data={"slug": "kelvin", "name": "Kelvin Institute",
-                                                  "kind": "academic", "csrf_token": token},
-                     follow_redirects=True)
+    ok = client.post(
+        "/admin/institutions",
+        data={
+            "slug": "kelvin",
+            "name": "Kelvin Institute",
+            "kind": "academic",
+            "csrf_token": token,
+        },
+        follow_redirects=True,
+    )
     assert "Kelvin Institute" in ok.get_data(as_text=True)
-    bad = client.post("/admin/institutions", data={"slug": "Bad Slug!", "name": "Typo Hospital",
-                                                   "kind": "hospital", "csrf_token": token})
+    bad = client.post(
+        "/admin/institutions",
+        data={
+            "slug": "Bad Slug!",
+            "name": "Typo Hospital",
+            "kind": "hospital",
+            "csrf_token": token,
+        },
+    )
     body = bad.get_data(as_text=True)
     assert bad.status_code == 400
     assert "lower-case letters" in body and 'value="Typo Hospital"' in body
 
 
-def test_audit_csv_is_formula_safe(client: FlaskClient, auth: AuthActions, users: Users,
-                                   database) -> None:
+def test_audit_csv_is_formula_safe(
+    client: FlaskClient, auth: AuthActions, users: Users, database
+) -> None:
     from hub.audit.services import record
 
     users.make("sam", "steward")
     with database.session() as s:
-        record(s, actor="user:x", action="upload", target="=HYPERLINK(\"http://x\")")
+        record(s, actor="user:x", action="upload", target='=HYPERLINK("http://x")')
     auth.login("sam")
     with client.get("/admin/audit.csv") as resp:  # closing it ends the streamed query
         text = resp.get_data(as_text=True)

@@ -33,6 +33,10 @@ def test_role_matrix(role, action, obj, owner, expected) -> None:
 
 def test_explain_names_the_rule() -> None:
     assert policies.explain("steward", "write", "admin/users") == [
-        "role:steward", "*", "admin/*", "read|write", "any"
+        "role:steward",
+        "*",
+        "admin/*",
+        "read|write",
+        "any",
     ]
     assert policies.explain("researcher", "write", "admin/users") == []
