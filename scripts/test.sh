@@ -9,8 +9,10 @@ if [[ -z "${CLEANROOM_TEST_POSTGRES_URL:-}" ]]; then
 fi
 export CLEANROOM_TEST_POSTGRES_URL
 
-echo "lint: ruff"
+echo "lint: ruff check, ruff format --check, mypy"
 "$VENV/bin/ruff" check hub anonymisation policies sandbox contracts tests benchmarks
+"$VENV/bin/ruff" format --check hub anonymisation policies sandbox contracts tests benchmarks
+"$VENV/bin/mypy"
 
 echo "tests: pytest (database tests on SQLite and PostgreSQL)"
 set +e
