@@ -22,17 +22,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
 
 from hub import create_app, schema
 from hub.accounts import services as accounts
 from hub.accounts.models import User
 from hub.db import Base, Database, normalise_url
+from hub.ingest.models import DatasetVersion
 from hub.settings import Settings, load_settings
+from hub.storage import Storage
 
 PG_URL_ENV = "CLEANROOM_TEST_POSTGRES_URL"
 PASSWORD = "correct horse battery staple"
@@ -216,6 +220,37 @@ class Users:
 @pytest.fixture
 def users(database: Database) -> Users:
     return Users(database)
+
+
+def release_into_pool(
+    session: Session, storage: Storage, institution: str, table: str, frame: pd.DataFrame
+) -> DatasetVersion:
+    """``frame`` as version 1 of ``table`` released by ``institution``: its Parquet in the
+    pool zone and a released :class:`DatasetVersion` pointing at it (flushed, so it has an
+    id). For tests that need pooled data without running the ingest pipeline."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = f"pool/{table}/institution={institution}/version=1/part-0.parquet"
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame), buf)
+    buf.seek(0)
+    storage.put(key, buf)
+    version = DatasetVersion(
+        institution_id=accounts.get_institution(session, institution).id,
+        cdm_table=table,
+        version=1,
+        state="released",
+        filename=f"{table}.csv",
+        created_by="test",
+        pool_key=key,
+        valid_rows=len(frame),
+    )
+    session.add(version)
+    session.flush()
+    return version
 
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

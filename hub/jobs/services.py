@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from hub.audit.services import record
 from hub.db import Database, utcnow
-from hub.errors import CleanroomError, NotFound
+from hub.errors import CleanroomError, Conflict, NotFound
 from hub.jobs.models import Job, JobState
 from hub.settings import Settings
 
@@ -184,23 +184,69 @@ def claim(database: Database, settings: Settings, worker_id: str) -> JobContext 
                 job.finished_at = now
                 job.lease_token = ""
                 return None
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.worker_id = worker_id
-        job.lease_token = uuid.uuid4().hex
-        job.heartbeat_at = now
-        job.started_at = job.started_at or now
-        job.error = ""
-        ctx = JobContext(
-            database,
-            settings,
-            job.id,
-            job.kind,
-            json.loads(job.payload or "{}"),
-            job.attempts,
-            job.lease_token,
+        return _start(database, settings, job, worker_id, now)
+
+
+def _start(
+    database: Database,
+    settings: Settings,
+    job: Job,
+    worker_id: str,
+    now: datetime,
+    context: type[JobContext] | None = None,
+    **extra: Any,
+) -> JobContext:
+    """Mark ``job`` running under a new lease for ``worker_id``; its context (``context``
+    with ``extra`` fields, default :class:`JobContext`)."""
+    job.state = JobState.RUNNING
+    job.attempts += 1
+    job.worker_id = worker_id
+    job.lease_token = uuid.uuid4().hex
+    job.heartbeat_at = now
+    job.started_at = job.started_at or now
+    job.error = ""
+    return (context or JobContext)(
+        database,
+        settings,
+        job.id,
+        job.kind,
+        json.loads(job.payload or "{}"),
+        job.attempts,
+        job.lease_token,
+        **extra,
+    )
+
+
+@dataclass
+class _ReportingContext(JobContext):
+    """A job context that also tells ``on_progress`` (a progress bar) how far it is."""
+
+    on_progress: Callable[[int, str], None] | None = None
+
+    def progress(self, percent: int, message: str = "") -> None:
+        super().progress(percent, message)
+        if self.on_progress is not None:
+            self.on_progress(int(percent), message)
+
+
+def run_now(
+    database: Database,
+    settings: Settings,
+    job_id: int,
+    on_progress: Callable[[int, str], None] | None = None,
+    *,
+    worker_id: str = "cli",
+) -> str:
+    """Claim queued job ``job_id`` for this process and run it now (a CLI that shows its
+    progress); returns its final state."""
+    with database.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state != JobState.QUEUED:
+            raise Conflict(f"job {job_id} is not waiting to run.")
+        ctx = _start(
+            database, settings, job, worker_id, utcnow(), _ReportingContext, on_progress=on_progress
         )
-    return ctx
+    return run(ctx)
 
 
 def _finish(ctx: JobContext, **values: Any) -> bool:

@@ -14,6 +14,7 @@ from hub.accounts.models import Institution
 from hub.command import Hub, pass_hub
 from hub.errors import CleanroomError
 from hub.ingest.models import DatasetVersion
+from hub.jobs import services as jobs
 
 ACTOR = "cli"
 
@@ -104,7 +105,7 @@ def synth(
                 bar.update(percent - done[0])
                 done[0] = percent
 
-        state = services.run_inline(database, hub.settings, job_id, advance)
+        state = jobs.run_now(database, hub.settings, job_id, advance)
         bar.update(100 - done[0])
     with database.session() as s:
         made = [services.get(s, i) for i in ids]

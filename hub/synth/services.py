@@ -26,8 +26,7 @@ import io
 import json
 import math
 import tempfile
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ from hub.errors import BadRequest, Conflict, NotFound
 from hub.ingest.models import DatasetVersion, VersionState
 from hub.ingest.services import cdm_table
 from hub.jobs import services as jobs
-from hub.jobs.models import Job, JobState
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -849,48 +847,3 @@ def withdraw_made_from(session: Session, version: DatasetVersion, *, actor: str)
         doomed += _objects(synthetic)
         _withdrawn(session, synthetic, version.id, actor=actor, via_group=synthetic in companions)
     return doomed
-
-
-# Running one job in this process (the CLI) -------------------------------------------------
-
-
-@dataclass
-class _InlineContext(JobContext):
-    on_progress: Callable[[int, str], None] | None = None
-
-    def progress(self, percent: int, message: str = "") -> None:
-        super().progress(percent, message)
-        if self.on_progress is not None:
-            self.on_progress(int(percent), message)
-
-
-def run_inline(
-    database: Database,
-    settings: Settings,
-    job_id: int,
-    on_progress: Callable[[int, str], None] | None = None,
-) -> str:
-    """Claim job ``job_id`` for this process and run it now; returns its final state."""
-    token = uuid.uuid4().hex
-    with database.session() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.state != JobState.QUEUED:
-            raise Conflict(f"job {job_id} is not waiting to run.")
-        now = utcnow()
-        job.state = JobState.RUNNING
-        job.attempts += 1
-        job.worker_id = "cli"
-        job.lease_token = token
-        job.heartbeat_at = now
-        job.started_at = job.started_at or now
-        ctx = _InlineContext(
-            database,
-            settings,
-            job.id,
-            job.kind,
-            json.loads(job.payload or "{}"),
-            job.attempts,
-            token,
-            on_progress=on_progress,
-        )
-    return jobs.run(ctx)

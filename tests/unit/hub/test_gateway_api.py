@@ -3,14 +3,11 @@ an agreement; policy per table, ledger entries, rate limits, refusals."""
 
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -19,9 +16,8 @@ from hub.accounts import services as accounts
 from hub.agreements import services
 from hub.audit.models import AuditEntry
 from hub.db import Database
-from hub.ingest.models import DatasetVersion
 from hub.settings import Settings
-from tests.conftest import Users
+from tests.conftest import Users, release_into_pool
 
 pytestmark = pytest.mark.db
 
@@ -79,22 +75,7 @@ def pooled(users: Users, database: Database, app) -> dict[str, str]:
     storage = app.extensions["cleanroom.storage"]
     with database.session() as s:
         for n, slug in enumerate(SITES):
-            key = f"pool/batch/institution={slug}/version=1/part-0.parquet"
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pandas(_batch(n)), buf)
-            buf.seek(0)
-            storage.put(key, buf)
-            s.add(
-                DatasetVersion(
-                    institution_id=accounts.get_institution(s, slug).id,
-                    cdm_table="batch",
-                    version=1,
-                    state="released",
-                    filename="b.csv",
-                    created_by="t",
-                    pool_key=key,
-                )
-            )
+            release_into_pool(s, storage, slug, "batch", _batch(n))
     return {}
 
 

@@ -8,7 +8,6 @@ synthesis is seeded)."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -22,18 +21,16 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from anonymisation.synthesis import BACKENDS, register_backend
-from hub.accounts import services as accounts
 from hub.agreements import services as agreements
 from hub.audit.models import AuditEntry
 from hub.cli import cli
 from hub.db import Database
 from hub.ingest import services as ingest
-from hub.ingest.models import DatasetVersion
 from hub.jobs.services import Worker
 from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
-from tests.conftest import AuthActions, Users
+from tests.conftest import AuthActions, Users, release_into_pool
 from tests.unit.hub.test_gateway_api import SITES, _activate, _terms, _token
 
 pytestmark = pytest.mark.db
@@ -72,24 +69,8 @@ def pool(users: Users, database: Database, app: Flask) -> dict[str, int]:
     ids = {}
     with database.session() as s:
         for n, slug in enumerate(SITES):
-            key = f"pool/batch/institution={slug}/version=1/part-0.parquet"
-            buf = io.BytesIO()
-            pq.write_table(pa.Table.from_pandas(_deidentified_batch(n + 1)), buf)
-            buf.seek(0)
-            storage.put(key, buf)
-            version = DatasetVersion(
-                institution_id=accounts.get_institution(s, slug).id,
-                cdm_table="batch",
-                version=1,
-                state="released",
-                filename="b.csv",
-                created_by="t",
-                pool_key=key,
-                valid_rows=150,
-            )
-            s.add(version)
-            s.flush()
-            ids[slug] = version.id
+            frame = _deidentified_batch(n + 1)
+            ids[slug] = release_into_pool(s, storage, slug, "batch", frame).id
     return ids
 
 

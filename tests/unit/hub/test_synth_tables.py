@@ -14,8 +14,6 @@ import io
 import json
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from flask import Flask
@@ -24,19 +22,17 @@ from sqlalchemy import select
 
 from anonymisation.dates import anchor_table
 from anonymisation.synthesis import BACKENDS, SDVBackend, register_backend
-from hub.accounts import services as accounts
 from hub.audit.models import AuditEntry
 from hub.cli import cli
 from hub.db import Database
 from hub.errors import BadRequest
 from hub.ingest import services as ingest
-from hub.ingest.models import DatasetVersion
 from hub.jobs.services import Worker
 from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
 from hub.synth.views import ALL_LINKED
-from tests.conftest import AuthActions, Users, csrf_from
+from tests.conftest import AuthActions, Users, csrf_from, release_into_pool
 from tests.unit.anonymisation.test_synthesis import _deidentify
 from tests.unit.hub.test_gateway_api import SITES, _activate, _terms, _token
 
@@ -92,24 +88,8 @@ def linked_pool(
     with database.session() as s:
         for slug in CONTRIBUTORS:
             for table in TABLES:
-                key = f"pool/{table}/institution={slug}/version=1/part-0.parquet"
-                buf = io.BytesIO()
-                pq.write_table(pa.Table.from_pandas(linked_frames[slug][table]), buf)
-                buf.seek(0)
-                storage.put(key, buf)
-                version = DatasetVersion(
-                    institution_id=accounts.get_institution(s, slug).id,
-                    cdm_table=table,
-                    version=1,
-                    state="released",
-                    filename=f"{table}.csv",
-                    created_by="t",
-                    pool_key=key,
-                    valid_rows=len(linked_frames[slug][table]),
-                )
-                s.add(version)
-                s.flush()
-                ids[(slug, table)] = version.id
+                frame = linked_frames[slug][table]
+                ids[(slug, table)] = release_into_pool(s, storage, slug, table, frame).id
     _activate(database, TERMS)
     return ids
 
