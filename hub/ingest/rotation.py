@@ -15,14 +15,11 @@ pseudonyms) are rotated in the same way.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from anonymisation.pseudonyms import is_pseudonym, rotate
@@ -31,6 +28,7 @@ from hub.ingest.models import DatasetVersion, DateAnchor, VersionState
 from hub.ingest.services import _keys_key, _pool_key, _staging_prefix, cdm_table
 from hub.jobs.services import JobContext, task
 from hub.storage import Storage, get_storage
+from hub.storage.frames import put_frame, read_frames
 
 log = logging.getLogger(__name__)
 ROTATED_STATES = (VersionState.RELEASED, VersionState.AWAITING_REVIEW)
@@ -53,17 +51,13 @@ def _pseudonym_columns(version: DatasetVersion, frame: pd.DataFrame) -> list[str
 def _rotate_object(
     storage: Storage, version: DatasetVersion, key: str, new_keys: list[bytes], new_key: str
 ) -> None:
-    with storage.open(key) as fh:
-        frame = pq.read_table(pa.BufferReader(fh.read())).to_pandas()
+    frame = read_frames(storage, [key])
     for column in _pseudonym_columns(version, frame):
         values = frame[column]
         for k in new_keys:
             values = rotate(values, k)
         frame[column] = values
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    buf.seek(0)
-    storage.put(new_key, buf)
+    put_frame(storage, new_key, frame)
 
 
 def _rotate_version(ctx: JobContext, storage: Storage, version_id: int, chain: list[bytes]) -> bool:

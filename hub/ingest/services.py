@@ -50,6 +50,7 @@ from hub.ingest.validation import csv_safe, report_csv, validate
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
+from hub.storage.frames import put_frame
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +181,6 @@ def _raw_copy(storage: Storage, version: DatasetVersion) -> Iterator[Path]:
 
 def _put_bytes(storage: Storage, key: str, data: bytes) -> None:
     storage.put(key, io.BytesIO(data))
-
-
-def _put_parquet(storage: Storage, key: str, frame: pd.DataFrame) -> None:
-    with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
-        pq.write_table(
-            pa.Table.from_pandas(frame, preserve_index=False), tmp.name, compression="zstd"
-        )
-        with open(tmp.name, "rb") as fh:
-            storage.put(key, fh)
 
 
 def _pick_sheet(sheets: list[str], table: Table) -> str | None:
@@ -484,11 +476,11 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     staged_key = f"{prefix}/deidentified.parquet"
     report_key = f"{prefix}/validation-report.csv"
     held_key = f"{prefix}/held-back.csv"
-    _put_parquet(storage, staged_key, engine.frame)
+    put_frame(storage, staged_key, engine.frame)
     index_key = ""
     if referenced := [c for c in referenced_columns(table) if c in valid]:
         index_key = f"{prefix}/keys.parquet"
-        _put_parquet(
+        put_frame(
             storage,
             index_key,
             pd.DataFrame({c: pseudonymise(valid[c], chain) for c in referenced}),

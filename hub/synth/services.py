@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tempfile
@@ -32,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -59,6 +56,7 @@ from hub.jobs import services as jobs
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
+from hub.storage.frames import put_frame, read_frames
 from hub.synth.models import SyntheticVersion, SynthState
 
 METHODS = ("gaussian_copula", "ctgan", "tvae")
@@ -332,7 +330,7 @@ def published_for_agreement(
 
 
 def read_rows(storage: Storage, synthetic: Sequence[SyntheticVersion]) -> pd.DataFrame:
-    return _read_parquet(storage, [s.data_key for s in synthetic])
+    return read_frames(storage, [s.data_key for s in synthetic])
 
 
 def page(frame: pd.DataFrame, *, limit: int, offset: int) -> dict[str, Any]:
@@ -398,23 +396,6 @@ def scores(synthetic: SyntheticVersion) -> dict[str, Any]:
 
 
 # The jobs --------------------------------------------------------------------------------------
-
-
-def _read_parquet(storage: Storage, keys: Sequence[str]) -> pd.DataFrame:
-    frames = []
-    for key in keys:
-        with storage.open(key) as fh:
-            frames.append(pq.read_table(pa.BufferReader(fh.read())).to_pandas())
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-
-
-def _put_parquet(storage: Storage, key: str, frame: pd.DataFrame) -> None:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf, compression="zstd")
-    buf.seek(0)
-    storage.put(key, buf)
 
 
 def _finite(value: Any) -> Any:
@@ -642,7 +623,7 @@ def _run(ctx: JobContext) -> dict[str, Any]:
         return {"state": SynthState.FAILED, "error": problem}
     try:
         ctx.progress(5, "reading the de-identified pool")
-        frames = {m.table: _read_parquet(storage, m.keys) for m in plan.members}
+        frames = {m.table: read_frames(storage, m.keys) for m in plan.members}
         rows_in = sum(len(f) for f in frames.values())
         ctx.progress(10, f"training {plan.method} on {rows_in:,} rows")
         results, group = _synthesize(ctx, plan, frames)
@@ -667,7 +648,7 @@ def _run(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(94, "storing the synthetic rows" if passed else "storing the report")
     for table, key in data_keys.items():
         if key:  # invisible until the rows below commit
-            _put_parquet(storage, key, results[table].synthetic)
+            put_frame(storage, key, results[table].synthetic)
     state = SynthState.PUBLISHED if passed else SynthState.FAILED_GATES
     doomed: list[str] = []
     with ctx.database.session() as s:
