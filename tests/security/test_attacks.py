@@ -154,16 +154,16 @@ ATTACKS = [
     ("comma join", "SELECT COUNT(*) FROM episode, custody_event"),
     (
         "non-equi join",
-        "SELECT COUNT(*) FROM episode e JOIN batch b ON e.age > b.manufacturing_days",
+        "SELECT COUNT(*) FROM episode e JOIN batch b ON e.age > b.culture_days",
     ),
     ("natural join", "SELECT COUNT(*) FROM episode NATURAL JOIN batch"),
     ("positional join", "SELECT COUNT(*) FROM episode POSITIONAL JOIN batch"),
     ("asof join", "SELECT COUNT(*) FROM episode e ASOF JOIN batch b ON e.age >= b.viability"),
     (
         "huge self join",
-        "SELECT a.step, COUNT(*) FROM custody_event a JOIN custody_event b ON a.step = b.step "
-        "JOIN custody_event c ON b.step = c.step JOIN custody_event d ON c.step = d.step "
-        "GROUP BY a.step",
+        "SELECT a.event, COUNT(*) FROM custody_event a JOIN custody_event b ON a.event = b.event "
+        "JOIN custody_event c ON b.event = c.event JOIN custody_event d ON c.event = d.event "
+        "GROUP BY a.event",
     ),
     # parser games
     ("comment hides star", "SELECT /* COUNT(*) */ * FROM episode"),

@@ -67,7 +67,7 @@ def make_pool(root: Path, rows: int = 150, seed: int = 7) -> dict[str, list[Sour
                 "coi_id": ids,
                 "din": dins,
                 "viability": np.round(rng.normal(88, 5, rows), 2).tolist(),
-                "manufacturing_days": rng.integers(10, 30, rows).tolist(),
+                "culture_days": rng.integers(10, 30, rows).tolist(),
             }
         )
         custody = pa.table(
@@ -75,8 +75,8 @@ def make_pool(root: Path, rows: int = 150, seed: int = 7) -> dict[str, list[Sour
                 "event_id": [f"E{i}_{e}" for i in ids for e in range(3)],
                 "unit_id": [d for d in dins for _ in range(3)],
                 "coi_id": [i for i in ids for _ in range(3)],
-                "temperature_c": np.round(rng.normal(4, 1, rows * 3), 2).tolist(),
-                "step": ["collected", "shipped", "received"] * rows,
+                "temp_min": np.round(rng.normal(4, 1, rows * 3), 2).tolist(),
+                "event": ["collected", "shipped", "received"] * rows,
             }
         )
         for name, table in (

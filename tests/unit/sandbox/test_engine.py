@@ -57,7 +57,7 @@ def test_timeout_interrupts_a_long_query(pool) -> None:
                 views,
                 Disclosure(),
                 "SELECT e.step, COUNT(*) FROM custody_event e JOIN custody_event f "
-                "ON e.step = f.step JOIN custody_event g ON f.step = g.step GROUP BY e.step",
+                "ON e.event = f.event JOIN custody_event g ON f.event = g.event GROUP BY e.event",
             )
     finally:
         slow.close()
