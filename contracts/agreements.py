@@ -84,6 +84,8 @@ class Disclosure:
     dominance_percent: float = 90.0
     allow_synthetic: bool = False
     allow_model_fitting: bool = False
+    epsilon_per_answer: float = 1.0
+    epsilon_total: float = 20.0
 
     def weaker_than(self, floor: Disclosure) -> list[str]:
         """The parameters that protect less than ``floor`` does, each with a sentence."""
@@ -97,6 +99,13 @@ class Disclosure:
                 f"`disclosure.dominance_percent` is {self.dominance_percent:g}; "
                 f"the steward's floor is {floor.dominance_percent:g} (lower is stricter)"
             )
+        for name in ("epsilon_per_answer", "epsilon_total"):
+            mine, most = getattr(self, name), getattr(floor, name)
+            if mine > most:
+                found.append(
+                    f"`disclosure.{name}` is {mine:g}; the steward allows at most {most:g} "
+                    "(a larger ε protects less)"
+                )
         for name in ("allow_synthetic", "allow_model_fitting"):
             if getattr(self, name) and not getattr(floor, name):
                 found.append(f"`disclosure.{name}` is true; the steward does not allow it")
@@ -385,7 +394,10 @@ _TOP_KEYS = _TOP_REQUIRED | {"researchers", "disclosure", "description"}
 _PARTY_ROLES = {"contributor", "recipient"}
 _DISCLOSURE_INT = ("k", "min_institutions", "rounding_base", "dominance_n")
 _DISCLOSURE_BOOL = ("allow_synthetic", "allow_model_fitting")
-_DISCLOSURE_KEYS = set(_DISCLOSURE_INT) | set(_DISCLOSURE_BOOL) | {"dominance_percent"}
+_DISCLOSURE_FLOAT = ("epsilon_per_answer", "epsilon_total")
+_DISCLOSURE_KEYS = (
+    set(_DISCLOSURE_INT) | set(_DISCLOSURE_BOOL) | set(_DISCLOSURE_FLOAT) | {"dominance_percent"}
+)
 
 
 def load_agreement(
@@ -620,4 +632,19 @@ def _disclosure(raw: Any) -> Disclosure:
                 f"`disclosure.dominance_percent` must be a number in (0, 100], not {value!r}"
             )
         values["dominance_percent"] = float(value)
+    for key in _DISCLOSURE_FLOAT:
+        if key in raw:
+            value = raw[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise AgreementError(f"`disclosure.{key}` must be a positive number, not {value!r}")
+            values[key] = float(value)
+    if values.get("epsilon_per_answer", 1.0) > values.get("epsilon_total", 20.0):
+        raise AgreementError(
+            "`disclosure.epsilon_per_answer` cannot be larger than `disclosure.epsilon_total`"
+        )
     return Disclosure(**values)

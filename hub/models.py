@@ -4,6 +4,7 @@ from hub.accounts.models import ApiToken, Institution, LoginAttempt, User
 from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.models import AuditEntry, AuditHead
 from hub.db import Base
+from hub.gateway.models import GatewayAnswer, PrivacyBudget
 from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
 from hub.synth.models import SyntheticVersion
@@ -23,10 +24,12 @@ __all__ = [
     "AuditHead",
     "Base",
     "DatasetVersion",
+    "GatewayAnswer",
     "Institution",
     "InstitutionMapping",
     "Job",
     "LoginAttempt",
+    "PrivacyBudget",
     "SyntheticVersion",
     "User",
 ]

@@ -423,16 +423,19 @@ def pool_versions(
     now: datetime | None = None,
     include_synthetic_only: bool = False,
     agreement: Agreement | None = None,
+    linking: bool = False,
 ) -> list[DatasetVersion]:
     """The released versions of ``table`` that the agreement pools: those of contributor
     parties that signed the current terms, only while the agreement is active. Versions
     their contributor shares as synthetic only are left out of these real-data views unless
     ``include_synthetic_only`` (the synthesis of the agreement's pooled table asks).
-    ``agreement`` is ``contract_of(stored)`` when the caller already has it."""
+    ``agreement`` is ``contract_of(stored)`` when the caller already has it. ``linking``:
+    the table is read only to link other tables' rows to their patient (the gateway's
+    privacy unit), never shown, so it need not be covered."""
     agreement = agreement or contract_of(stored)
     if agreement.state_at(now or datetime.now(UTC)) is not State.ACTIVE:
         return []
-    if table not in {c.table for c in agreement.tables}:
+    if not linking and table not in {c.table for c in agreement.tables}:
         return []
     slugs = contributing_institutions(agreement)
     if not slugs:

@@ -18,19 +18,23 @@ is given. The hub decides what those views hold and who may see them:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from anonymisation.pseudonyms import pseudonymise
 from contracts.agreements import Agreement
+from contracts.cdm import load_cdm
 from hub.accounts.models import User
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord, AgreementSignature
@@ -38,6 +42,7 @@ from hub.audit.models import AuditEntry
 from hub.audit.services import record
 from hub.db import utcnow
 from hub.errors import CleanroomError, Forbidden
+from hub.gateway.models import GatewayAnswer, PrivacyBudget
 from hub.settings import Settings
 from hub.storage import LocalStorage, Storage
 from policies.store import SyncedPolicy
@@ -57,6 +62,8 @@ class Scope:
     agreement: Agreement
     tables: dict[str, list[Source]]
     institutions: list[str]  # slugs whose released data the views read
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # covered, per table
+    links: dict[str, list[Source]] = field(default_factory=dict)  # lot/DIN -> patient
 
 
 def institution_pseudonym(slug: str, settings: Settings) -> str:
@@ -106,11 +113,16 @@ def scope(
         raise Forbidden(f"you may not {action} under agreement {slug!r}.", code="policy_denied")
     agreement = agreements.contract_of(stored)
     tables: dict[str, list[Source]] = {}
+    columns: dict[str, tuple[str, ...]] = {}
     institutions: set[str] = set()
+    cdm = load_cdm()
     for cover in agreement.tables:
         if not agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False):
             continue
         tables[cover.table] = []
+        columns[cover.table] = cover.columns or tuple(
+            c.name for c in cdm.table(cover.table).columns
+        )
         for version in agreements.pool_versions(session, stored, cover.table, agreement=agreement):
             inst = version.institution.slug
             institutions.add(inst)
@@ -124,7 +136,18 @@ def scope(
             "terminated).",
             code="policy_denied",
         )
-    return Scope(stored, agreement, tables, sorted(institutions))
+    # The tables that link a lot or a DIN to its patient, read only for that link.
+    links: dict[str, list[Source]] = {}
+    for table in ("batch", "collection"):
+        links[table] = [
+            _source(
+                storage, settings, v.pool_key, institution_pseudonym(v.institution.slug, settings)
+            )
+            for v in agreements.pool_versions(
+                session, stored, table, agreement=agreement, linking=True
+            )
+        ]
+    return Scope(stored, agreement, tables, sorted(institutions), columns, links)
 
 
 def views(gateway: Gateway, scope: Scope) -> AgreementViews:
@@ -133,7 +156,7 @@ def views(gateway: Gateway, scope: Scope) -> AgreementViews:
         raise Forbidden(
             "no contributor has released data under this agreement yet.", code="no_data"
         )
-    return gateway.views(scope.stored.slug, tables)
+    return gateway.views(scope.stored.slug, tables, columns=scope.columns, links=scope.links)
 
 
 def check_rate(session: Session, settings: Settings, actor: str) -> None:
@@ -170,3 +193,170 @@ def log(
 ) -> None:
     """One ledger entry per answered or refused request."""
     record(session, actor=actor, action=action, target=f"agreement:{slug}", detail=detail)
+
+
+# Privacy budgets and remembered answers ------------------------------------------------
+
+
+class BudgetExhausted(CleanroomError):
+    status = 403
+    code = "budget_exhausted"
+
+
+def budget_period(now: datetime | None = None) -> str:
+    """The budget period an answer falls in: the calendar year (UTC), by its first day."""
+    return f"{(now or utcnow()).year:04d}-01-01"
+
+
+@dataclass
+class Budget:
+    """One researcher's privacy budget under one agreement, this period."""
+
+    agreement: str
+    period: str
+    total: float
+    per_answer: float
+    spent: float
+    answers: int
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.total - self.spent)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "agreement": self.agreement,
+            "period": self.period,
+            "epsilon_total": self.total,
+            "epsilon_per_answer": self.per_answer,
+            "epsilon_spent": round(self.spent, 9),
+            "epsilon_left": round(self.left, 9),
+            "answers": self.answers,
+        }
+
+
+def budget(session: Session, user: User, scope: Scope) -> Budget:
+    row = session.scalar(
+        select(PrivacyBudget).where(
+            PrivacyBudget.user_id == user.id,
+            PrivacyBudget.agreement_id == scope.stored.id,
+            PrivacyBudget.period == budget_period(),
+        )
+    )
+    d = scope.agreement.disclosure
+    return Budget(
+        scope.stored.slug,
+        budget_period(),
+        float(d.epsilon_total),
+        float(d.epsilon_per_answer),
+        float(row.spent) if row else 0.0,
+        int(row.answers) if row else 0,
+    )
+
+
+def _exhausted(found: Budget, epsilon: float) -> BudgetExhausted:
+    return BudgetExhausted(
+        f"your privacy budget under {found.agreement!r} is spent: ε {found.spent:g} of "
+        f"{found.total:g} used in the period from {found.period}, and this answer needs "
+        f"ε {epsilon:g}. Ask the same questions again (they cost nothing), ask for a smaller "
+        "ε per answer, or ask the steward to raise the agreement's `epsilon_total` (new "
+        "terms, signed again by the parties)."
+    )
+
+
+def check_budget(session: Session, user: User, scope: Scope, epsilon: float) -> None:
+    """Refuse before any data is read when the budget cannot pay for ``epsilon``."""
+    found = budget(session, user, scope)
+    if found.spent + epsilon > found.total + 1e-9:
+        raise _exhausted(found, epsilon)
+
+
+def debit(session: Session, user: User, scope: Scope, epsilon: float) -> Budget:
+    """Spend ``epsilon`` atomically: one conditional UPDATE, so concurrent requests in any
+    process cannot together overspend. Not committed: the caller commits with the answer."""
+    period = budget_period()
+    total = float(scope.agreement.disclosure.epsilon_total)
+    exists = session.scalar(
+        select(PrivacyBudget.id).where(
+            PrivacyBudget.user_id == user.id,
+            PrivacyBudget.agreement_id == scope.stored.id,
+            PrivacyBudget.period == period,
+        )
+    )
+    if exists is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    PrivacyBudget(
+                        user_id=user.id, agreement_id=scope.stored.id, period=period, spent=0.0
+                    )
+                )
+        except IntegrityError:  # another request created it first
+            pass
+    result = session.execute(
+        update(PrivacyBudget)
+        .where(
+            PrivacyBudget.user_id == user.id,
+            PrivacyBudget.agreement_id == scope.stored.id,
+            PrivacyBudget.period == period,
+            PrivacyBudget.spent + epsilon <= total + 1e-9,
+        )
+        .values(spent=PrivacyBudget.spent + epsilon, answers=PrivacyBudget.answers + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        raise _exhausted(budget(session, user, scope), epsilon)
+    return budget(session, user, scope)
+
+
+def question_key(scope: Scope, kind: str, identity: str) -> str:
+    """A question's identity under the pool it is answered on: a release or a withdrawal
+    makes it a new question."""
+    pool = sorted((t, sorted(s.path for s in sources)) for t, sources in scope.tables.items())
+    return hashlib.sha256(json.dumps([kind, identity, pool]).encode()).hexdigest()
+
+
+def remembered(session: Session, scope: Scope, question: str) -> dict[str, Any] | None:
+    stored = session.scalar(
+        select(GatewayAnswer).where(
+            GatewayAnswer.agreement_id == scope.stored.id, GatewayAnswer.question == question
+        )
+    )
+    return json.loads(stored.answer) if stored is not None else None
+
+
+def remember(
+    session: Session,
+    scope: Scope,
+    question: str,
+    kind: str,
+    epsilon: float,
+    answer: dict[str, Any],
+    actor: str,
+) -> None:
+    session.add(
+        GatewayAnswer(
+            agreement_id=scope.stored.id,
+            question=question,
+            kind=kind,
+            epsilon=epsilon,
+            answer=json.dumps(answer, default=str),
+            created_by=actor,
+        )
+    )
+    session.flush()
+
+
+def spending(session: Session, stored: AgreementRecord) -> list[dict[str, Any]]:
+    """ε spent per researcher under an agreement, per period (for the steward and the
+    contributing institutions)."""
+    rows = session.execute(
+        select(User.username, PrivacyBudget.period, PrivacyBudget.spent, PrivacyBudget.answers)
+        .join(User, User.id == PrivacyBudget.user_id)
+        .where(PrivacyBudget.agreement_id == stored.id)
+        .order_by(PrivacyBudget.period.desc(), User.username)
+    )
+    return [
+        {"researcher": r[0], "period": r[1], "epsilon_spent": round(r[2], 9), "answers": r[3]}
+        for r in rows
+    ]

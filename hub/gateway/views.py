@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import IntegrityError
 
 from hub.db import get_db
 from hub.errors import BadRequest, Forbidden, NotFound
@@ -22,7 +23,7 @@ from hub.storage import Storage
 from hub.synth import services as synth
 from hub.web import actor, current_user, get_policy, guard
 from hub.web import app_settings as _settings
-from sandbox.gateway import Gateway, GatewayError, QueryRejected
+from sandbox.gateway import Gateway, GatewayError, QueryRejected, check_query, dp, dpfit
 
 api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
@@ -102,7 +103,8 @@ def agreements() -> ResponseReturnValue:
                     "disclosure": {
                         "k": d.k,
                         "min_institutions": d.min_institutions,
-                        "rounding_base": d.rounding_base,
+                        "epsilon_per_answer": d.epsilon_per_answer,
+                        "epsilon_total": d.epsilon_total,
                         "synthetic_rows": d.allow_synthetic,
                         "model_fitting": d.allow_model_fitting,
                     },
@@ -114,7 +116,8 @@ def agreements() -> ResponseReturnValue:
 @api.route("/tables")
 @guard("read", "sandbox", scope="sandbox")
 def tables() -> ResponseReturnValue:
-    """``?agreement=slug``: each table's columns and types, as the views hold them."""
+    """``?agreement=slug``: each table's columns and types, exactly as the views hold them
+    (the agreement's covered columns and ``institution``), with their public bounds."""
     slug = request.args.get("agreement", "")
     if not slug:
         raise BadRequest("name the agreement: ?agreement=<slug>.")
@@ -123,52 +126,149 @@ def tables() -> ResponseReturnValue:
     held = {t: s for t, s in scope.tables.items() if s}
     views = services.views(_gateway(), scope) if held else None
     for table in sorted(scope.tables):
-        columns: list[dict[str, str]] = []
+        columns: list[dict[str, Any]] = []
         if views is not None and table in held:
-            _, rows = _gateway().execute(views, f'DESCRIBE "{table}"')
-            columns = [{"name": str(r[0]), "type": str(r[1])} for r in rows]
+            for name, sql_type in views.columns[table].items():
+                fact = views.facts[table][name]
+                column: dict[str, Any] = {"name": name, "type": sql_type}
+                if fact.bounded:
+                    column["bounds"] = [fact.lower, fact.upper]
+                if fact.values is not None:
+                    column["values"] = list(fact.values)
+                columns.append(column)
         out.append({"table": table, "columns": columns, "institutions": len(held.get(table, []))})
     return jsonify({"agreement": slug, "tables": out})
+
+
+@api.route("/budget")
+@guard("read", "sandbox", scope="sandbox")
+def budget() -> ResponseReturnValue:
+    """``?agreement=slug``: the caller's privacy budget under the agreement this period."""
+    slug = request.args.get("agreement", "")
+    if not slug:
+        raise BadRequest("name the agreement: ?agreement=<slug>.")
+    scope = _scope(slug, "query")
+    user = current_user()
+    assert user is not None
+    return jsonify(services.budget(get_db(), user, scope).as_dict())
+
+
+def _number(body: dict[str, Any], name: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"`{name}` must be a number.")
+    return value
+
+
+def _answered(
+    slug: str,
+    scope: services.Scope,
+    kind: str,
+    identity: str,
+    epsilon: float,
+    compute: Any,
+    detail: dict[str, Any],
+) -> ResponseReturnValue:
+    """The remembered answer to this question, or a new one paid from the budget.
+
+    The budget is checked before any data is read and debited atomically with the answer's
+    storage and its ledger entry (one transaction): an answer leaves only when paid for."""
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    question = services.question_key(scope, kind, identity)
+    found = services.remembered(db, scope, question)
+    spent = 0.0
+    if found is None:
+        services.check_budget(db, user, scope, epsilon)
+        try:
+            found = compute()
+        except GatewayError as err:
+            spent = float(getattr(err, "spent", 0.0) or 0.0)
+            if spent:
+                db.rollback()
+                services.debit(db, user, scope, spent)
+                services.log(
+                    db,
+                    actor=actor(),
+                    action="sandbox.refused",
+                    slug=slug,
+                    detail={"request": kind, "reason": err.message, "epsilon": spent, **detail},
+                )
+                db.commit()
+                raise
+            _refused(slug, kind, err, detail)
+            raise
+        try:
+            services.remember(db, scope, question, kind, epsilon, found, actor())
+        except IntegrityError:  # the same question answered meanwhile: that answer stands
+            db.rollback()
+            found = services.remembered(db, scope, question)
+            assert found is not None
+        else:
+            services.debit(db, user, scope, epsilon)
+            spent = epsilon
+    left = services.budget(db, user, scope)
+    services.log(
+        db,
+        actor=actor(),
+        action=f"sandbox.{kind}",
+        slug=slug,
+        detail={
+            **detail,
+            "epsilon": spent,
+            "remembered": spent == 0.0,
+            "result_hash": _hash(found),
+            "institutions": scope.institutions,
+        },
+    )
+    db.commit()
+    return jsonify({"agreement": slug, **found, "spent": spent, "budget": left.as_dict()})
 
 
 @api.route("/query", methods=["POST"])
 @guard("query", "sandbox", scope="sandbox")
 def query() -> ResponseReturnValue:
-    """``{"agreement": slug, "sql": "SELECT …"}`` → a disclosure-controlled answer."""
+    """``{"agreement": slug, "sql": "SELECT …", "epsilon"?, "rows_per_patient"?}`` → a
+    differentially private answer (the same question again: the same answer, free)."""
     body = _body("agreement", "sql")
     slug, sql = body["agreement"], body["sql"]
     if len(sql) > MAX_SQL:
         raise BadRequest(f"the query is longer than {MAX_SQL:,} characters.")
+    epsilon_asked, rows_asked = _number(body, "epsilon"), _number(body, "rows_per_patient")
     scope = _scope(slug, "query")
+    detail: dict[str, Any] = {"sql": sql}
     try:
-        answer = _gateway().run(services.views(_gateway(), scope), scope.agreement.disclosure, sql)
+        views = services.views(_gateway(), scope)
+        epsilon = dp.check_epsilon(epsilon_asked, scope.agreement.disclosure)
+        checked = check_query(sql, views.names, views.identifiers)
+        bound = dp.check_rows_per_patient(rows_asked, [v for _a, v in checked.tables])
+        identity = dp.canonical(sql, epsilon, bound, views)
     except GatewayError as err:
-        _refused(slug, "query", err, {"sql": sql, "construct": getattr(err, "construct", None)})
+        _refused(slug, "query", err, {**detail, "construct": getattr(err, "construct", None)})
         raise
-    db = get_db()
-    services.log(
-        db,
-        actor=actor(),
-        action="sandbox.query",
-        slug=slug,
-        detail={
-            "sql": sql,
-            "query_hash": answer.query_hash,
-            "result_hash": answer.result_hash,
-            "rows": len(answer.rows),
-            "suppressed": services.suppression_summary(answer.suppressed),
-            "institutions": scope.institutions,
-        },
-    )
-    db.commit()
-    return jsonify({"agreement": slug, **answer.as_dict()})
+    detail["query_hash"] = checked.hash
+
+    def compute() -> dict[str, Any]:
+        return dp.answer(
+            _gateway(),
+            views,
+            scope.agreement.disclosure,
+            sql,
+            epsilon=epsilon,
+            rows_per_patient=bound,
+        ).as_dict()
+
+    return _answered(slug, scope, "query", identity, epsilon, compute, detail)
 
 
 @api.route("/fit", methods=["POST"])
 @guard("fit", "sandbox", scope="sandbox")
 def fit() -> ResponseReturnValue:
     """``{"agreement", "table", "kind": "linear"|"logistic", "features": [...], "target",
-    "filters"?}`` → coefficients, standard errors, n and fit metrics; never rows."""
+    "filters"?, "epsilon"?}`` → differentially private coefficients and n; never rows."""
     body = _body("agreement", "table", "kind", "target")
     features = body.get("features")
     if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
@@ -177,37 +277,33 @@ def fit() -> ResponseReturnValue:
     if filters is not None and not isinstance(filters, str):
         raise BadRequest("`filters` must be a SQL condition (text), e.g. \"age_band <> '90+'\".")
     slug = body["agreement"]
+    epsilon_asked = _number(body, "epsilon")
     scope = _scope(slug, "fit")
-    request_detail = {k: body.get(k) for k in ("table", "kind", "features", "target", "filters")}
+    detail = {k: body.get(k) for k in ("table", "kind", "features", "target", "filters")}
     try:
-        result = _gateway().fit(
-            services.views(_gateway(), scope),
+        views = services.views(_gateway(), scope)
+        epsilon = dp.check_epsilon(epsilon_asked, scope.agreement.disclosure)
+    except GatewayError as err:
+        _refused(slug, "fit", err, detail)
+        raise
+    identity = dpfit.request_hash(
+        body["kind"], body["table"], features, body["target"], filters, epsilon
+    )
+
+    def compute() -> dict[str, Any]:
+        return dpfit.fit(
+            _gateway(),
+            views,
             scope.agreement.disclosure,
             kind=body["kind"],
             table=body["table"],
             features=features,
             target=body["target"],
             filters=filters,
-        )
-    except GatewayError as err:
-        _refused(slug, "fit", err, request_detail)
-        raise
-    summary = result.as_dict()
-    db = get_db()
-    services.log(
-        db,
-        actor=actor(),
-        action="sandbox.fit",
-        slug=slug,
-        detail={
-            **request_detail,
-            "n": summary["n"],
-            "result_hash": _hash(summary),
-            "institutions": scope.institutions,
-        },
-    )
-    db.commit()
-    return jsonify({"agreement": slug, **summary})
+            epsilon=epsilon,
+        ).as_dict()
+
+    return _answered(slug, scope, "fit", identity, epsilon, compute, detail)
 
 
 @api.route("/synthetic/<table>")

@@ -2,6 +2,7 @@
 fitting, over locked-down DuckDB views of an agreement's released data. A library: the hub
 mounts it; it imports only ``contracts`` from the project."""
 
+from sandbox.gateway import dp, dpfit
 from sandbox.gateway.engine import AgreementViews, Answer, Gateway, Source
 from sandbox.gateway.errors import (
     FitRefused,
@@ -24,5 +25,7 @@ __all__ = [
     "QueryTimeout",
     "Source",
     "check_query",
+    "dp",
+    "dpfit",
     "rewrite",
 ]

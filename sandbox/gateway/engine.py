@@ -34,6 +34,7 @@ import duckdb
 from contracts.agreements import Disclosure
 from sandbox.gateway import disclosure as control
 from sandbox.gateway.errors import QueryFailed, QueryTimeout
+from sandbox.gateway.facts import Facts, view_facts
 from sandbox.gateway.sql import INSTITUTION, check_query, rewrite
 
 
@@ -86,14 +87,33 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# Internal tables linking a lot or a collection (DIN) to its patient's chain of identity:
+# name -> (the CDM table read, its key column).
+_LINKS = {"__link_lot": ("batch", "lot_id"), "__link_din": ("collection", "din")}
+# The columns of other tables that reach a patient through each link.
+_LINK_COLUMNS = {"__link_lot": ("lot_id",), "__link_din": ("din", "unit_id")}
+# Columns the scan adds that never reach a view.
+_FILE_ONLY = {"filename", "file_row_number", "__row"}
+
+
 class AgreementViews:
-    """One agreement's locked-down DuckDB database with a view per covered table."""
+    """One agreement's locked-down DuckDB database with a view per covered table.
+
+    A view holds exactly the columns the agreement covers (``columns``; None: every column
+    of the files), the ``institution`` pseudonym, and ``__pid``: the privacy unit, which the
+    checker never lets a query name. ``__pid`` is the episode's chain of identity (the
+    pseudonymised ``coi_id``); a table without it reaches it through ``lot_id`` (the
+    ``batch`` files in ``links``) or ``din``/``unit_id`` (the ``collection`` files), and a row
+    linked to no patient is a unit of its own."""
 
     def __init__(
         self,
         tables: Mapping[str, Sequence[Source]],
         identifiers: Mapping[str, Iterable[str]] | None = None,
         *,
+        columns: Mapping[str, Sequence[str] | None] | None = None,
+        links: Mapping[str, Sequence[Source]] | None = None,
+        facts: Mapping[str, Mapping[str, Facts]] | None = None,
         memory_limit: str = "2GB",
         threads: int = 2,
     ) -> None:
@@ -101,6 +121,7 @@ class AgreementViews:
         ids.update({k.lower(): frozenset(v) for k, v in (identifiers or {}).items()})
         self.names = frozenset(t.lower() for t, sources in tables.items() if sources)
         self.identifiers = {t: ids.get(t, frozenset()) for t in self.names}
+        covered = {k.lower(): v for k, v in (columns or {}).items()}
         con = duckdb.connect(
             ":memory:",
             config={
@@ -110,17 +131,35 @@ class AgreementViews:
                 "allow_unsigned_extensions": False,
             },
         )
+        links = {k: v for k, v in (links or {}).items() if v}
         local = [
             str(Path(s.path).resolve())
-            for sources in tables.values()
-            for s in sources
+            for group in (*tables.values(), *links.values())
+            for s in group
             if s.filesystem is None
         ]
         con.execute("SET allowed_paths = $1", [sorted(set(local))])
         self._datasets: list[Any] = []
+        self.institutions: dict[str, tuple[str, ...]] = {}
+        self._links: set[str] = set()
+        for name, (table, key) in _LINKS.items():
+            sources = links.get(table) or tables.get(table) or ()
+            if sources:
+                self._link_table(con, name, table, key, sources)
         for table, sources in tables.items():
             if sources:
-                con.execute(self._view_sql(con, table.lower(), sources))
+                con.execute(self._view_sql(con, table.lower(), sources, covered.get(table.lower())))
+        self.columns: dict[str, dict[str, str]] = {}
+        for table in sorted(self.names):
+            rows = con.execute(f'DESCRIBE "{table}"').fetchall()
+            self.columns[table] = {
+                str(r[0]): str(r[1]) for r in rows if not str(r[0]).startswith("__")
+            }
+        self.facts = {
+            table: view_facts(table, types, facts) for table, types in self.columns.items()
+        }
+        for table in self.names:
+            self.facts[table][INSTITUTION] = Facts("category", values=self.institutions[table])
         con.execute("SET python_enable_replacements = false")
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
@@ -130,36 +169,119 @@ class AgreementViews:
         # Registered pyarrow datasets are visible only to this connection, not to cursors:
         # such agreements run their queries on it one at a time.
         self.lock = threading.Lock() if self._datasets else None
+        self._rows_per_patient: dict[str, int] = {}
 
-    def _view_sql(
-        self, con: duckdb.DuckDBPyConnection, table: str, sources: Sequence[Source]
-    ) -> str:
+    def _scan(self, con: duckdb.DuckDBPyConnection, table: str, group: Sequence[Source]) -> str:
+        """A FROM clause reading one institution's files, with ``__row``: a number unique
+        within the scan (a unit for rows linked to no patient)."""
+        if group[0].filesystem is None:
+            paths = ", ".join(_literal(str(Path(s.path).resolve())) for s in group)
+            return (
+                # Gateway-built: the paths come from the hub and are quoted by _literal.
+                "(SELECT *, CAST(hash(filename) AS VARCHAR) || '.' || "  # noqa: S608
+                "CAST(file_row_number AS VARCHAR) AS __row FROM "
+                f"read_parquet([{paths}], union_by_name = true, filename = true, "
+                "file_row_number = true))"
+            )
+        import pyarrow.dataset as pads
+
+        dataset = pads.dataset(
+            [s.path for s in group], filesystem=group[0].filesystem, format="parquet"
+        )
+        name = f"__src_{table}_{len(self._datasets)}"
+        con.register(name, dataset)
+        self._datasets.append(dataset)
+        return f'(SELECT *, CAST(row_number() OVER () AS VARCHAR) AS __row FROM "{name}")'  # noqa: S608
+
+    @staticmethod
+    def _groups(sources: Sequence[Source]) -> list[tuple[str, list[Source]]]:
         by_institution: dict[tuple[str, int], list[Source]] = {}
         for source in sources:
             key = (source.institution, id(source.filesystem) if source.filesystem else 0)
             by_institution.setdefault(key, []).append(source)
-        parts = []
-        for (institution, _fs), group in sorted(by_institution.items()):
-            if group[0].filesystem is None:
-                paths = ", ".join(_literal(str(Path(s.path).resolve())) for s in group)
-                scan = f"read_parquet([{paths}], union_by_name = true)"
-            else:
-                import pyarrow.dataset as pads
+        return [(inst, group) for (inst, _fs), group in sorted(by_institution.items())]
 
-                dataset = pads.dataset(
-                    [s.path for s in group], filesystem=group[0].filesystem, format="parquet"
-                )
-                name = f"__src_{table}_{len(self._datasets)}"
-                con.register(name, dataset)
-                self._datasets.append(dataset)
-                scan = f'"{name}"'
+    def _file_columns(self, group: Sequence[Source]) -> set[str]:
+        import pyarrow.parquet as papq
+
+        found: set[str] = set()
+        for source in group:
+            if source.filesystem is None:
+                found |= set(papq.read_schema(source.path).names)
+            else:
+                with source.filesystem.open_input_file(source.path) as handle:
+                    found |= set(papq.read_schema(handle).names)
+        return found
+
+    def _link_table(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        name: str,
+        table: str,
+        key: str,
+        sources: Sequence[Source],
+    ) -> None:
+        parts = []
+        for _inst, group in self._groups(sources):
+            if {key, "coi_id"} <= self._file_columns(group):
+                scan = self._scan(con, f"{name}_{table}", group)
+                parts.append(f'SELECT "{key}" AS k, coi_id FROM {scan} AS s')  # noqa: S608
+        if not parts:
+            return
+        union = " UNION ALL ".join(parts)
+        # Gateway-built from fixed names; materialised once (one row per lot or DIN).
+        con.execute(
+            f"CREATE TABLE {name} AS SELECT k, min(coi_id) AS coi_id FROM ({union}) "  # noqa: S608
+            "WHERE k IS NOT NULL AND coi_id IS NOT NULL GROUP BY k"
+        )
+        self._links.add(name)
+
+    def _view_sql(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        sources: Sequence[Source],
+        covered: Sequence[str] | None,
+    ) -> str:
+        parts = []
+        institutions = []
+        for institution, group in self._groups(sources):
+            institutions.append(institution)
+            present = self._file_columns(group) - _FILE_ONLY
+            wanted = sorted(present if covered is None else present & set(covered))
+            wanted = [c for c in wanted if c != INSTITUTION and not c.startswith("__")]
+            scan = self._scan(con, table, group)
+            joins, units = [], []
+            if "coi_id" in present:
+                units.append("s.coi_id")
+            for link in _LINKS:
+                for column in _LINK_COLUMNS[link]:
+                    if link in self._links and column in present:
+                        alias = f"{link}_{column}"
+                        joins.append(f'LEFT JOIN {link} {alias} ON s."{column}" = {alias}.k')
+                        units.append(f"{alias}.coi_id")
+            inst = _literal(institution)
+            units.append(f"'row:' || {inst} || ':' || s.__row")
+            selected = [f's."{c}"' for c in wanted]
             parts.append(
-                # A column called `institution` in the file is replaced by the pseudonym.
-                # Gateway-built: paths and pseudonyms come from the hub and are quoted by _literal.
-                f"SELECT COLUMNS(lambda c: c <> '{INSTITUTION}'), "  # noqa: S608
-                f"{_literal(institution)} AS {INSTITUTION} FROM {scan}"
+                # Gateway-built: paths and pseudonyms come from the hub and are quoted by
+                # _literal; column names come from the files and the agreement.
+                f"SELECT {', '.join([*selected, f'{inst} AS {INSTITUTION}'])}, "  # noqa: S608
+                f"COALESCE({', '.join(units)}) AS __pid FROM {scan} AS s {' '.join(joins)}"
             )
+        self.institutions[table] = tuple(sorted(set(institutions)))
         return f'CREATE VIEW "{table}" AS ' + " UNION ALL BY NAME ".join(parts)
+
+    def rows_per_patient(self, table: str, run: Any) -> int:
+        """The most rows one patient has in ``table`` (remembered: the views never change)."""
+        found = self._rows_per_patient.get(table)
+        if found is None:
+            _, rows = run(
+                f'SELECT max(n) FROM (SELECT count(*) AS n FROM "{table}" GROUP BY __pid)'  # noqa: S608
+            )
+            found = int(rows[0][0] or 0)
+            self._rows_per_patient[table] = found
+        return found
 
     def close(self) -> None:
         self.connection.close()
@@ -186,25 +308,39 @@ class Gateway:
         agreement: Hashable,
         tables: Mapping[str, Sequence[Source]],
         identifiers: Mapping[str, Iterable[str]] | None = None,
+        *,
+        columns: Mapping[str, Sequence[str] | None] | None = None,
+        links: Mapping[str, Sequence[Source]] | None = None,
     ) -> AgreementViews:
-        """The agreement's views, built once per set of sources (a release or withdrawal
-        changes the sources and so builds a new database)."""
-        key = (
-            agreement,
-            tuple(
+        """The agreement's views, built once per set of sources and covered columns (a
+        release, a withdrawal or new terms build a new database)."""
+
+        def files(groups: Mapping[str, Sequence[Source]]) -> tuple[Any, ...]:
+            return tuple(
                 sorted(
                     (t, tuple(sorted((s.path, s.institution) for s in ss)))
-                    for t, ss in tables.items()
+                    for t, ss in groups.items()
                 )
-            ),
+            )
+
+        covered = tuple(
+            sorted(
+                (t, tuple(sorted(c)) if c is not None else None) for t, c in (columns or {}).items()
+            )
         )
+        key = (agreement, files(tables), files(links or {}), covered)
         with self._lock:
             found = self._cache.get(key)
             if found is None:
                 for old in [k for k in self._cache if k[0] == agreement]:
                     self._cache.pop(old).close()
                 found = AgreementViews(
-                    tables, identifiers, memory_limit=self.memory_limit, threads=self.threads
+                    tables,
+                    identifiers,
+                    columns=columns,
+                    links=links,
+                    memory_limit=self.memory_limit,
+                    threads=self.threads,
                 )
                 self._cache[key] = found
             return found

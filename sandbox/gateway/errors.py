@@ -43,6 +43,10 @@ class QueryTimeout(GatewayError):
 
 
 class FitRefused(GatewayError):
-    """A model fit was refused: fitting not allowed, too few records, no convergence."""
+    """A model fit was refused: fitting not allowed, too few patients or institutions.
+
+    ``spent`` is the ε already used when the refusal came from noisy statistics (the
+    budget is debited all the same); 0 when it came before any data was read."""
 
     code = "fit_refused"
+    spent = 0.0

@@ -104,6 +104,9 @@ _FUNCTIONS = (
     exp.Extract,
     exp.Var,
     exp.DPipe,
+    exp.Least,
+    exp.Greatest,
+    exp.Trunc,
 )
 _PREDICATES = (
     exp.EQ,
@@ -126,7 +129,7 @@ _PREDICATES = (
 _LEAVES = (exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null)
 _CONDITIONALS = (exp.Case, exp.If)
 SCALAR_NODES = _ARITHMETIC + _FUNCTIONS + _PREDICATES + _LEAVES + _CONDITIONALS
-ANONYMOUS_ALLOWED = {"date_part", "datepart"}
+ANONYMOUS_ALLOWED = {"date_part", "datepart", "clamp"}
 _TABLE_FUNCTIONS = {
     "read_csv",
     "read_csv_auto",
@@ -436,6 +439,8 @@ class _Checker:
             keys = []
             for node in group.expressions:
                 if isinstance(node, exp.Literal) and not node.is_string:
+                    if not node.this.isdigit():
+                        raise _reject(f"GROUP BY {node.this}", "a position is a whole number")
                     position = int(node.this)
                     if not 1 <= position <= len(selects):
                         raise _reject(f"GROUP BY {position}", "no such output column")
@@ -534,7 +539,7 @@ class _Checker:
             if name not in ANONYMOUS_ALLOWED:
                 self._unknown(node)
             first = node.expressions[0] if node.expressions else None
-            if not (isinstance(first, exp.Literal) and first.is_string):
+            if name != "clamp" and not (isinstance(first, exp.Literal) and first.is_string):
                 raise _reject(f"{name}", "the date part must be a quoted literal")
         elif not isinstance(node, SCALAR_NODES):
             self._unknown(node)
@@ -600,6 +605,8 @@ class _Checker:
         for ordered in order.expressions:
             node = ordered.this
             if isinstance(node, exp.Literal) and not node.is_string:
+                if not node.this.isdigit():
+                    raise _reject(f"ORDER BY {node.this}", "a position is a whole number")
                 index = int(node.this) - 1
                 if not 0 <= index < len(outputs):
                     raise _reject(f"ORDER BY {node.this}", "no such output column")

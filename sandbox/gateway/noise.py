@@ -1,0 +1,44 @@
+"""The noise: OpenDP's Laplace mechanism, and the split of one answer's privacy budget.
+
+Every noisy statistic is a vector (one entry per cell of the answer) whose L1 sensitivity
+— how much one patient can move the whole vector — the caller states from the contribution
+bounds. OpenDP samples the noise (exactly, without the floating-point flaws of a naive
+sampler) and its privacy map confirms the ε each release costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import opendp.prelude as dp
+
+dp.enable_features("contrib")
+
+_SPACE = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float))
+
+
+class Noise:
+    """Adds calibrated Laplace noise; ``enabled=False`` returns exact values (only the
+    security suite's control run uses it, to prove the oracle sees leaks without noise)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def laplace(
+        self, values: Sequence[float], sensitivity: float, epsilon: float
+    ) -> tuple[list[float], float]:
+        """``values`` with noise for an ε-DP release of the vector; returns them and the
+        noise scale (the Laplace scale b: the standard deviation is b·√2)."""
+        if epsilon <= 0:
+            raise ValueError("epsilon must be positive")
+        if sensitivity <= 0 or not values:
+            return [float(v) for v in values], 0.0
+        scale = sensitivity / epsilon
+        measurement = dp.m.make_laplace(*_SPACE, scale=scale)
+        spent = measurement.map(float(sensitivity))
+        if spent > epsilon * (1 + 1e-9):  # the map must agree with the calibration
+            raise RuntimeError(f"Laplace release would spend ε={spent}, more than {epsilon}")
+        exact = [float(v) for v in values]
+        if not self.enabled:
+            return exact, scale
+        return [float(v) for v in measurement(exact)], scale
