@@ -8,6 +8,7 @@
 """
 
 from sandbox.client import (
+    BudgetExhausted,
     Client,
     PolicyDenied,
     QueryRejected,
@@ -16,4 +17,12 @@ from sandbox.client import (
     connect,
 )
 
-__all__ = ["Client", "PolicyDenied", "QueryRejected", "RateLimited", "SandboxError", "connect"]
+__all__ = [
+    "BudgetExhausted",
+    "Client",
+    "PolicyDenied",
+    "QueryRejected",
+    "RateLimited",
+    "SandboxError",
+    "connect",
+]

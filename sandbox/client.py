@@ -19,12 +19,15 @@ environment, so::
 
 Outside a notebook: ``connect("https://cleanroom.example.org", token="crt_…")``.
 
-Suppressed cells come back as missing values (``NaN``/``None``) and the reasons are attached
-to the frame (``df.attrs["suppressed"]``: ``[{"row", "column", "reason"}]``). Refusals raise
+Answers from real data are differentially private: each carries noise, costs ε from your
+privacy budget under the agreement (``cr.budget()``), and the same question asked again
+returns the same answer at no cost. Withheld cells come back as missing values
+(``NaN``/``None``) and the reasons are attached to the frame
+(``df.attrs["suppressed"]``: ``[{"row", "column", "reason"}]``). Refusals raise
 specific exceptions carrying the gateway's reason: :class:`PolicyDenied` (you may not use this
 agreement or table now), :class:`QueryRejected` (the SQL uses a construct that real data does
-not answer; ``.construct`` names it), :class:`RateLimited`, and :class:`SandboxError` for the
-rest.
+not answer; ``.construct`` names it), :class:`BudgetExhausted`, :class:`RateLimited`, and
+:class:`SandboxError` for the rest.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class RateLimited(SandboxError):
     """Too many requests in a minute; wait and try again."""
 
 
+class BudgetExhausted(SandboxError):
+    """Your privacy budget under the agreement cannot pay for this answer."""
+
+
 def _raise_for(resp: requests.Response) -> None:
     if resp.ok:
         return
@@ -85,6 +92,8 @@ def _raise_for(resp: requests.Response) -> None:
             construct=str(error.get("construct") or ""),
             reason=str(error.get("reason") or ""),
         )
+    if code == "budget_exhausted":
+        raise BudgetExhausted(message, code=code, status=resp.status_code)
     if resp.status_code in (401, 403):
         raise PolicyDenied(message, code=code, status=resp.status_code)
     if resp.status_code == 429:
@@ -167,16 +176,41 @@ class Client:
 
     # Asking ----------------------------------------------------------------------------
 
-    def query(self, sql: str, agreement: str | None = None) -> pd.DataFrame:
-        """An aggregate query's answer as a DataFrame; suppressed cells are missing, their
-        reasons in ``df.attrs["suppressed"]``.
+    def budget(self, agreement: str | None = None) -> dict[str, Any]:
+        """Your privacy budget under the agreement this period: ε total, spent, left.
+
+        >>> cr.budget()["epsilon_left"]
+        19.0
+        """
+        return dict(self._get("/budget", agreement=self._agreement(agreement)))
+
+    def query(
+        self,
+        sql: str,
+        agreement: str | None = None,
+        *,
+        epsilon: float | None = None,
+        rows_per_patient: int | None = None,
+    ) -> pd.DataFrame:
+        """A differentially private answer as a DataFrame. Withheld cells are missing, their
+        reasons in ``df.attrs["suppressed"]``; ``df.attrs["epsilon"]`` is what it cost
+        (0 when the same question was answered before) and ``df.attrs["budget"]`` what is
+        left. ``epsilon`` spends less than the agreement's per-answer ε (more noise).
 
         >>> df = cr.query("SELECT sex, COUNT(*) AS n FROM episode GROUP BY sex")
         """
-        answer = self._post("/query", {"agreement": self._agreement(agreement), "sql": sql})
+        body: dict[str, Any] = {"agreement": self._agreement(agreement), "sql": sql}
+        if epsilon is not None:
+            body["epsilon"] = epsilon
+        if rows_per_patient is not None:
+            body["rows_per_patient"] = rows_per_patient
+        answer = self._post("/query", body)
         frame = pd.DataFrame(answer["rows"], columns=answer["columns"])
         frame.attrs["suppressed"] = answer.get("suppressed", [])
-        frame.attrs["rounded"] = answer.get("rounded", {})
+        frame.attrs["epsilon"] = answer.get("spent")
+        frame.attrs["budget"] = answer.get("budget", {})
+        frame.attrs["aggregates"] = answer.get("aggregates", [])
+        frame.attrs["rows_per_patient"] = answer.get("rows_per_patient")
         frame.attrs["query_hash"] = answer.get("query_hash")
         frame.attrs["result_hash"] = answer.get("result_hash")
         return frame
@@ -206,9 +240,11 @@ class Client:
         kind: str = "linear",
         filters: str | None = None,
         agreement: str | None = None,
+        epsilon: float | None = None,
     ) -> dict[str, Any]:
-        """Fit a linear or logistic regression on real data, server-side. Returns
-        coefficients, standard errors, n and fit metrics; never predictions or residuals.
+        """Fit a linear or logistic regression on real data, server-side, under
+        differential privacy. Returns noisy coefficients, n and what it cost; never
+        predictions or residuals.
 
         >>> cr.fit("batch", ["culture_days"], "viability")["coefficients"]
         """
@@ -221,6 +257,8 @@ class Client:
         }
         if filters:
             body["filters"] = filters
+        if epsilon is not None:
+            body["epsilon"] = epsilon
         return dict(self._post("/fit", body))
 
 

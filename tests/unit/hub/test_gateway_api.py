@@ -134,13 +134,26 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     assert resp.status_code == 200, resp.get_json()
     answer = resp.get_json()
     assert answer["columns"] == ["platform", "n", "mean_viability"]
-    assert {r[0] for r in answer["rows"]} <= {"central", "point_of_care"}
-    assert all(r[1] is None or r[1] % 5 == 0 for r in answer["rows"])  # rounded to 5
-    assert sum(r[1] or 0 for r in answer["rows"]) in range(110, 125)
+    # Every key of the public domain is a row (presence says nothing), the missing key too.
+    assert [r[0] for r in answer["rows"]] == ["central", "point_of_care", None]
+    assert answer["epsilon"] == 1.0 and answer["spent"] == 1.0
+    assert answer["budget"]["epsilon_left"] == 19.0
+    # Noisy, and a cell may be withheld by the noisy institution rules: 120 lots in all.
+    assert any(r[1] for r in answer["rows"]) and sum(r[1] or 0 for r in answer["rows"]) <= 150
     entry = _ledger(database)[-1]
     assert entry["action"] == "sandbox.query" and entry["actor"].startswith("user:")
     assert entry["sql"] == QUERY and len(entry["result_hash"]) == 64
-    assert entry["institutions"] == sorted(SITES)
+    assert entry["institutions"] == sorted(SITES) and entry["epsilon"] == 1.0
+
+    # The same question again: the same answer, at no cost (averaging learns nothing).
+    again = client.post(
+        "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY}, headers=rosa
+    ).get_json()
+    assert again["rows"] == answer["rows"] and again["spent"] == 0.0
+    assert again["budget"]["epsilon_left"] == 19.0
+    assert _ledger(database)[-1]["remembered"] is True
+    budget = client.get("/api/v1/sandbox/budget?agreement=v2v", headers=rosa).get_json()
+    assert budget["epsilon_spent"] == 1.0 and budget["answers"] == 1
 
 
 def test_row_level_sql_is_refused_with_the_construct_and_logged(
@@ -218,7 +231,8 @@ def test_fit_and_synthetic_where_allowed(
     resp = client.post("/api/v1/sandbox/fit", json=fit, headers=rosa)
     assert resp.status_code == 200, resp.get_json()
     summary = resp.get_json()
-    assert summary["n"] == 120 and set(summary["coefficients"]) >= {"culture_days"}
+    assert 80 <= summary["n"] <= 160 and set(summary["coefficients"]) >= {"culture_days"}
+    assert summary["epsilon"] == 1.0 and summary["budget"]["epsilon_left"] == 19.0
     assert "residuals" not in summary and "predictions" not in summary
     synthetic = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert synthetic.status_code == 404
@@ -252,3 +266,82 @@ def test_malformed_requests_get_clear_errors(
         "/api/v1/sandbox/query", json={"agreement": "nope", "sql": QUERY}, headers=rosa
     )
     assert resp.status_code == 403
+
+
+def test_budget_is_debited_and_an_exhausted_budget_is_refused_with_who_can_raise_it(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    _activate(database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 2.5\n"))
+    rosa = _token(database, settings, "rosa")
+    asked = [
+        client.post(
+            "/api/v1/sandbox/query",
+            json={
+                "agreement": "v2v",
+                "sql": f"SELECT COUNT(*) FROM batch WHERE culture_days > {d}",
+            },
+            headers=rosa,
+        )
+        for d in (5, 6, 7)
+    ]
+    assert [r.status_code for r in asked] == [200, 200, 403]
+    error = asked[2].get_json()["error"]
+    assert error["code"] == "budget_exhausted" and "steward" in error["message"]
+    # A smaller ε still fits what is left.
+    half = client.post(
+        "/api/v1/sandbox/query",
+        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "epsilon": 0.5},
+        headers=rosa,
+    )
+    assert half.status_code == 200 and half.get_json()["budget"]["epsilon_left"] == 0.0
+    too_much = client.post(
+        "/api/v1/sandbox/query",
+        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "epsilon": 5},
+        headers=rosa,
+    )
+    assert too_much.status_code == 400 and "at most" in too_much.get_json()["error"]["message"]
+    debits = [e["epsilon"] for e in _ledger(database) if e["action"] == "sandbox.query"]
+    assert debits == [1.0, 1.0, 0.5]
+
+
+def test_columns_the_agreement_does_not_cover_do_not_exist(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    terms = _terms().replace("batch: all", "batch: [platform, viability, lot_id]")
+    assert terms != _terms()
+    _activate(database, terms)
+    rosa = _token(database, settings, "rosa")
+    tables = client.get("/api/v1/sandbox/tables?agreement=v2v", headers=rosa).get_json()
+    columns = {c["name"] for c in tables["tables"][0]["columns"]}
+    assert columns == {"platform", "viability", "lot_id", "institution"}
+    for sql in (
+        "SELECT AVG(culture_days) FROM batch",
+        "SELECT COUNT(*) FROM batch WHERE culture_days > 3",
+        "SELECT culture_days, COUNT(*) FROM batch GROUP BY 1",
+    ):
+        resp = client.post(
+            "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa
+        )
+        assert resp.status_code == 400, (sql, resp.get_json())
+        assert "culture_days" in resp.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT platform, COUNT(*) FROM batch GROUP BY 1.5",
+        "SELECT platform, COUNT(*) FROM batch GROUP BY 1 ORDER BY 1.5",
+        "SELECT 1, 2 FROM batch",
+        "SELECT COUNT(*), CAST(b AS VARCHAR) FROM batch b",
+        "SELECT SUM(CAST(b AS VARCHAR)) FROM batch b",
+        "SELECT COUNT(b) FROM batch b",
+    ],
+)
+def test_malformed_queries_get_a_400_naming_the_construct(
+    client: FlaskClient, database: Database, settings: Settings, pooled, sql: str
+) -> None:
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa)
+    assert resp.status_code == 400, resp.get_json()
+    assert resp.get_json()["error"]["code"] == "query_rejected"

@@ -68,5 +68,6 @@ def test_query_reads_the_pool_from_s3(
     )
     assert resp.status_code == 200, resp.get_json()
     rows = resp.get_json()["rows"]
-    assert {r[0] for r in rows} <= {"central", "point_of_care"}
-    assert sum(r[1] or 0 for r in rows) in range(110, 125)
+    assert [r[0] for r in rows] == ["central", "point_of_care", None]
+    # Noisy, and a cell may be withheld by the noisy institution rules: 120 lots in all.
+    assert any(r[1] for r in rows) and sum(r[1] or 0 for r in rows) <= 150
