@@ -151,15 +151,16 @@ class Resolver:
             column.replace(exp.column(name, table=alias, quoted=True))
         for func in list(node.find_all(exp.Anonymous)):
             if func.name.lower() == "clamp":
-                value, low, high = func.expressions
-                func.replace(_clamp(value, low, high))
+                func.replace(_clamp(*func.expressions))
         if isinstance(node, exp.Anonymous) and node.name.lower() == "clamp":
-            value, low, high = node.expressions
-            return _clamp(value, low, high)
+            return _clamp(*node.expressions)
         return node
 
 
-def _clamp(value: exp.Expr, low: exp.Expr, high: exp.Expr) -> exp.Expr:
+def _clamp(*parts: exp.Expr) -> exp.Expr:
+    if len(parts) != 3:
+        raise _reject("CLAMP", "CLAMP takes an expression and two numbers: CLAMP(x, low, high)")
+    value, low, high = parts
     return exp.Least(
         this=exp.Greatest(this=value.copy(), expressions=[low.copy()]),
         expressions=[high.copy()],

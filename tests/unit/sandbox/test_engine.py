@@ -56,7 +56,7 @@ def test_timeout_interrupts_a_long_query(pool) -> None:
             slow.run(
                 views,
                 Disclosure(),
-                "SELECT e.step, COUNT(*) FROM custody_event e JOIN custody_event f "
+                "SELECT e.event, COUNT(*) FROM custody_event e JOIN custody_event f "
                 "ON e.event = f.event JOIN custody_event g ON f.event = g.event GROUP BY e.event",
             )
     finally:
