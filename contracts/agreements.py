@@ -291,6 +291,9 @@ class Agreement:
         return self.state
 
 
+_ADDED_TERMS = ("epsilon_per_answer", "epsilon_total")
+
+
 def terms_digest(agreement: Agreement) -> str:
     terms = {
         f.name: getattr(agreement, f.name)
@@ -298,6 +301,13 @@ def terms_digest(agreement: Agreement) -> str:
         if f.name not in ("state", "signatures")
     }
     data = json.loads(json.dumps({k: _plain(v) for k, v in terms.items()}, default=str))
+    # Terms added after agreements were signed count only when they differ from their
+    # defaults, so that the digest (what parties signed) of existing agreements stays the
+    # same: the privacy budget (issue 13).
+    disclosure = data.get("disclosure") or {}
+    for name in _ADDED_TERMS:
+        if disclosure.get(name) == getattr(DEFAULT_DISCLOSURE, name):
+            disclosure.pop(name, None)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

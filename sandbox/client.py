@@ -166,12 +166,15 @@ class Client:
         return [t["table"] for t in found]
 
     def schema(self, table: str, agreement: str | None = None) -> pd.DataFrame:
-        """Columns and types of ``table`` as the gateway's view holds them (dates are whole
-        days since the episode's first collection; identifiers are pseudonyms)."""
+        """Columns and types of ``table`` as the gateway's view holds them (exactly the
+        agreement's columns; dates are whole days since the episode's first collection;
+        identifiers are pseudonyms), with the public ``bounds`` aggregated values are
+        clamped to and the ``values`` a GROUP BY lists."""
         found = self._get("/tables", agreement=self._agreement(agreement))["tables"]
         for t in found:
             if t["table"] == table:
-                return pd.DataFrame(t["columns"], columns=["name", "type"])
+                frame = pd.DataFrame(t["columns"], columns=["name", "type", "bounds", "values"])
+                return frame.astype(object).where(frame.notna(), "")
         raise PolicyDenied(f"no table {table!r} under this agreement", code="unknown_table")
 
     # Asking ----------------------------------------------------------------------------

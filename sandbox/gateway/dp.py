@@ -64,15 +64,16 @@ RULES_SHARE = 1 / 3
 """Share of an answer's ε spent on the noisy patient counts per institution that the
 institution rules and the k threshold are judged on."""
 
-RULE_SCALES = 3.0
+RULE_SCALES = 2.0
 """An institution counts towards ``min_institutions`` in a cell when its noisy patient count
-is at least this many noise scales (an absent institution passes with probability ≤ 2.5 %)."""
+is at least this many noise scales (an absent institution passes with probability ≤ 7 %,
+and a cell needs several to pass)."""
 
 ROWS_PER_PATIENT = {
     "episode": 1,
     "collection": 2,
     "batch": 2,
-    "administration": 2,
+    "administration": 1,
     "deviation": 5,
     "release_test": 20,
     "custody_event": 20,
