@@ -9,12 +9,23 @@ sampler) and its privacy map confirms the ε each release costs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
-import opendp.prelude as dp
 
-dp.enable_features("contrib")
+@lru_cache(maxsize=1)
+def _opendp() -> tuple[Any, Any]:
+    """OpenDP's Laplace constructor and the space it acts on: float vectors under the L1
+    distance. Imported on first use, and not through ``opendp.prelude``, which loads
+    scikit-learn (the web process stays light)."""
+    from opendp.domains import atom_domain, vector_domain
+    from opendp.measurements import make_laplace
+    from opendp.metrics import l1_distance
+    from opendp.mod import enable_features
 
-_SPACE = (dp.vector_domain(dp.atom_domain(T=float, nan=False)), dp.l1_distance(T=float))
+    enable_features("contrib")
+    space = (vector_domain(atom_domain(T=float, nan=False)), l1_distance(T=float))
+    return make_laplace, space
 
 
 class Noise:
@@ -34,7 +45,8 @@ class Noise:
         if sensitivity <= 0 or not values:
             return [float(v) for v in values], 0.0
         scale = sensitivity / epsilon
-        measurement = dp.m.make_laplace(*_SPACE, scale=scale)
+        make_laplace, space = _opendp()
+        measurement = make_laplace(*space, scale=scale)
         spent = measurement.map(float(sensitivity))
         if spent > epsilon * (1 + 1e-9):  # the map must agree with the calibration
             raise RuntimeError(f"Laplace release would spend ε={spent}, more than {epsilon}")

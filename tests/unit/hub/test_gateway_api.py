@@ -16,6 +16,7 @@ from hub.accounts import services as accounts
 from hub.agreements import services
 from hub.audit.models import AuditEntry
 from hub.db import Database
+from hub.gateway.models import PrivacyBudget
 from hub.settings import Settings
 from tests.conftest import Users, release_into_pool
 
@@ -345,3 +346,56 @@ def test_malformed_queries_get_a_400_naming_the_construct(
     resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa)
     assert resp.status_code == 400, resp.get_json()
     assert resp.get_json()["error"]["code"] == "query_rejected"
+
+
+def test_concurrent_debits_never_overspend(
+    database: Database, settings: Settings, pooled, app
+) -> None:
+    """Twelve requests at once against a budget of five answers: exactly five are paid for,
+    whatever the interleaving (one conditional UPDATE per debit), on SQLite and PostgreSQL."""
+    import threading
+
+    from hub.gateway import services as gateway_services
+
+    _activate(database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n"))
+    policy = app.extensions["cleanroom.policy"]
+    policy.refresh()
+    with database.session() as s:
+        scope = gateway_services.scope(
+            s,
+            policy,
+            settings,
+            app.extensions["cleanroom.storage"],
+            accounts.get_user(s, "rosa"),
+            "v2v",
+            action="query",
+        )
+    outcomes: list[str] = []
+    start = threading.Barrier(12)
+
+    def ask() -> None:
+        # Released together; each then takes a connection of the pool as it frees up.
+        start.wait()
+        try:
+            with database.session() as s:
+                user = accounts.get_user(s, "rosa")
+                try:
+                    gateway_services.debit(s, user, scope, 1.0)
+                    s.commit()
+                    outcomes.append("paid")
+                except gateway_services.BudgetExhausted:
+                    s.rollback()
+                    outcomes.append("refused")
+        except Exception as error:  # a lost race must be a refusal, never a crash
+            outcomes.append(f"error: {error!r}")
+
+    threads = [threading.Thread(target=ask) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["paid"] * 5 + ["refused"] * 7, outcomes
+    with database.session() as s:
+        user = accounts.get_user(s, "rosa")
+        row = s.scalar(select(PrivacyBudget).where(PrivacyBudget.user_id == user.id))
+        assert row is not None and row.spent == 5.0 and row.answers == 5

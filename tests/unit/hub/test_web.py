@@ -378,7 +378,7 @@ def test_the_web_process_does_not_load_the_model_libraries(tmp_path) -> None:
         f"settings = load_settings({{'data_dir': {str(tmp_path)!r}, 'embedded_worker': False}},"
         " environ={})\n"
         "create_app(settings)\n"
-        "heavy = ('torch', 'spacy', 'presidio_analyzer', 'sdv', 'sklearn')\n"
+        "heavy = ('torch', 'spacy', 'presidio_analyzer', 'sdv', 'sklearn', 'opendp')\n"
         "print(','.join(m for m in heavy if m in sys.modules))\n"
     )
     done = subprocess.run(
