@@ -15,6 +15,10 @@
   windows, file readers, statements, subqueries, identifiers, cross joins, parser games).
 - :data:`EDGE`: inputs that must be refused or answered, never crash the gateway.
 - :data:`UNCOVERED` / :data:`UNCOVERED_FITS`: uses of a column the agreement does not cover.
+- :data:`CALIBRATION`: answers whose noise is measured against the exact value; an ε-DP
+  Laplace release needs a scale of at least (what one patient can move the answer by) / ε.
+  This catches a sensitivity that is too small by a modest factor (a join's rows counted
+  once, say), which the ±1 kg criterion would only catch when it is off by far more.
 
 Where the chance numbers come from: every answer's ε = 1 is split by the gateway into a
 third for noisy patient counts and two thirds over the statistics an answer needs (a ``SUM``
@@ -958,4 +962,51 @@ UNCOVERED_FITS: list[tuple[str, Fit]] = [
     ("fit filter", Fit(("age",), "prior_lines", filters="sex = 'male'")),
     ("fit one-hot on it", Fit(("CASE WHEN sex = 'male' THEN 1 ELSE 0 END",), "age")),
     ("fit logistic target", Fit(("age",), "CAST(bridging AS INT)", kind="logistic")),
+]
+
+
+# -- noise calibration ----------------------------------------------------------------------
+# (name, request, the exact answer in plain DuckDB, the most one patient's value moves it by
+# per row (the CDM's public range), plain SQL for the most rows one patient has in the query)
+# Joins are within a patient, as the gateway documents, so the exact self-join keeps a.coi_id
+# = b.coi_id.
+ROWS_CUSTODY = "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM custody_event GROUP BY coi_id)"
+CALIBRATION: list[tuple[str, Query, str, float, str | None]] = [
+    ("sum of weights", Query(WEIGHT), WEIGHT, 250.0, None),
+    ("count", Query("SELECT COUNT(*) FROM episode"), "SELECT COUNT(*) FROM episode", 1.0, None),
+    ("sum of ones", Query("SELECT SUM(1) FROM episode"), "SELECT COUNT(*) FROM episode", 1.0, None),
+    (
+        "count of a case",
+        Query("SELECT COUNT(CASE WHEN age <= 80 THEN 1 END) FROM episode"),
+        "SELECT COUNT(CASE WHEN age <= 80 THEN 1 END) FROM episode",
+        1.0,
+        None,
+    ),
+    (
+        "narrow clamp",
+        Query(f"SELECT SUM(CLAMP(weight_kg * {IND}, 100, 150) - 100) FROM episode"),
+        f"SELECT SUM(LEAST(GREATEST(weight_kg * {IND}, 100), 150) - 100) FROM episode",
+        50.0,
+        None,
+    ),
+    ("half the budget", Query(WEIGHT, epsilon=0.5), WEIGHT, 250.0, None),
+    (
+        "sum over a join",
+        Query("SELECT SUM(e.weight_kg) FROM episode e JOIN custody_event c ON e.coi_id = c.coi_id"),
+        "SELECT SUM(e.weight_kg) FROM episode e JOIN custody_event c ON e.coi_id = c.coi_id",
+        250.0,
+        ROWS_CUSTODY,
+    ),
+    (
+        "rows of a self-join",
+        Query(
+            "SELECT COUNT(*) FROM custody_event a JOIN custody_event b "
+            "ON a.institution = b.institution JOIN episode e ON e.coi_id = a.coi_id"
+        ),
+        "SELECT COUNT(*) FROM custody_event a JOIN custody_event b "
+        "ON a.institution = b.institution AND a.coi_id = b.coi_id "
+        "JOIN episode e ON e.coi_id = a.coi_id",
+        1.0,
+        f"SELECT m * m FROM ({ROWS_CUSTODY}) AS t(m)",
+    ),
 ]

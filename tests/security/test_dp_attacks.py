@@ -10,6 +10,8 @@ and ``dpfit.py``), with an independent oracle (``oracle.py``) and the attacks of
   estimators do recover the values: the oracle can see a leak.
 - Every request is also asked of the neighbouring pool (the patient removed): refusals must
   be the same (class and message) and answers must have the same columns and groups.
+- Noise calibration: measured against the exact answer, the noise must be at least what
+  one patient can move the answer by, over ε (a sensitivity off by a modest factor).
 - Run-time-error oracles, the whole row through a table alias, the old suite's forbidden
   constructs, inputs that must never crash the gateway, and columns the agreement does not
   cover: each must be refused (a ``QueryRejected``/``FitRefused`` with a reason) or, where
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from sandbox.gateway.noise import Noise
 from tests.security import tally
 from tests.security.catalogue import (
+    CALIBRATION,
     COVERED,
     EDGE,
     EDGE_FITS,
@@ -172,6 +176,59 @@ def test_control_without_noise_finds_the_leaks(kind: str, asker: Asker, truth) -
         if not verdict.leaked:
             missed.append(verdict.describe())
     assert not missed, missed
+
+
+# -- noise calibration ----------------------------------------------------------------------
+
+CALIBRATION_SAMPLES = 25
+
+
+def _spread(asker: Asker, query: Query, exact: float, noise, samples: int) -> float:
+    """The mean absolute error of the released answers among ``samples``: the Laplace scale
+    b, as E|X| = b. (A join's cell is now and then withheld on its noisy patient counts.)"""
+    with ThreadPoolExecutor(max_workers=2) as workers:
+        outcomes = list(workers.map(lambda _: asker.ask(query, noise()), range(samples)))
+    values = [v for o in outcomes if (v := o.answer and o.answer["rows"][0][0]) is not None]
+    assert len(values) >= samples / 2, f"{query}: only {len(values)} of {samples} released"
+    return sum(abs(float(v) - exact) for v in values) / len(values)
+
+
+def _least_scale(plain, query: Query, delta: float, rows_sql: str | None, disclosure) -> float:
+    rows = float(plain.scalar(rows_sql)) if rows_sql else 1.0
+    if query.rows_per_patient is not None:
+        rows = min(rows, query.rows_per_patient)
+    epsilon = query.epsilon if query.epsilon is not None else disclosure.epsilon_per_answer
+    return delta * rows / epsilon
+
+
+@pytest.mark.parametrize(
+    ("query", "exact_sql", "delta", "rows_sql"),
+    [c[1:] for c in CALIBRATION],
+    ids=[c[0] for c in CALIBRATION],
+)
+def test_noise_covers_one_patient(
+    query: Query, exact_sql: str, delta: float, rows_sql, asker: Asker, plain, disclosure
+) -> None:
+    """Measured against the exact answer (plain DuckDB), the noise's scale must be at least
+    what one patient can move the answer by, over ε; the bar is half that, so a sensitivity
+    too small by more than a factor 2 fails. The mean of 25 |Laplace(b)| (a Gamma(25, b)/25)
+    falls below b/2 with probability 1e-3 at the least legal b, but the gateway splits ε and
+    uses at least 1.5 times it here (a lone COUNT(*): 2e-6; every other query 3 times or more:
+    4e-12)."""
+    tally.ATTACKS += 1
+    least = _least_scale(plain, query, delta, rows_sql, disclosure)
+    measured = _spread(asker, query, float(plain.scalar(exact_sql)), Noise, CALIBRATION_SAMPLES)
+    tally.LEAKS += measured < least / 2
+    assert measured >= least / 2, f"{query}: noise scale ≈ {measured:.3g}, needs ≥ {least:.3g}"
+
+
+def test_calibration_control_without_noise(asker: Asker, plain, disclosure) -> None:
+    """With the noise off the same check flags every query: it can see missing noise."""
+    for _name, query, exact_sql, delta, rows_sql in CALIBRATION:
+        least = _least_scale(plain, query, delta, rows_sql, disclosure)
+        exact = float(plain.scalar(exact_sql))
+        measured = _spread(asker, query, exact, lambda: Noise(enabled=False), 2)
+        assert measured < least / 2, f"{query}: {measured} with the noise off"
 
 
 # -- run-time errors that depend on one record ----------------------------------------------
