@@ -1,22 +1,32 @@
-"""Query gateway latency against plain DuckDB (issue 6).
+"""Query gateway latency against plain DuckDB, and the utility of its differentially private
+answers (issues 6 and 13).
 
-Writes a pooled ``episode``-shaped table of ``--rows`` rows (default 1,000,000) from three
-institutions as Parquet in a temporary directory, then times the same grouped aggregate
+Writes a pooled ``episode``-shaped table of ``--rows`` rows (default 1,000,000; one row per
+patient) from three institutions as Parquet in a temporary directory, then times the same
+grouped aggregate
 
-- through the gateway library: check (sqlglot), rewrite, locked-down DuckDB views, the
-  rewritten query, disclosure control (suppression, dominance, rounding, secondary);
+- through the gateway library (``sandbox.gateway.dp.answer``): check (sqlglot), public key
+  domains and bounds, locked-down DuckDB views, the bounded statistics, OpenDP's noise, the
+  institution rules on noisy counts;
 - straight on DuckDB: the researcher's query over ``read_parquet`` of the same files;
 
 - with ``--http`` also through the hub: ``POST /api/v1/sandbox/query`` on a real
   ``cleanroom`` app served by waitress on loopback (bearer-token sign-in, the policy decision
   per covered table, the pool lookup of the agreement's signing contributors, the gateway,
   the ledger entry), against a throwaway data directory holding the same files as released
-  versions under an active agreement;
+  versions under an active agreement (each timed request is a new question, so it is
+  computed and paid for, not remembered; a budget large enough for the run);
 
 and prints the medians and the ratios, timed in turns (DuckDB, gateway, HTTP, DuckDB, ...) so
 that other work on the machine slows each alike. Target: gateway (over HTTP) ≤ 2× DuckDB.
 
-Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--http]``
+**Utility** (``--utility``): the median relative error of answered cells at the default
+per-answer budget (ε = 1), against the exact answer from plain DuckDB, for cells of at least
+50 and at least 200 patients, over ``--trials`` noisy answers of counts, means and
+proportions grouped by public keys. Goals: ≤ 10 % and ≤ 3 %.
+
+Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--http]
+[--utility --trials 30]``; ``--rows 360`` is the demo consortium's size.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from contracts.agreements import Disclosure  # noqa: E402
-from sandbox.gateway import Gateway, Source  # noqa: E402
+from sandbox.gateway import Gateway, Source, dp  # noqa: E402
 
 QUERY = (
     "SELECT indication, sex, COUNT(*) AS n, AVG(weight_kg) AS mean_weight, "
@@ -58,7 +68,9 @@ def write_pool(folder: Path, rows: int) -> list[Source]:
         table = pa.table(
             {
                 "coi_id": [f"{institution}-{j}" for j in range(n)],
-                "indication": rng.choice(["ALL", "LBCL", "FL", "MCL", "MM", "CLL"], n),
+                "indication": rng.choice(
+                    ["ALL", "LBCL", "FL", "MCL", "MM", "CLL"], n, p=[0.3, 0.3, 0.1, 0.1, 0.1, 0.1]
+                ),
                 "sex": rng.choice(["female", "male"], n),
                 "age": rng.integers(18, 90, n),
                 "weight_kg": rng.normal(75, 12, n),
@@ -166,6 +178,8 @@ def http_route(tmp: Path, sources: list[Source], threads: int) -> Iterator[Calla
         tables:
           episode: all
         researchers: [rosa]
+        disclosure:
+          epsilon_total: 100
         valid_from: 2026-01-01
         valid_until: 2099-12-31
         parties:
@@ -192,9 +206,13 @@ def http_route(tmp: Path, sources: list[Source], threads: int) -> Iterator[Calla
     session = requests.Session()
     url = f"http://127.0.0.1:{port}/api/v1/sandbox/query"
     headers = {"Authorization": f"Bearer {token}"}
+    asked = iter(range(1_000_000))
 
     def ask() -> None:
-        resp = session.post(url, json={"agreement": "bench", "sql": QUERY}, headers=headers)
+        # A new question each time (a slightly different ε), so it is computed and paid
+        # (0.01 each: the budget of 100 pays for 10,000 of them).
+        body = {"agreement": "bench", "sql": QUERY, "epsilon": 0.01 - next(asked) * 1e-9}
+        resp = session.post(url, json=body, headers=headers)
         resp.raise_for_status()
 
     try:
@@ -204,12 +222,53 @@ def http_route(tmp: Path, sources: list[Source], threads: int) -> Iterator[Calla
         server.close()
 
 
+UTILITY_QUERIES = (  # (query, number of keys)
+    ("SELECT indication, COUNT(*) FROM episode GROUP BY indication", 1),
+    ("SELECT indication, sex, COUNT(*) FROM episode GROUP BY indication, sex", 2),
+    ("SELECT indication, AVG(CLAMP(weight_kg, 30, 150)) FROM episode GROUP BY indication", 1),
+    ("SELECT sex, AVG(age) FROM episode GROUP BY sex", 1),
+    ("SELECT indication, AVG(CAST(bridging AS INTEGER)) FROM episode GROUP BY indication", 1),
+)
+"""Counts, means and proportions grouped by public keys; the truth per cell is the same
+query on plain DuckDB (with the same clamp), with the cell's patient count beside it."""
+
+
+def utility(
+    gateway: Gateway, views: object, paths: list[str], trials: int
+) -> dict[int, tuple[float, int]]:
+    """Median relative error of answered cells (at least 50 / 200 patients) over ``trials``
+    noisy answers of each utility query, and how many cell answers it rests on."""
+    raw = duckdb.connect()
+    errors: dict[int, list[float]] = {50: [], 200: []}
+    for query, keys in UTILITY_QUERIES:
+        exact_sql = (
+            query.replace("FROM episode", f"FROM read_parquet({paths!r})")
+            .replace("CLAMP(weight_kg, 30, 150)", "LEAST(GREATEST(weight_kg, 30), 150)")
+            .replace(" FROM", ", COUNT(*) AS __n FROM", 1)
+        )
+        truth = {tuple(r[:keys]): (r[keys], r[-1]) for r in raw.execute(exact_sql).fetchall()}
+        for _ in range(trials):
+            answer = dp.answer(gateway, views, Disclosure(), query)  # type: ignore[arg-type]
+            for row in answer.rows:
+                found = truth.get(tuple(row[:keys]))
+                value = row[keys]
+                if found is None or value is None or not found[0]:
+                    continue
+                exact, patients = found
+                for floor, bucket in errors.items():
+                    if patients >= floor:
+                        bucket.append(abs(value - exact) / abs(exact))
+    return {f: (statistics.median(e) if e else float("nan"), len(e)) for f, e in errors.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--http", action="store_true", help="Also time the hub's HTTP route.")
+    parser.add_argument("--utility", action="store_true", help="Also measure the DP error.")
+    parser.add_argument("--trials", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         sources = write_pool(Path(tmp), args.rows)
@@ -224,26 +283,34 @@ def main() -> None:
         start = time.perf_counter()
         views = gateway.views("bench", {"episode": sources})
         setup = (time.perf_counter() - start) * 1000
-        answer = gateway.run(views, disclosure, QUERY)
+        answer = dp.answer(gateway, views, disclosure, QUERY)
         runs: dict[str, Callable[[], object]] = {
             "duckdb": lambda: raw.execute(raw_sql).fetchall(),
-            "gateway": lambda: gateway.run(views, disclosure, QUERY),
+            "gateway": lambda: dp.answer(gateway, views, disclosure, QUERY),
         }
         if args.http:
             runs["http"] = stack.enter_context(http_route(Path(tmp), sources, args.threads))
         median = medians_ms(runs, args.repeat)
+        errors = utility(gateway, views, paths, args.trials) if args.utility else None
     baseline, through, over_http = median["duckdb"], median["gateway"], median.get("http")
 
     print(f"rows: {args.rows:,} in 3 Parquet files; threads: {args.threads}")
     print(f"query: {QUERY}")
-    print(f"answer: {len(answer.rows)} groups, {len(answer.suppressed)} suppressions")
+    print(f"answer: {len(answer.rows)} cells, {len(answer.suppressed)} withheld")
     print(f"views built once per agreement: {setup:.1f} ms")
     print(f"DuckDB direct (baseline): median {baseline:.1f} ms")
-    print(f"gateway (check, rewrite, run, disclosure control): median {through:.1f} ms")
+    print(f"gateway (check, domains, bounded statistics, noise, rules): median {through:.1f} ms")
     print(f"ratio: {through / baseline:.2f}x")
     if over_http is not None:
         print(f"hub HTTP route (token, policy, pool, gateway, ledger): median {over_http:.1f} ms")
         print(f"ratio over HTTP: {over_http / baseline:.2f}x (target <= 2.00x)")
+    if errors is not None:
+        goals = {50: 0.10, 200: 0.03}
+        for floor, (error, cells) in errors.items():
+            print(
+                f"utility: cells of >= {floor} patients: median relative error "
+                f"{error:.2%} over {cells:,} answered cells at ε = 1 (goal <= {goals[floor]:.0%})"
+            )
 
 
 if __name__ == "__main__":

@@ -115,9 +115,11 @@ class Disclosure:
 DEFAULT_DISCLOSURE = Disclosure()
 """The architecture's defaults: what an agreement gets for the parameters it leaves out."""
 
-DEFAULT_FLOOR = Disclosure(allow_synthetic=True, allow_model_fitting=True)
+DEFAULT_FLOOR = Disclosure(allow_synthetic=True, allow_model_fitting=True, epsilon_total=100.0)
 """The floor when the caller passes none: the defaults' thresholds, and synthetic rows and
-model fitting left to each agreement. The steward's configured floor replaces it."""
+model fitting left to each agreement; at most ε = 1 per answer, and a yearly privacy budget
+an agreement may raise from its default 20 up to 100 (new terms, which every party signs
+again). The steward's configured floor replaces it."""
 
 
 @dataclass(frozen=True)

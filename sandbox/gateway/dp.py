@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -586,9 +587,13 @@ def answer(
     aliases = [alias for alias, _view in checked.tables]
     selects = [f'"{aliases[0]}".__pid AS __pid']
     selects += [f'"{a}".{INSTITUTION} AS __i{t}' for t, a in enumerate(aliases)]
-    selects += [f"TRY({_sql(resolver.qualify(k))}) AS __k{i}" for i, k in enumerate(checked.keys)]
+    selects += [
+        f"{_total(resolver.qualify(k), facts)} AS __k{i}" for i, k in enumerate(checked.keys)
+    ]
     selects += [f"{v} AS __v{j}" for j, v in enumerate(values)]
-    condition = f"COALESCE(TRY({_sql(resolver.qualify(where.this))}), FALSE)" if where else "TRUE"
+    condition = (
+        f"COALESCE({_total(resolver.qualify(where.this), facts)}, FALSE)" if where else "TRUE"
+    )
     rows_sql = (
         f"SELECT {', '.join(selects)} FROM {_from(checked, resolver)} "  # noqa: S608 - built
         f"WHERE {condition}"
@@ -604,16 +609,26 @@ def answer(
     else:
         bounded = "SELECT * FROM __r"
     keys = [f"__k{i}" for i in range(len(checked.keys))]
-    sets = [f"({', '.join(keys)})"] + [
-        f"({', '.join([*keys, f'__i{t}'])})" for t in range(len(aliases))
-    ]
-    outputs = [*keys, *(f"__i{t}" for t in range(len(aliases)))]
-    outputs += [f"GROUPING(__i{t}) AS __g{t}" for t in range(len(aliases))]
-    outputs += ["COUNT(DISTINCT __pid) AS __np"]
+    # Patients per cell and institution: with at most one row per patient (known from the
+    # views, not from this query's data), a row count is a patient count.
+    patients_sql = "COUNT(*)" if most <= 1 else "COUNT(DISTINCT __pid)"
+    institution_columns = [f"__i{t}" for t in range(len(aliases))]
+    if len(aliases) == 1:
+        # One table: group by keys and institution once; the cell totals are sums over
+        # institutions (every statistic is additive).
+        grouping = f"GROUP BY {', '.join([*keys, '__i0'])}"
+        flags = ["0 AS __g0"]
+    else:
+        sets = [f"({', '.join(keys)})"] + [
+            f"({', '.join([*keys, column])})" for column in institution_columns
+        ]
+        grouping = f"GROUP BY GROUPING SETS ({', '.join(sets)})"
+        flags = [f"GROUPING({column}) AS __g{t}" for t, column in enumerate(institution_columns)]
+    outputs = [*keys, *institution_columns, *flags, f"{patients_sql} AS __np"]
     outputs += [f"{s.sql} AS {s.name}" for s in stats.values()]
     final = (
         f"WITH __r AS ({rows_sql}), __b AS ({bounded}) SELECT {', '.join(outputs)} "  # noqa: S608
-        f"FROM __b GROUP BY GROUPING SETS ({', '.join(sets)})"
+        f"FROM __b {grouping}"
     )
     names, rows = gateway.execute(views, final)
 
@@ -627,7 +642,10 @@ def answer(
         if cell is None:
             continue
         grouped = [record[f"__g{t}"] == 0 for t in range(len(aliases))]
-        if not any(grouped):
+        if len(aliases) == 1:
+            for name in stats:
+                totals[name][cell] += float(record[name] or 0)
+        elif not any(grouped):
             for name in stats:
                 totals[name][cell] = float(record[name] or 0)
             continue
@@ -640,19 +658,26 @@ def answer(
     # the statistics.
     rules_epsilon = epsilon * RULES_SHARE / len(aliases)
     stat_epsilon = epsilon * (1 - RULES_SHARE) / max(1, len(stats))
-    noisy: dict[str, list[float]] = {}
-    scales: dict[str, float] = {}
-    for name, stat in stats.items():
-        noisy[name], scales[name] = noise.laplace(totals[name], stat.per_row * bound, stat_epsilon)
+    # One release: each statistic's vector, and each table's patient counts per cell and
+    # institution (the rules).
+    names_in_order = list(stats)
+    vectors = [totals[name] for name in names_in_order]
+    sensitivities = [stats[name].per_row * bound for name in names_in_order]
+    epsilons = [stat_epsilon] * len(names_in_order)
+    for t in range(len(aliases)):
+        vectors.append([v for cell in patients[t] for v in cell])
+        sensitivities.append(float(min(bound, len(cells) * max(1, len(institutions[t])))))
+        epsilons.append(rules_epsilon)
+    released, released_scales = noise.laplace_many(vectors, sensitivities, epsilons)
+    noisy = dict(zip(names_in_order, released, strict=False))
+    scales = dict(zip(names_in_order, released_scales, strict=False))
     noisy_patients: list[list[list[float]]] = []
     rule_scales = []
     for t in range(len(aliases)):
-        flat = [v for cell in patients[t] for v in cell]
-        sensitivity = min(bound, len(cells) * max(1, len(institutions[t])))
-        released, scale = noise.laplace(flat, sensitivity, rules_epsilon)
+        counted = released[len(names_in_order) + t]
         width = len(institutions[t])
-        noisy_patients.append([released[i * width : (i + 1) * width] for i in range(len(cells))])
-        rule_scales.append(scale)
+        noisy_patients.append([counted[i * width : (i + 1) * width] for i in range(len(cells))])
+        rule_scales.append(released_scales[len(names_in_order) + t])
 
     withheld = [_rules(cell, noisy_patients, rule_scales, disclosure) for cell in range(len(cells))]
     values_by_cell = [
@@ -690,6 +715,64 @@ def answer(
         json.dumps(result.as_dict(), sort_keys=True, default=str).encode()
     ).hexdigest()
     return result
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _kind(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> str | None:
+    """``n`` (number), ``s`` (text) or ``b`` (boolean) for a column or literal, else None."""
+    if isinstance(node, exp.Paren):
+        return _kind(node.this, facts)
+    if isinstance(node, exp.Column):
+        kind = facts(node).kind
+        return {"number": "n", "integer": "n", "boolean": "b"}.get(kind, "s")
+    if isinstance(node, exp.Boolean):
+        return "b"
+    if isinstance(node, exp.Literal):
+        return "s" if node.is_string else "n"
+    return None
+
+
+def _cannot_fail(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> bool:
+    """Whether ``node`` cannot raise on any row: columns, literals, logic, CASE/IF over such
+    parts, comparisons of a column or literal with one of the same kind (no implicit cast),
+    and a numeric or boolean column cast to DOUBLE. Anything else runs inside ``TRY``."""
+    if isinstance(node, exp.Column | exp.Literal | exp.Boolean | exp.Null):
+        return True
+    if isinstance(node, exp.Paren | exp.Not):
+        return _cannot_fail(node.this, facts)
+    if isinstance(node, exp.And | exp.Or):
+        return _cannot_fail(node.this, facts) and _cannot_fail(node.expression, facts)
+    if isinstance(node, exp.Is):
+        return isinstance(node.expression, exp.Null) and _cannot_fail(node.this, facts)
+    if isinstance(node, _COMPARISONS):
+        left, right = _kind(node.this, facts), _kind(node.expression, facts)
+        return left is not None and left == right
+    if isinstance(node, exp.Case):
+        parts = [node.args.get("default")]
+        for when in node.args.get("ifs") or []:
+            parts += [when.this, when.args.get("true")]
+        return node.args.get("this") is None and all(
+            p is None or _cannot_fail(p, facts) for p in parts
+        )
+    if isinstance(node, exp.If):
+        parts = [node.this, node.args.get("true"), node.args.get("false")]
+        return all(p is None or _cannot_fail(p, facts) for p in parts)
+    if isinstance(node, exp.Cast) and node.to.this.name.upper() == "DOUBLE":
+        inner = node.this
+        if isinstance(inner, exp.Column):
+            return _kind(inner, facts) in ("n", "b")
+        return isinstance(inner, exp.Case | exp.If | exp.Paren) and _cannot_fail(inner, facts)
+    return False
+
+
+def _total(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> str:
+    """``node`` as SQL that cannot fail on a row: inside ``TRY`` unless it cannot anyway
+    (``TRY`` costs time on every row)."""
+    if _cannot_fail(node, facts):
+        return _sql(node)
+    return f"TRY({_sql(node)})"
 
 
 def _using_columns(checked: CheckedQuery) -> set[str]:
@@ -746,7 +829,7 @@ def _plan(
     assert aggregate.arg is not None
     arg = resolver.qualify(aggregate.arg)
     if func == "count":
-        j = _value_slot(values, f"TRY({_sql(arg)})")
+        j = _value_slot(values, _total(arg, facts))
         return Planned(aggregate, text, None, {"c": stat(f"__c{j}", f"COUNT(__v{j})", 1.0)})
     bounds = interval(aggregate.arg, facts)
     if bounds is None:
@@ -757,7 +840,9 @@ def _plan(
             "CLAMP(expr, low, high)",
         )
     low, high = bounds
-    j = _value_slot(values, f"LEAST(GREATEST(TRY(CAST({_sql(arg)} AS DOUBLE)), {low!r}), {high!r})")
+    as_double = exp.Cast(this=arg.copy(), to=exp.DataType.build("DOUBLE"))
+    value = _total(as_double, facts)
+    j = _value_slot(values, f"LEAST(GREATEST({value}, {low!r}), {high!r})")
     mid, half = (low + high) / 2, (high - low) / 2
     roles = {"c": stat(f"__c{j}", f"COUNT(__v{j})", 1.0)}
     if func == "sum":
@@ -769,7 +854,8 @@ def _plan(
         )
     roles["s"] = stat(f"__s{j}", f"SUM(__v{j} - {mid!r})", half)
     if func in ("var_samp", "var_pop", "stddev_samp", "stddev_pop"):
-        roles["q"] = stat(f"__q{j}", f"SUM((__v{j} - {mid!r}) ** 2)", half * half)
+        centred = f"(__v{j} - {mid!r})"
+        roles["q"] = stat(f"__q{j}", f"SUM({centred} * {centred})", half * half)
     return Planned(aggregate, text, bounds, roles)
 
 
@@ -837,8 +923,6 @@ def _outputs(
     withheld: list[str | None],
 ) -> tuple[list[str], list[list[Any]]]:
     """The researcher's output expressions over the noisy aggregates, per cell."""
-    import pandas as pd
-
     names = [o.name for o in checked.outputs]
     texts = sorted({t for v in values for t in v}) if values else []
     slots = {text: f"__a{i}" for i, text in enumerate(texts)}
@@ -855,6 +939,40 @@ def _outputs(
             if found is not node and _sql(found) in slots and found.parent is not None:
                 found.replace(exp.column(slots[_sql(found)]))
         exprs.append(f"TRY({_sql(node)})")
+    plain = [e for e in exprs if re.fullmatch(r"__k\d+|TRY\(__a\d+\)", e)]
+    if len(plain) == len(exprs):
+        # Every output is a key or one aggregate: no expression to compute.
+        def pick(expr: str, cell: int) -> Any:
+            if expr.startswith("__k"):
+                return cells[cell][int(expr[3:])]
+            slot = expr[4:-1]
+            text = next(t for t, s in slots.items() if s == slot)
+            return values[cell][text]
+
+        rows = [tuple(pick(e, c) for e in exprs) for c in range(len(cells))]
+    else:
+        rows = _compute(exprs, checked, cells, values, slots)
+    out = []
+    for row, reason in zip(rows, withheld, strict=True):
+        out.append(
+            [
+                _cell(v) if (o.key is not None or not reason) else None
+                for v, o in zip(row, checked.outputs, strict=True)
+            ]
+        )
+    return names, out
+
+
+def _compute(
+    exprs: list[str],
+    checked: CheckedQuery,
+    cells: list[tuple[Any, ...]],
+    values: list[dict[str, float | None]],
+    slots: dict[str, str],
+) -> list[tuple[Any, ...]]:
+    """Output expressions over the noisy aggregates, computed by DuckDB (post-processing)."""
+    import pandas as pd
+
     data: dict[str, list[Any]] = {
         f"__k{i}": [c[i] for c in cells] for i in range(len(checked.keys))
     }
@@ -867,18 +985,9 @@ def _outputs(
     try:
         con.register("__cells", frame)
         select = ", ".join(exprs) or "1"
-        rows = con.execute(f"SELECT {select} FROM __cells").fetchall()  # noqa: S608 - built
+        return con.execute(f"SELECT {select} FROM __cells").fetchall()  # noqa: S608 - built
     finally:
         con.close()
-    out = []
-    for row, reason in zip(rows, withheld, strict=True):
-        out.append(
-            [
-                _cell(v) if (o.key is not None or not reason) else None
-                for v, o in zip(row, checked.outputs, strict=True)
-            ]
-        )
-    return names, out
 
 
 def _cell(value: Any) -> Any:

@@ -171,11 +171,19 @@ class AgreementViews:
         self.lock = threading.Lock() if self._datasets else None
         self._rows_per_patient: dict[str, int] = {}
 
-    def _scan(self, con: duckdb.DuckDBPyConnection, table: str, group: Sequence[Source]) -> str:
-        """A FROM clause reading one institution's files, with ``__row``: a number unique
-        within the scan (a unit for rows linked to no patient)."""
+    def _scan(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        group: Sequence[Source],
+        with_row: bool = True,
+    ) -> str:
+        """A FROM clause reading one institution's files, with ``__row`` (``with_row``): a
+        number unique within the scan (a unit for rows linked to no patient)."""
         if group[0].filesystem is None:
             paths = ", ".join(_literal(str(Path(s.path).resolve())) for s in group)
+            if not with_row:
+                return f"read_parquet([{paths}], union_by_name = true)"
             return (
                 # Gateway-built: the paths come from the hub and are quoted by _literal.
                 "(SELECT *, CAST(hash(filename) AS VARCHAR) || '.' || "  # noqa: S608
@@ -191,6 +199,8 @@ class AgreementViews:
         name = f"__src_{table}_{len(self._datasets)}"
         con.register(name, dataset)
         self._datasets.append(dataset)
+        if not with_row:
+            return f'"{name}"'
         return f'(SELECT *, CAST(row_number() OVER () AS VARCHAR) AS __row FROM "{name}")'  # noqa: S608
 
     @staticmethod
@@ -200,6 +210,28 @@ class AgreementViews:
             key = (source.institution, id(source.filesystem) if source.filesystem else 0)
             by_institution.setdefault(key, []).append(source)
         return [(inst, group) for (inst, _fs), group in sorted(by_institution.items())]
+
+    @staticmethod
+    def _never_null(group: Sequence[Source], column: str) -> bool:
+        """Whether every file's ``column`` is there and, by its Parquet statistics, holds
+        no NULL (then the column alone names each row's patient)."""
+        import pyarrow.parquet as papq
+
+        for source in group:
+            if source.filesystem is None:
+                metadata = papq.read_metadata(source.path)
+            else:
+                with source.filesystem.open_input_file(source.path) as handle:
+                    metadata = papq.read_metadata(handle)
+            names = metadata.schema.names
+            if column not in names:
+                return False
+            index = names.index(column)
+            for group_index in range(metadata.num_row_groups):
+                stats = metadata.row_group(group_index).column(index).statistics
+                if stats is None or not stats.has_null_count or stats.null_count:
+                    return False
+        return True
 
     def _file_columns(self, group: Sequence[Source]) -> set[str]:
         import pyarrow.parquet as papq
@@ -250,18 +282,20 @@ class AgreementViews:
             present = self._file_columns(group) - _FILE_ONLY
             wanted = sorted(present if covered is None else present & set(covered))
             wanted = [c for c in wanted if c != INSTITUTION and not c.startswith("__")]
-            scan = self._scan(con, table, group)
+            inst = _literal(institution)
             joins, units = [], []
             if "coi_id" in present:
                 units.append("s.coi_id")
-            for link in _LINKS:
-                for column in _LINK_COLUMNS[link]:
-                    if link in self._links and column in present:
-                        alias = f"{link}_{column}"
-                        joins.append(f'LEFT JOIN {link} {alias} ON s."{column}" = {alias}.k')
-                        units.append(f"{alias}.coi_id")
-            inst = _literal(institution)
-            units.append(f"'row:' || {inst} || ':' || s.__row")
+            complete = "coi_id" in present and self._never_null(group, "coi_id")
+            if not complete:
+                for link in _LINKS:
+                    for column in _LINK_COLUMNS[link]:
+                        if link in self._links and column in present:
+                            alias = f"{link}_{column}"
+                            joins.append(f'LEFT JOIN {link} {alias} ON s."{column}" = {alias}.k')
+                            units.append(f"{alias}.coi_id")
+                units.append(f"'row:' || {inst} || ':' || s.__row")
+            scan = self._scan(con, table, group, with_row=not complete)
             selected = [f's."{c}"' for c in wanted]
             parts.append(
                 # Gateway-built: paths and pseudonyms come from the hub and are quoted by

@@ -54,3 +54,32 @@ class Noise:
         if not self.enabled:
             return exact, scale
         return [float(v) for v in measurement(exact)], scale
+
+    def laplace_many(
+        self,
+        vectors: Sequence[Sequence[float]],
+        sensitivities: Sequence[float],
+        epsilons: Sequence[float],
+    ) -> tuple[list[list[float]], list[float]]:
+        """Several vectors, each with its own sensitivity and ε, in one OpenDP release: each
+        is multiplied by ε_i / Δ_i (so it moves by at most ε_i), the concatenation — L1
+        sensitivity Σ ε_i — gets one Laplace release of scale 1 (ε = Σ ε_i), and each part
+        is scaled back (its noise scale is Δ_i / ε_i). The same noise and ε as one release
+        per vector, at the cost of one."""
+        if not vectors:
+            return [], []
+        weights = [e / s if s > 0 else 0.0 for e, s in zip(epsilons, sensitivities, strict=True)]
+        flat = [float(v) * w for vector, w in zip(vectors, weights, strict=True) for v in vector]
+        total = float(sum(e for e, s in zip(epsilons, sensitivities, strict=True) if s > 0))
+        released, _scale = self.laplace(flat, total, total) if total else (flat, 0.0)
+        out, scales, start = [], [], 0
+        for vector, weight in zip(vectors, weights, strict=True):
+            part = released[start : start + len(vector)]
+            if weight:
+                out.append([v / weight for v in part])
+                scales.append(1.0 / weight)
+            else:
+                out.append([float(v) for v in vector])
+                scales.append(0.0)
+            start += len(vector)
+        return out, scales

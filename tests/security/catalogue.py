@@ -29,7 +29,7 @@ pairs), a standard deviation of 47 kg; the chance of landing within ±1 kg is at
 declared as 0.05. Counts: ``COUNT(*)`` alone has Laplace scale 1.5, so the difference of
 two rounded counts is exact with probability 0.16 (simulated; declared 0.2), and the mean of
 ten such differences with probability 0.37 (declared 0.4); a count from ``SUM`` of a 0/1
-value has scale 3 (0.15 for one, declared 0.2; 0.08 for a difference, declared 0.1). Every
+value has scale 3 (0.15 for one, declared 0.25; 0.08 for a difference, declared 0.1). Every
 count attack's rate was also measured over 400 noisy runs (noted where it is not one of
 these cases); each declared chance is above its measured rate.
 
@@ -57,6 +57,7 @@ from tests.security.oracle import (
 
 WEIGHT_CHANCE = 0.05
 ONE_COUNT_CHANCE = 0.2  # one answer's count of scale 1.5-3, or a difference at scale 1.5
+ONE_SUM_CHANCE = 0.25  # one sum of 0/1 values at scale 3 (0.15), with a margin
 DIFFERENCE_CHANCE = 0.1  # a difference of two counts of scale >= 3
 SPREAD_CHANCE = 0.3  # estimators mixing a few count-scale terms (see each attack)
 AVERAGE_CHANCE = 0.4  # ten averaged differences of counts of scale 1.5
@@ -229,7 +230,7 @@ NUMERIC: list[Attack] = [
         ),
         _diff,
         target="old",
-        chance=ONE_COUNT_CHANCE,
+        chance=ONE_COUNT_CHANCE,  # simulated 0.16, measured 0.17 (400 runs)
     ),
     # -- the same inside one query ---------------------------------------------------------
     Attack(
@@ -260,7 +261,8 @@ NUMERIC: list[Attack] = [
         (Query("SELECT COUNT(*) - SUM(CAST(age <= 80 AS INT)) FROM episode"),),
         _single,
         target="old",
-        # round(n + L(4.5)) - (sum + L(4.5)): density of the difference at 0 is 0.056.
+        # round(n + L(4.5)) - (sum + L(4.5)): density of the difference at 0 is 0.056;
+        # measured 0.04 (400 runs).
         chance=DIFFERENCE_CHANCE,
     ),
     # -- a total minus the visible cells of a grouping -------------------------------------
@@ -291,7 +293,8 @@ NUMERIC: list[Attack] = [
         ),
         _total_minus_cells,
         target="scd",
-        # four counts of scale 1.5 (the total and three released cells): sd 4.3.
+        # four counts of scale 1.5 (the total and three released cells): sd 4.3,
+        # measured 0.12 (400 runs).
         chance=ONE_COUNT_CHANCE,
     ),
     # -- moving one record between groups --------------------------------------------------
@@ -443,7 +446,8 @@ NUMERIC: list[Attack] = [
         (Query(f"SELECT SUM({IND}) FROM episode"),),
         _single,
         target="old",
-        chance=ONE_COUNT_CHANCE,  # one sum of 0/1 at scale 3: 0.15
+        # one sum of 0/1 at scale 3: 0.15 worked out, measured 0.16 (400 runs)
+        chance=ONE_SUM_CHANCE,
     ),
     Attack(
         "exact weight membership",
@@ -451,7 +455,7 @@ NUMERIC: list[Attack] = [
         (Query("SELECT SUM(CLAMP(POW(0, ABS(weight_kg - 123.456)), 0, 1)) FROM episode"),),
         _single,
         target="exact_weight",
-        chance=ONE_COUNT_CHANCE,
+        chance=ONE_SUM_CHANCE,  # the same: measured 0.18 (400 runs)
     ),
     # -- rounding bypasses ------------------------------------------------------------------
     Attack(
@@ -460,7 +464,7 @@ NUMERIC: list[Attack] = [
         (Query("SELECT SUM(1) FROM episode"), Query("SELECT SUM(1) FROM episode WHERE age <= 80")),
         _diff,
         target="old",
-        chance=DIFFERENCE_CHANCE,  # two sums of scale 3: 0.08
+        chance=DIFFERENCE_CHANCE,  # two sums of scale 3: 0.08, measured 0.09 (400 runs)
     ),
     Attack(
         "sum of x plus one minus sum of x",
@@ -893,6 +897,10 @@ EDGE: list[tuple[str, Query]] = [
         Query("SELECT VAR_POP(CLAMP(weight_kg, -1e200, 1e200)) FROM episode"),
     ),
     ("clamp beyond double", Query("SELECT SUM(CLAMP(weight_kg, 0, 1e400)) FROM episode")),
+    ("zero-width clamp in sum", Query("SELECT SUM(CLAMP(weight_kg, 0, 0)) FROM episode")),
+    ("zero-width clamp in avg", Query("SELECT AVG(CLAMP(weight_kg, 5, 5)) FROM episode")),
+    ("zero-width clamp in var_pop", Query("SELECT VAR_POP(CLAMP(weight_kg, 5, 5)) FROM episode")),
+    ("subnormal clamp", Query("SELECT SUM(CLAMP(weight_kg, 0, 1e-320)) FROM episode")),
     ("exp of a clamp", Query("SELECT SUM(EXP(CLAMP(age, 0, 1000)) * 1000) FROM episode")),
     ("tiny epsilon", Query("SELECT SUM(weight_kg) FROM episode", epsilon=1e-320)),
     ("smallest double epsilon", Query("SELECT SUM(weight_kg) FROM episode", epsilon=5e-324)),
@@ -974,7 +982,6 @@ ROWS_CUSTODY = "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM custody_event GROU
 CALIBRATION: list[tuple[str, Query, str, float, str | None]] = [
     ("sum of weights", Query(WEIGHT), WEIGHT, 250.0, None),
     ("count", Query("SELECT COUNT(*) FROM episode"), "SELECT COUNT(*) FROM episode", 1.0, None),
-    ("sum of ones", Query("SELECT SUM(1) FROM episode"), "SELECT COUNT(*) FROM episode", 1.0, None),
     (
         "count of a case",
         Query("SELECT COUNT(CASE WHEN age <= 80 THEN 1 END) FROM episode"),
