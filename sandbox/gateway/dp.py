@@ -193,8 +193,15 @@ def _union(parts: Sequence[Interval | None]) -> Interval | None:
     return (min(p[0] for p in parts), max(p[1] for p in parts))  # type: ignore[index]
 
 
+MAX_BOUND = 1e12
+"""Bounds beyond this are no bounds (they would overflow the statistics)."""
+
+MIN_EPSILON = 0.001
+"""The smallest ε an answer may spend (less gives noise, not answers)."""
+
+
 def _finite(found: Interval | None) -> Interval | None:
-    if found is None or not all(math.isfinite(v) for v in found):
+    if found is None or not all(math.isfinite(v) and abs(v) <= MAX_BOUND for v in found):
         return None
     return found
 
@@ -280,6 +287,8 @@ def _interval(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> Interval 
             raise _reject(
                 f"`{_sql(node)}`", "CLAMP's bounds must be two numbers, the lower one first"
             )
+        if max(abs(lowest), abs(highest)) > MAX_BOUND:
+            raise _reject(f"`{_sql(node)}`", f"CLAMP's bounds must lie within ±{MAX_BOUND:g}")
         return (lowest, highest)
     if isinstance(node, exp.Exp):
         inner = sub(node.this)
@@ -319,7 +328,10 @@ def _cores(
         return []
     if isinstance(node, _PREDICATES):
         return [(node, (True, False, None))]
-    if isinstance(node, exp.Case | exp.If):
+    # (An If inside a CASE is one of its WHEN arms, not a conditional of its own.)
+    if isinstance(node, exp.Case) or (
+        isinstance(node, exp.If) and not isinstance(node.parent, exp.Case)
+    ):
         if isinstance(node, exp.Case):
             outcomes = [w.args["true"] for w in node.args.get("ifs") or []]
             outcomes.append(node.args.get("default") or exp.Null())
@@ -402,6 +414,9 @@ def key_domain(key: exp.Expr, resolver: Resolver) -> tuple[Any, ...]:
     columns = [f"__c{i}" for i in range(len(cores))]
     con = duckdb.connect(":memory:")
     try:
+        if not cores:  # a constant key
+            found = con.execute(f"SELECT TRY({_sql(template)})").fetchall()  # noqa: S608
+            return (*{_plain(r[0]) for r in found if r[0] is not None}, None)
         import pandas as pd
 
         frame = pd.DataFrame(rows, columns=columns, dtype=object)
@@ -507,6 +522,8 @@ def check_epsilon(epsilon: float | None, disclosure: Disclosure) -> float:
         return limit
     if not isinstance(epsilon, int | float) or not math.isfinite(epsilon) or epsilon <= 0:
         raise _reject("epsilon", "epsilon must be a positive number")
+    if epsilon < MIN_EPSILON:
+        raise _reject("epsilon", f"epsilon must be at least {MIN_EPSILON:g}")
     if epsilon > limit + 1e-12:
         raise _reject(
             "epsilon", f"this agreement allows at most ε = {limit:g} per answer; ask for less"
@@ -842,7 +859,7 @@ def _plan(
     low, high = bounds
     as_double = exp.Cast(this=arg.copy(), to=exp.DataType.build("DOUBLE"))
     value = _total(as_double, facts)
-    j = _value_slot(values, f"LEAST(GREATEST({value}, {low!r}), {high!r})")
+    j = _value_slot(values, _clamped(value, low, high))
     mid, half = (low + high) / 2, (high - low) / 2
     roles = {"c": stat(f"__c{j}", f"COUNT(__v{j})", 1.0)}
     if func == "sum":
@@ -857,6 +874,14 @@ def _plan(
         centred = f"(__v{j} - {mid!r})"
         roles["q"] = stat(f"__q{j}", f"SUM({centred} * {centred})", half * half)
     return Planned(aggregate, text, bounds, roles)
+
+
+def _clamped(value: str, low: float, high: float) -> str:
+    """``value`` clamped to [low, high], NULL kept NULL (DuckDB's GREATEST skips NULLs)."""
+    return (
+        f"CASE WHEN ({value}) IS NULL THEN NULL "
+        f"ELSE LEAST(GREATEST({value}, {low!r}), {high!r}) END"
+    )
 
 
 def _value_slot(values: list[str], sql: str) -> int:

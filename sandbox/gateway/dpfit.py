@@ -35,6 +35,7 @@ from contracts.agreements import Disclosure
 from sandbox.gateway.dp import (
     RULE_SCALES,
     Resolver,
+    _clamped,
     check_epsilon,
     interval,
 )
@@ -157,9 +158,8 @@ def fit(
     )
     scaled = []
     for index, (node, (low, high)) in enumerate(zip(sums, bounds, strict=True)):
-        value = (
-            f"LEAST(GREATEST(TRY(CAST({resolver.qualify(node.this).sql('duckdb')} AS DOUBLE)), "
-            f"{low!r}), {high!r})"
+        value = _clamped(
+            f"TRY(CAST({resolver.qualify(node.this).sql('duckdb')} AS DOUBLE))", low, high
         )
         logistic_target = kind == "logistic" and index == len(sums) - 1
         if logistic_target:

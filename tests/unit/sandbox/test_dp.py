@@ -219,3 +219,29 @@ def test_covered_columns_only(gateway, pool) -> None:
     ):
         with pytest.raises(QueryRejected, match="no such column"):
             _answer(gateway, views, sql)
+
+
+def test_missing_values_stay_missing_when_clamped(gateway, views, pool) -> None:
+    """DuckDB's GREATEST skips NULLs; a missing value must not become the lower bound."""
+    answer = _answer(
+        gateway, views, "SELECT AVG(CASE WHEN indication = 'ALL' THEN weight_kg END) FROM episode"
+    )
+    truth = _truth(pool, "SELECT AVG(weight_kg) FROM episode WHERE indication = 'ALL'")
+    assert answer.rows[0][0] == pytest.approx(truth[0][0], rel=1e-5)
+
+
+def test_keys_mixing_columns_conditions_and_constants(gateway, views) -> None:
+    mixed = _answer(
+        gateway,
+        views,
+        "SELECT CASE WHEN age = 97 THEN 'male' ELSE sex END AS s, COUNT(*) FROM episode GROUP BY 1",
+    )
+    assert [r[0] for r in mixed.rows] == ["female", "male", "other", "unknown", None]
+    constant = _answer(gateway, views, "SELECT 'all' AS k, COUNT(*) FROM episode GROUP BY 1")
+    assert constant.rows[0] == ["all", 450]
+
+
+@pytest.mark.parametrize("epsilon", [1e-320, 5e-324, 1e-4])
+def test_too_small_an_epsilon_is_refused(gateway, views, epsilon) -> None:
+    with pytest.raises(QueryRejected, match="at least"):
+        dp.answer(gateway, views, Disclosure(), "SELECT COUNT(*) FROM episode", epsilon=epsilon)
