@@ -29,6 +29,7 @@ from hub.agreements.models import AgreementRecord
 from hub.audit.models import AuditEntry
 from hub.db import get_db
 from hub.errors import CleanroomError, NotFound
+from hub.gateway import services as gateway_services
 from hub.web import actor, agreement_domain, current_user, get_policy, guard
 from policies import store
 from policies.enforcer import user_subject
@@ -84,6 +85,8 @@ def _view(stored: AgreementRecord, agreement: Agreement | None = None) -> dict[s
             "dominance_percent": d.dominance_percent,
             "allow_synthetic": d.allow_synthetic,
             "allow_model_fitting": d.allow_model_fitting,
+            "epsilon_per_answer": d.epsilon_per_answer,
+            "epsilon_total": d.epsilon_total,
         },
         "terms": agreement.terms,
     }
@@ -115,9 +118,26 @@ def mine() -> ResponseReturnValue:
 @guard("read", "agreements/{slug}", domain=agreement_domain)
 def show(slug: str) -> ResponseReturnValue:
     user = _user()
-    stored = services.get(get_db(), slug)
+    db = get_db()
+    stored = services.get(db, slug)
+    view = _view(stored)
+    # A named researcher sees their own privacy budget here (the sandbox client shows it too).
+    budget = None
+    if user.username in view["researchers"]:
+        mine = [
+            s
+            for s in gateway_services.spending(db, stored)
+            if s["researcher"] == user.username and s["period"] == gateway_services.budget_period()
+        ]
+        spent = mine[0]["epsilon_spent"] if mine else 0.0
+        total = view["disclosure"]["epsilon_total"]
+        budget = {"spent": spent, "total": total, "left": max(0.0, total - spent)}
     return render_template(
-        "agreements/show.html", a=_view(stored), stored=stored, may_sign=_may(user, "sign", slug)
+        "agreements/show.html",
+        a=view,
+        stored=stored,
+        may_sign=_may(user, "sign", slug),
+        budget=budget,
     )
 
 
@@ -153,6 +173,7 @@ def transparency() -> ResponseReturnValue:
         (stored, _view(stored, agreement))
         for stored, agreement in services.agreements_of_institution(db, inst)
     ]
+    spending = {stored.slug: gateway_services.spending(db, stored) for stored, _ in included}
     # The gateway records each answered query as `sandbox.*` with the agreement and the
     # institutions whose rows it read in the detail.
     queries = []
@@ -166,7 +187,11 @@ def transparency() -> ResponseReturnValue:
         if inst.slug in (detail.get("institutions") or []):
             queries.append((entry, detail))
     return render_template(
-        "agreements/transparency.html", institution=inst, included=included, queries=queries
+        "agreements/transparency.html",
+        institution=inst,
+        included=included,
+        queries=queries,
+        spending=spending,
     )
 
 
@@ -232,6 +257,7 @@ def admin_show(slug: str) -> ResponseReturnValue:
         possible=possible,
         who=who,
         rules=rules,
+        spending=gateway_services.spending(db, stored),
     ), status
 
 

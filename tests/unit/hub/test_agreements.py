@@ -444,33 +444,53 @@ def test_explorer_shows_who_reaches_what(
     assert "Nobody reaches deviation" in nobody
 
 
-def test_contributor_sees_agreements_with_its_data_and_queries(
+def test_contributor_sees_agreements_with_its_data_queries_and_budget_spent(
     world: World, client: FlaskClient, auth: AuthActions
 ) -> None:
+    from hub.accounts import services as accounts
+    from hub.agreements import services as agreement_services
+    from hub.audit.services import record
+    from hub.gateway.models import PrivacyBudget
+    from hub.gateway.services import budget_period
+
     slug = world.active()
     auth.login("aurelia-data")
     page = client.get("/institution/data").get_data(as_text=True)
     assert f"<code>{slug}</code>" in page
     assert "No query has touched our data yet" in page
+    assert "No researcher has spent any of this agreement" in page
     with world.database.session() as s:
-        from hub.audit.services import record
-
         record(
             s,
             actor="user:rosa",
             action="sandbox.query",
             target=f"agreement:{slug}",
-            detail={"agreement": slug, "institutions": ["st-aurelia"], "suppressed": 2},
+            detail={"institutions": ["st-aurelia"], "epsilon": 0.5},
         )
         record(
             s,
             actor="user:rosa",
             action="sandbox.query",
             target="agreement:x",
-            detail={"agreement": "x", "institutions": ["acme-bio"], "suppressed": 0},
+            detail={"institutions": ["acme-bio"], "epsilon": 1.0},
+        )
+        s.add(
+            PrivacyBudget(
+                user_id=accounts.get_user(s, "rosa").id,
+                agreement_id=agreement_services.get(s, slug).id,
+                period=budget_period(),
+                spent=3.5,
+                answers=4,
+            )
         )
     page = client.get("/institution/data").get_data(as_text=True)
-    assert "user:rosa" in page and "<td>2</td>" in page and "<code>x</code>" not in page
+    assert "user:rosa" in page and "<td>0.5</td>" in page and "<code>x</code>" not in page
+    assert "<td>rosa</td>" in page and "3.5 of 20" in page  # spending per researcher
+    auth.logout()
+    auth.login("rosa")  # the researcher: their own budget on the agreement's page
+    mine = client.get(f"/agreements/{slug}").get_data(as_text=True)
+    assert 'data-testid="budget"' in mine and "ε 16.5 left" in mine
+    assert "at most ε 1 per answer, and ε 20 per researcher" in mine
     auth.logout()
     auth.login("kelvin-admin")  # not a party
     assert "No signed agreement includes our data" in client.get("/institution/data").get_data(
