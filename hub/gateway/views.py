@@ -23,7 +23,7 @@ from hub.storage import Storage
 from hub.synth import services as synth
 from hub.web import actor, current_user, get_policy, guard
 from hub.web import app_settings as _settings
-from sandbox.gateway import Gateway, GatewayError, QueryRejected, check_query, dp, dpfit
+from sandbox.gateway import Gateway, GatewayError, QueryRejected, dp, dpfit
 
 api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
@@ -208,9 +208,10 @@ def _answered(
             found = services.remembered(db, scope, question)
             assert found is not None
         else:
-            services.debit(db, user, scope, epsilon)
+            left = services.debit(db, user, scope, epsilon)
             spent = epsilon
-    left = services.budget(db, user, scope)
+    if not spent:
+        left = services.budget(db, user, scope)
     services.log(
         db,
         actor=actor(),
@@ -243,7 +244,7 @@ def query() -> ResponseReturnValue:
     try:
         views = services.views(_gateway(), scope)
         epsilon = dp.check_epsilon(epsilon_asked, scope.agreement.disclosure)
-        checked = check_query(sql, views.names, views.identifiers)
+        checked = dp.checked_query(sql, views)
         bound = dp.check_rows_per_patient(rows_asked, [v for _a, v in checked.tables])
         identity = dp.canonical(sql, epsilon, bound, views)
     except GatewayError as err:
@@ -329,7 +330,11 @@ def synthetic(table: str) -> ResponseReturnValue:
             code="no_synthetic_version",
         )
     storage: Storage = current_app.extensions["cleanroom.storage"]
-    body = synth.page(synth.read_rows(storage, published), limit=limit, offset=offset)
+    frame = synth.read_rows(storage, published)
+    # The same columns as the views: those the agreement covers, nothing else.
+    covered = set(scope.columns.get(table, ()))
+    frame = frame[[c for c in frame.columns if c in covered]]
+    body = synth.page(frame, limit=limit, offset=offset)
     ids = [p.id for p in published]
     services.log(
         db,

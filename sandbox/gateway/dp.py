@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -543,9 +544,33 @@ def check_rows_per_patient(value: int | None, tables: Sequence[str]) -> int:
     return value
 
 
+_CHECKED: dict[tuple[Any, ...], CheckedQuery] = {}
+_CHECKED_MAX = 256
+_CHECKED_LOCK = threading.Lock()
+
+
+def checked_query(sql: str, views: AgreementViews) -> CheckedQuery:
+    """``check_query`` remembered for the last queries (a pure function of the text, the
+    view names and identifiers; parsing costs milliseconds). The checked tree is only read."""
+    key = (
+        sql,
+        views.names,
+        tuple(sorted((t, tuple(sorted(i))) for t, i in views.identifiers.items())),
+    )
+    with _CHECKED_LOCK:
+        found = _CHECKED.get(key)
+    if found is None:
+        found = check_query(sql, views.names, views.identifiers)
+        with _CHECKED_LOCK:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.pop(next(iter(_CHECKED)))
+            _CHECKED[key] = found
+    return found
+
+
 def canonical(sql: str, epsilon: float, rows_per_patient: int, views: AgreementViews) -> str:
     """The identity of a question: its checked text and the terms it is answered on."""
-    checked = check_query(sql, views.names, views.identifiers)
+    checked = checked_query(sql, views)
     return hashlib.sha256(
         json.dumps([checked.hash, round(epsilon, 12), rows_per_patient]).encode()
     ).hexdigest()
@@ -564,7 +589,7 @@ def answer(
     """Check, plan, run and add noise to one query (see the module docstring)."""
     noise = noise or Noise()
     epsilon = check_epsilon(epsilon, disclosure)
-    checked = check_query(sql, views.names, views.identifiers)
+    checked = checked_query(sql, views)
     resolver = Resolver(checked, views)
     resolver.using = _using_columns(checked)  # type: ignore[attr-defined]
     tables = [view for _alias, view in checked.tables]

@@ -293,3 +293,25 @@ def test_a_synthesis_queued_when_its_version_is_withdrawn_stays_withdrawn(
         actions = [e.action for e in entries]
     assert actions == ["synth.request", "synth.withdrawn"]  # no synth.failed after it
     assert not list(storage.list(f"synthetic/batch/dataset={pool['acme-bio']}/"))
+
+
+def test_synthetic_rows_hold_only_the_covered_columns(
+    client: FlaskClient,
+    database: Database,
+    settings: Settings,
+    pool: dict[str, int],
+) -> None:
+    """The synthetic channel sees the same columns as queries and fits: the agreement's."""
+    terms = _terms(ALLOW).replace("batch: all", "batch: [lot_id, platform, viability]")
+    assert terms != _terms(ALLOW)
+    _activate(database, terms)
+    acme = _token(database, settings, "acme-bio-admin", ("upload", "read"))
+    resp = client.post(
+        f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1}, headers=acme
+    )
+    assert resp.status_code == 202, resp.get_json()
+    _run_jobs(database, settings)
+    rosa = _token(database, settings, "rosa")
+    body = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa).get_json()
+    assert body["columns"] == ["lot_id", "platform", "viability"], body
+    assert all(len(row) == 3 for row in body["rows"])
