@@ -25,10 +25,8 @@ def test_there_are_the_three_example_notebooks() -> None:
     ]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(
-    path: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _run(path: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run one notebook as the demo researcher; return its text outputs."""
     token = (live_server.data_dir / "demo-researcher-token").read_text().strip()
     # What the sandbox's spawner puts into a notebook server's environment, and nothing else
     # of Cleanroom's.
@@ -40,7 +38,49 @@ def test_notebook_runs_top_to_bottom(
     NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(
+    return "".join(
         str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(
+    path: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = _run(path, live_server, monkeypatch)
     assert "demo-" in text or "mean_v2v_days" in text or "coefficient" in text
+    assert "epsilon_left" in text  # every notebook shows the budget it leaves
+
+
+def test_the_three_notebooks_run_within_the_default_budget_and_again_for_free(
+    live_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All three notebooks together spend at most the default yearly ε (20) per agreement;
+    run again, their questions are answered from memory at no cost."""
+    import requests
+
+    token = (live_server.data_dir / "demo-researcher-token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def spent() -> dict[str, float]:
+        found = {}
+        for slug in ("demo-mfp", "demo-v2v"):
+            resp = requests.get(
+                f"{live_server.url}/api/v1/sandbox/budget",
+                params={"agreement": slug},
+                headers=headers,
+                timeout=30,
+            )
+            resp.raise_for_status()
+            body = resp.json()
+            assert body["epsilon_total"] == 20.0
+            found[slug] = body["epsilon_spent"]
+        return found
+
+    for path in NOTEBOOKS:
+        _run(path, live_server, monkeypatch)
+    first = spent()
+    assert all(0 < v <= 20 for v in first.values()), first
+    for path in NOTEBOOKS:
+        _run(path, live_server, monkeypatch)
+    assert spent() == first
