@@ -902,10 +902,11 @@ def _plan(
 
 
 def _clamped(value: str, low: float, high: float) -> str:
-    """``value`` clamped to [low, high], NULL kept NULL (DuckDB's GREATEST skips NULLs)."""
+    """``value`` clamped to [low, high]; NULL stays NULL (DuckDB's GREATEST would skip it)
+    and NaN, which DuckDB orders above every number, becomes ``high``."""
     return (
-        f"CASE WHEN ({value}) IS NULL THEN NULL "
-        f"ELSE LEAST(GREATEST({value}, {low!r}), {high!r}) END"
+        f"CASE WHEN {value} < {low!r} THEN {low!r} WHEN {value} > {high!r} THEN {high!r} "
+        f"ELSE {value} END"
     )
 
 
