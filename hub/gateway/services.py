@@ -264,25 +264,33 @@ def _exhausted(found: Budget, epsilon: float) -> BudgetExhausted:
     )
 
 
-def check_budget(session: Session, user: User, scope: Scope, epsilon: float) -> None:
-    """Refuse before any data is read when the budget cannot pay for ``epsilon``."""
+def check_budget(session: Session, user: User, scope: Scope, epsilon: float) -> Budget:
+    """Refuse before any data is read when the budget cannot pay for ``epsilon``; return
+    the budget as it stands."""
     found = budget(session, user, scope)
     if found.spent + epsilon > found.total + 1e-9:
         raise _exhausted(found, epsilon)
+    return found
 
 
-def debit(session: Session, user: User, scope: Scope, epsilon: float) -> Budget:
+def debit(
+    session: Session, user: User, scope: Scope, epsilon: float, known: Budget | None = None
+) -> Budget:
     """Spend ``epsilon`` atomically: one conditional UPDATE, so concurrent requests in any
-    process cannot together overspend. Not committed: the caller commits with the answer."""
+    process cannot together overspend. Not committed: the caller commits with the answer.
+    ``known``: the budget read just before (saves reading it again)."""
     period = budget_period()
     total = float(scope.agreement.disclosure.epsilon_total)
-    exists = session.scalar(
-        select(PrivacyBudget.id).where(
-            PrivacyBudget.user_id == user.id,
-            PrivacyBudget.agreement_id == scope.stored.id,
-            PrivacyBudget.period == period,
+    if known is None or known.answers == 0:
+        exists = session.scalar(
+            select(PrivacyBudget.id).where(
+                PrivacyBudget.user_id == user.id,
+                PrivacyBudget.agreement_id == scope.stored.id,
+                PrivacyBudget.period == period,
+            )
         )
-    )
+    else:
+        exists = 1  # a row with answers exists: rows are never deleted
     if exists is None:
         try:
             with session.begin_nested():
@@ -306,6 +314,15 @@ def debit(session: Session, user: User, scope: Scope, epsilon: float) -> Budget:
     )
     if getattr(result, "rowcount", 0) != 1:
         raise _exhausted(budget(session, user, scope), epsilon)
+    if known is not None:  # what the UPDATE made of it (others may have spent meanwhile)
+        return Budget(
+            known.agreement,
+            known.period,
+            known.total,
+            known.per_answer,
+            known.spent + epsilon,
+            known.answers + 1,
+        )
     return budget(session, user, scope)
 
 

@@ -182,7 +182,7 @@ def _answered(
     found = services.remembered(db, scope, question)
     spent = 0.0
     if found is None:
-        services.check_budget(db, user, scope, epsilon)
+        known = services.check_budget(db, user, scope, epsilon)
         try:
             found = compute()
         except GatewayError as err:
@@ -208,7 +208,7 @@ def _answered(
             found = services.remembered(db, scope, question)
             assert found is not None
         else:
-            left = services.debit(db, user, scope, epsilon)
+            left = services.debit(db, user, scope, epsilon, known)
             spent = epsilon
     if not spent:
         left = services.budget(db, user, scope)

@@ -65,7 +65,7 @@ def test_client_tour(
         cr.query("SELECT MAX(viability) FROM batch")
     assert rejected.value.construct.upper().startswith("MAX")
     summary = cr.fit("batch", ["culture_days"], "viability")
-    assert 80 <= summary["n"] <= 160 and "culture_days" in summary["coefficients"]
+    assert abs(summary["n"] - 120) < 100 and "culture_days" in summary["coefficients"]
     assert cr.budget()["epsilon_spent"] == 3.0
     with pytest.raises(PolicyDenied):
         cr.synthetic("batch")  # not allowed by these terms
