@@ -9,7 +9,6 @@ synthetic rows only of a synthetic version that passed the publication gates.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
@@ -24,6 +23,7 @@ from hub.synth import services as synth
 from hub.web import actor, current_user, get_policy, guard
 from hub.web import app_settings as _settings
 from sandbox.gateway import Gateway, GatewayError, QueryRejected, dp, dpfit
+from sandbox.gateway.engine import digest
 
 api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
@@ -377,10 +377,7 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
     return value
 
 
-def _hash(value: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+_hash = digest
 
 
 def gateway_error(err: GatewayError) -> tuple[dict[str, Any], int]:

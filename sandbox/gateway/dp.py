@@ -28,9 +28,7 @@ before the answer leaves.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import re
 import threading
@@ -42,6 +40,7 @@ import duckdb
 from sqlglot import exp
 
 from contracts.agreements import Disclosure
+from sandbox.gateway.engine import digest
 from sandbox.gateway.errors import QueryRejected
 from sandbox.gateway.facts import Facts
 from sandbox.gateway.noise import Noise
@@ -55,6 +54,7 @@ from sandbox.gateway.sql import (
 
 if TYPE_CHECKING:
     from sandbox.gateway.engine import AgreementViews, Gateway
+
 
 MAX_CELLS = 10_000
 """Most cells an answer may have (the product of its keys' public domains)."""
@@ -571,9 +571,7 @@ def checked_query(sql: str, views: AgreementViews) -> CheckedQuery:
 def canonical(sql: str, epsilon: float, rows_per_patient: int, views: AgreementViews) -> str:
     """The identity of a question: its checked text and the terms it is answered on."""
     checked = checked_query(sql, views)
-    return hashlib.sha256(
-        json.dumps([checked.hash, round(epsilon, 12), rows_per_patient]).encode()
-    ).hexdigest()
+    return digest([checked.hash, round(epsilon, 12), rows_per_patient])
 
 
 def answer(
@@ -753,9 +751,7 @@ def answer(
         aggregates=described,
         query_hash=checked.hash,
     )
-    result.result_hash = hashlib.sha256(
-        json.dumps(result.as_dict(), sort_keys=True, default=str).encode()
-    ).hexdigest()
+    result.result_hash = digest(result.as_dict())
     return result
 
 

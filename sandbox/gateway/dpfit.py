@@ -22,8 +22,6 @@ after the fact, and its ε is spent all the same (:attr:`FitRefused.spent`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,10 +37,12 @@ from sandbox.gateway.dp import (
     check_epsilon,
     interval,
 )
+from sandbox.gateway.engine import digest
 from sandbox.gateway.errors import FitRefused, QueryRejected
 from sandbox.gateway.facts import Facts
+from sandbox.gateway.fit import check_request
 from sandbox.gateway.noise import Noise
-from sandbox.gateway.sql import INSTITUTION, check_query
+from sandbox.gateway.sql import INSTITUTION
 
 if TYPE_CHECKING:
     from sandbox.gateway.engine import AgreementViews, Gateway
@@ -87,9 +87,7 @@ def request_hash(
     epsilon: float,
 ) -> str:
     """The identity of a fit request (the same request is answered once)."""
-    return hashlib.sha256(
-        json.dumps([kind, table, list(features), target, filters or "", epsilon]).encode()
-    ).hexdigest()
+    return digest([kind, table, list(features), target, filters or "", epsilon])
 
 
 def fit(
@@ -111,25 +109,10 @@ def fit(
         raise FitRefused("this agreement does not allow model fitting on real data")
     if kind not in KINDS:
         raise FitRefused(f"unknown model kind {kind!r}; use {' or '.join(KINDS)}")
-    if not features:
-        raise QueryRejected("name at least one feature", "features")
     if len(features) > MAX_FEATURES:
         raise QueryRejected(f"at most {MAX_FEATURES} features", "features")
     epsilon = check_epsilon(epsilon, disclosure)
-    probe = ", ".join(f"SUM({f})" for f in [*features, target])
-    # Only a probe: check_query parses and allow-lists all of it before anything runs.
-    sql = f"SELECT {probe} FROM {table}" + (f" WHERE {filters}" if filters else "")  # noqa: S608
-    checked = check_query(sql, views.names, views.identifiers)
-    sums = [o.expr for o in checked.outputs]
-    if (
-        len(checked.tables) != 1
-        or len(sums) != len(features) + 1
-        or not all(type(s) is exp.Sum for s in sums)
-        or checked.keys
-    ):
-        raise QueryRejected(
-            "each feature and the target must be one expression over the table", "fit request"
-        )
+    checked, sums = check_request(views, table, features, target, filters)
     resolver = Resolver(checked, views)
 
     def facts(column: exp.Column) -> Facts:

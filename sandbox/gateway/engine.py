@@ -83,6 +83,12 @@ def cdm_identifiers() -> dict[str, frozenset[str]]:
     }
 
 
+def digest(value: Any) -> str:
+    """SHA-256 of a JSON value in canonical form (sorted keys): an answer's ``result_hash``
+    and the ledger's record of it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -441,9 +447,7 @@ class Gateway:
             rounded=rounded,
             query_hash=checked.hash,
         )
-        answer.result_hash = hashlib.sha256(
-            json.dumps(answer.as_dict(), sort_keys=True, default=str).encode()
-        ).hexdigest()
+        answer.result_hash = digest(answer.as_dict())
         return answer
 
     def _prepare(self, views: AgreementViews, disclosure: Disclosure, sql: str) -> Any:

@@ -26,7 +26,7 @@ from sqlglot import exp
 
 from contracts.agreements import Disclosure
 from sandbox.gateway.errors import FitRefused, QueryRejected
-from sandbox.gateway.sql import INSTITUTION, check_query
+from sandbox.gateway.sql import INSTITUTION, CheckedQuery, check_query
 
 if TYPE_CHECKING:
     from sandbox.gateway.engine import AgreementViews, Gateway
@@ -56,10 +56,12 @@ class FitResult:
         }
 
 
-def data_sql(
+def check_request(
     views: AgreementViews, table: str, features: Sequence[str], target: str, filters: str | None
-) -> str:
-    """Check the request through the query checker and build the (internal) row query."""
+) -> tuple[CheckedQuery, list[exp.Expr]]:
+    """A fit request through the query checker, as the probe ``SELECT SUM(feature), ...,
+    SUM(target) FROM table WHERE filters``: the checked probe and its ``SUM`` nodes (features
+    first, the target last). Nothing runs."""
     if not features:
         raise QueryRejected("name at least one feature", "features")
     probe = ", ".join(f"SUM({f})" for f in [*features, target])
@@ -71,8 +73,19 @@ def data_sql(
         len(checked.tables) != 1
         or len(sums) != len(features) + 1
         or not all(type(s) is exp.Sum for s in sums)
+        or checked.keys
     ):
-        raise QueryRejected("each feature and the target must be one expression", "fit request")
+        raise QueryRejected(
+            "each feature and the target must be one expression over the table", "fit request"
+        )
+    return checked, sums
+
+
+def data_sql(
+    views: AgreementViews, table: str, features: Sequence[str], target: str, filters: str | None
+) -> str:
+    """Check the request through the query checker and build the (internal) row query."""
+    checked, sums = check_request(views, table, features, target, filters)
     columns = [
         exp.alias_(exp.Cast(this=s.this.copy(), to=exp.DataType.build("DOUBLE")), f"x{i}")
         for i, s in enumerate(sums)

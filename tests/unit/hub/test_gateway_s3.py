@@ -71,4 +71,12 @@ def test_query_reads_the_pool_from_s3(
     assert [r[0] for r in rows] == ["central", "point_of_care", None]
     # Noisy, and a cell may be withheld by the noisy institution rules: 120 lots in all.
     scale = resp.get_json()["aggregates"][0]["noise_scale"]["n"]
-    assert any(r[1] for r in rows) and sum(r[1] or 0 for r in rows) <= 120 + 12 * scale
+    assert sum(r[1] or 0 for r in rows) <= 120 + 12 * scale
+    # The whole table, one row per patient, read from S3: close to its 120 lots.
+    whole = client.post(
+        "/api/v1/sandbox/query",
+        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "rows_per_patient": 1},
+        headers=rosa,
+    ).get_json()
+    scale = whole["aggregates"][0]["noise_scale"]["n"]
+    assert abs(whole["rows"][0][0] - 120) <= 12 * scale
