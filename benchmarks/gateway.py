@@ -25,8 +25,12 @@ per-answer budget (ε = 1), against the exact answer from plain DuckDB, for cell
 50 and at least 200 patients, over ``--trials`` noisy answers of counts, means and
 proportions grouped by public keys. Goals: ≤ 10 % and ≤ 3 %.
 
+**Notebooks** (``--notebooks``): seeds the demo consortium in a temporary directory, serves
+it, runs the three example notebooks as the demo researcher and prints the ε they spend under
+each agreement (the default yearly budget is 20).
+
 Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--http]
-[--utility --trials 30]``; ``--rows 360`` is the demo consortium's size.
+[--utility --trials 30] [--notebooks]``; ``--rows 360`` is the demo consortium's size.
 """
 
 from __future__ import annotations
@@ -261,6 +265,64 @@ def utility(
     return {f: (statistics.median(e) if e else float("nan"), len(e)) for f, e in errors.items()}
 
 
+def notebook_budget() -> dict[str, dict[str, float]]:
+    """Seed the demo consortium, serve it, run the three example notebooks as its researcher;
+    the budget each agreement's answers spent."""
+    import os
+    import subprocess
+
+    import nbformat
+    import requests
+    from nbclient import NotebookClient
+
+    sys.path.insert(0, str(_HERE.parent))
+    from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
+
+    notebooks = sorted((_HERE.parent / "sandbox" / "notebooks").glob("*.ipynb"))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        data.mkdir(mode=0o700)
+        port = free_port()
+        env = server_env(data, port)
+        command = cleanroom_command()
+        subprocess.run([*command, "demo", "seed"], env=env, check=True, capture_output=True)  # noqa: S603
+        server = subprocess.Popen(  # noqa: S603
+            [*command, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while not healthy(url):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the demo server did not start")
+                time.sleep(0.5)
+            token = (data / "demo-researcher-token").read_text().strip()
+            saved = {k: v for k, v in os.environ.items() if k.startswith("CLEANROOM_")}
+            for name in saved:
+                del os.environ[name]
+            os.environ.update({"CLEANROOM_GATEWAY_URL": url, "CLEANROOM_TOKEN": token})
+            try:
+                for path in notebooks:
+                    notebook = nbformat.read(path, as_version=4)
+                    NotebookClient(notebook, timeout=300, kernel_name="python3").execute()
+            finally:
+                for name in ("CLEANROOM_GATEWAY_URL", "CLEANROOM_TOKEN"):
+                    os.environ.pop(name, None)
+                os.environ.update(saved)
+            spent = {}
+            for slug in ("demo-mfp", "demo-v2v"):
+                body = requests.get(
+                    f"{url}/api/v1/sandbox/budget",
+                    params={"agreement": slug},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                ).json()
+                spent[slug] = {"spent": body["epsilon_spent"], "total": body["epsilon_total"]}
+            return spent
+        finally:
+            stop(server)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -269,6 +331,9 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="Also time the hub's HTTP route.")
     parser.add_argument("--utility", action="store_true", help="Also measure the DP error.")
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument(
+        "--notebooks", action="store_true", help="Also the ε the example notebooks spend."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         sources = write_pool(Path(tmp), args.rows)
@@ -304,6 +369,12 @@ def main() -> None:
     if over_http is not None:
         print(f"hub HTTP route (token, policy, pool, gateway, ledger): median {over_http:.1f} ms")
         print(f"ratio over HTTP: {over_http / baseline:.2f}x (target <= 2.00x)")
+    if args.notebooks:
+        for slug, budget in notebook_budget().items():
+            print(
+                f"example notebooks: ε {budget['spent']:g} of {budget['total']:g} spent "
+                f"under {slug}"
+            )
     if errors is not None:
         goals = {50: 0.10, 200: 0.03}
         for floor, (error, cells) in errors.items():

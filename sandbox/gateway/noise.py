@@ -28,6 +28,7 @@ def _opendp() -> Any:
     return domains, measurements, metrics
 
 
+@lru_cache(maxsize=256)
 def _measurement(size: int, scale: float) -> Any:
     domains, measurements, metrics = _opendp()
     space = (

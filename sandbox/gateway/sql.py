@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import sqlglot
 from sqlglot import exp
@@ -242,9 +243,10 @@ class CheckedQuery:
     limit: int | None = None
     aggregates: tuple[Aggregate, ...] = field(default=())
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """SHA-256 of the canonical text of the checked query (comments and case removed)."""
+        """SHA-256 of the canonical text of the checked query (comments and case removed);
+        computed once (the tree is never changed after checking)."""
         return hashlib.sha256(self.tree.sql(dialect="duckdb").encode()).hexdigest()
 
 
