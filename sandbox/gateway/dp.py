@@ -593,84 +593,15 @@ def answer(
     tables = [view for _alias, view in checked.tables]
     bound = check_rows_per_patient(rows_per_patient, tables)
 
-    def facts(column: exp.Column) -> Facts:
-        return resolver.resolve(column)[2]
-
-    # Every column the query reads must be the agreement's.
-    for join in checked.tree.args.get("joins") or []:
-        if join.args.get("on") is not None:
-            resolver.qualify(join.args["on"])
-    where = checked.tree.args.get("where")
-    if where is not None:
-        resolver.qualify(where.this)
-
-    domains = [key_domain(k, resolver) for k in checked.keys]
-    cells = list(itertools.product(*domains)) if domains else [()]
-    if len(cells) > MAX_CELLS:
-        raise _reject(
-            "GROUP BY", f"the keys' public domains give {len(cells):,} cells; at most {MAX_CELLS:,}"
-        )
-
-    planned: list[Planned] = []
-    stats: dict[str, Stat] = {}
-    values: list[str] = []
-    by_text: dict[str, Planned] = {}
-    for aggregate in checked.aggregates:
-        text = _sql(aggregate.node)
-        if text in by_text:
-            continue
-        plan = _plan(aggregate, text, facts, resolver, stats, values)
-        by_text[text] = plan
-        planned.append(plan)
-
-    # The rows, each with its patient, institutions, keys and clamped values.
-    aliases = [alias for alias, _view in checked.tables]
-    selects = [f'"{aliases[0]}".__pid AS __pid']
-    selects += [f'"{a}".{INSTITUTION} AS __i{t}' for t, a in enumerate(aliases)]
-    selects += [
-        f"{_total(resolver.qualify(k), facts)} AS __k{i}" for i, k in enumerate(checked.keys)
-    ]
-    selects += [f"{v} AS __v{j}" for j, v in enumerate(values)]
-    condition = (
-        f"COALESCE({_total(resolver.qualify(where.this), facts)}, FALSE)" if where else "TRUE"
-    )
-    rows_sql = (
-        f"SELECT {', '.join(selects)} FROM {_from(checked, resolver)} "  # noqa: S608 - built
-        f"WHERE {condition}"
-    )
-    most = math.prod(views.rows_per_patient(t, lambda q: gateway.execute(views, q)) for t in tables)
-    columns = [c.split(" AS ")[-1] for c in selects]
-    if most > bound:
-        order = ", ".join(columns)
-        bounded = (
-            "SELECT * FROM __r QUALIFY row_number() OVER (PARTITION BY __pid "  # noqa: S608
-            f"ORDER BY hash({order})) <= {bound}"
-        )
-    else:
-        bounded = "SELECT * FROM __r"
-    keys = [f"__k{i}" for i in range(len(checked.keys))]
-    # Patients per cell and institution: with at most one row per patient (known from the
-    # views, not from this query's data), a row count is a patient count.
-    patients_sql = "COUNT(*)" if most <= 1 else "COUNT(DISTINCT __pid)"
-    institution_columns = [f"__i{t}" for t in range(len(aliases))]
-    if len(aliases) == 1:
-        # One table: group by keys and institution once; the cell totals are sums over
-        # institutions (every statistic is additive).
-        grouping = f"GROUP BY {', '.join([*keys, '__i0'])}"
-        flags = ["0 AS __g0"]
-    else:
-        sets = [f"({', '.join(keys)})"] + [
-            f"({', '.join([*keys, column])})" for column in institution_columns
-        ]
-        grouping = f"GROUP BY GROUPING SETS ({', '.join(sets)})"
-        flags = [f"GROUPING({column}) AS __g{t}" for t, column in enumerate(institution_columns)]
-    outputs = [*keys, *institution_columns, *flags, f"{patients_sql} AS __np"]
-    outputs += [f"{s.sql} AS {s.name}" for s in stats.values()]
-    final = (
-        f"WITH __r AS ({rows_sql}), __b AS ({bounded}) SELECT {', '.join(outputs)} "  # noqa: S608
-        f"FROM __b {grouping}"
-    )
-    names, rows = gateway.execute(views, final)
+    prepared = views.plans.get((sql, bound))
+    if prepared is None:
+        prepared = _prepare(gateway, views, checked, resolver, tables, bound)
+        if len(views.plans) >= PLANS_PER_VIEWS:
+            views.plans.pop(next(iter(views.plans)), None)
+        views.plans[(sql, bound)] = prepared
+    cells, planned, stats = prepared.cells, prepared.planned, prepared.stats
+    aliases, keys = prepared.aliases, prepared.keys
+    names, rows = gateway.execute(views, prepared.sql)
 
     index = {cell: i for i, cell in enumerate(cells)}
     institutions = [views.institutions[t] for t in tables]
@@ -811,6 +742,111 @@ def _total(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> str:
     if _cannot_fail(node, facts):
         return _sql(node)
     return f"TRY({_sql(node)})"
+
+
+@dataclass
+class _Prepared:
+    """Everything about a question that does not depend on the data: its cells, the
+    statistics behind its aggregates and the SQL that computes them (remembered per views,
+    question and contribution bound)."""
+
+    cells: list[tuple[Any, ...]]
+    planned: list[Planned]
+    stats: dict[str, Stat]
+    aliases: list[str]
+    keys: list[str]
+    sql: str
+
+
+PLANS_PER_VIEWS = 256
+
+
+def _prepare(
+    gateway: Gateway,
+    views: AgreementViews,
+    checked: CheckedQuery,
+    resolver: Resolver,
+    tables: list[str],
+    bound: int,
+) -> _Prepared:
+    def facts(column: exp.Column) -> Facts:
+        return resolver.resolve(column)[2]
+
+    # Every column the query reads must be the agreement's.
+    for join in checked.tree.args.get("joins") or []:
+        if join.args.get("on") is not None:
+            resolver.qualify(join.args["on"])
+    where = checked.tree.args.get("where")
+    if where is not None:
+        resolver.qualify(where.this)
+
+    domains = [key_domain(k, resolver) for k in checked.keys]
+    cells = list(itertools.product(*domains)) if domains else [()]
+    if len(cells) > MAX_CELLS:
+        raise _reject(
+            "GROUP BY", f"the keys' public domains give {len(cells):,} cells; at most {MAX_CELLS:,}"
+        )
+
+    planned: list[Planned] = []
+    stats: dict[str, Stat] = {}
+    values: list[str] = []
+    by_text: dict[str, Planned] = {}
+    for aggregate in checked.aggregates:
+        text = _sql(aggregate.node)
+        if text in by_text:
+            continue
+        plan = _plan(aggregate, text, facts, resolver, stats, values)
+        by_text[text] = plan
+        planned.append(plan)
+
+    # The rows, each with its patient, institutions, keys and clamped values.
+    aliases = [alias for alias, _view in checked.tables]
+    selects = [f'"{aliases[0]}".__pid AS __pid']
+    selects += [f'"{a}".{INSTITUTION} AS __i{t}' for t, a in enumerate(aliases)]
+    selects += [
+        f"{_total(resolver.qualify(k), facts)} AS __k{i}" for i, k in enumerate(checked.keys)
+    ]
+    selects += [f"{v} AS __v{j}" for j, v in enumerate(values)]
+    condition = (
+        f"COALESCE({_total(resolver.qualify(where.this), facts)}, FALSE)" if where else "TRUE"
+    )
+    rows_sql = (
+        f"SELECT {', '.join(selects)} FROM {_from(checked, resolver)} "  # noqa: S608 - built
+        f"WHERE {condition}"
+    )
+    most = math.prod(views.rows_per_patient(t, lambda q: gateway.execute(views, q)) for t in tables)
+    columns = [c.split(" AS ")[-1] for c in selects]
+    if most > bound:
+        order = ", ".join(columns)
+        bounded = (
+            "SELECT * FROM __r QUALIFY row_number() OVER (PARTITION BY __pid "  # noqa: S608
+            f"ORDER BY hash({order})) <= {bound}"
+        )
+    else:
+        bounded = "SELECT * FROM __r"
+    keys = [f"__k{i}" for i in range(len(checked.keys))]
+    # Patients per cell and institution: with at most one row per patient (known from the
+    # views, not from this query's data), a row count is a patient count.
+    patients_sql = "COUNT(*)" if most <= 1 else "COUNT(DISTINCT __pid)"
+    institution_columns = [f"__i{t}" for t in range(len(aliases))]
+    if len(aliases) == 1:
+        # One table: group by keys and institution once; the cell totals are sums over
+        # institutions (every statistic is additive).
+        grouping = f"GROUP BY {', '.join([*keys, '__i0'])}"
+        flags = ["0 AS __g0"]
+    else:
+        sets = [f"({', '.join(keys)})"] + [
+            f"({', '.join([*keys, column])})" for column in institution_columns
+        ]
+        grouping = f"GROUP BY GROUPING SETS ({', '.join(sets)})"
+        flags = [f"GROUPING({column}) AS __g{t}" for t, column in enumerate(institution_columns)]
+    outputs = [*keys, *institution_columns, *flags, f"{patients_sql} AS __np"]
+    outputs += [f"{s.sql} AS {s.name}" for s in stats.values()]
+    final = (
+        f"WITH __r AS ({rows_sql}), __b AS ({bounded}) SELECT {', '.join(outputs)} "  # noqa: S608
+        f"FROM __b {grouping}"
+    )
+    return _Prepared(cells, planned, stats, aliases, keys, final)
 
 
 def _using_columns(checked: CheckedQuery) -> set[str]:

@@ -176,6 +176,8 @@ class AgreementViews:
         # such agreements run their queries on it one at a time.
         self.lock = threading.Lock() if self._datasets else None
         self._rows_per_patient: dict[str, int] = {}
+        # The DP planner's prepared questions (sandbox.gateway.dp), by text and bound.
+        self.plans: dict[tuple[str, int], Any] = {}
 
     def _scan(
         self,
