@@ -221,7 +221,7 @@ def _answered(
             **detail,
             "epsilon": spent,
             "remembered": spent == 0.0,
-            "result_hash": _hash(found),
+            "result_hash": digest(found),
             "institutions": scope.institutions,
         },
     )
@@ -375,9 +375,6 @@ def _int_arg(name: str, default: int, low: int, high: int | None) -> int:
         bound = f"between {low:,} and {high:,}" if high is not None else f"at least {low}"
         raise BadRequest(f"`{name}` must be {bound}.")
     return value
-
-
-_hash = digest
 
 
 def gateway_error(err: GatewayError) -> tuple[dict[str, Any], int]:

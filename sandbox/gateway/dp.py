@@ -109,6 +109,7 @@ class Resolver:
         self.aliases = dict(checked.tables)
         self.order = [alias for alias, _view in checked.tables]
         self.views = views
+        self.using = _using_columns(checked)  # joined on: the same value on both sides
 
     def resolve(self, column: exp.Column) -> tuple[str, str, Facts]:
         name = column.name.lower()
@@ -127,7 +128,7 @@ class Resolver:
                 f"no such column in {where} under this agreement "
                 f"(columns: {', '.join(known) or 'none'})",
             )
-        if len(owners) > 1 and not self._using(name):
+        if len(owners) > 1 and name not in self.using:
             raise _reject(
                 f"column `{column.name}`",
                 f"ambiguous: it is in {', '.join(owners)}; write alias.{column.name}",
@@ -138,9 +139,6 @@ class Resolver:
     def _columns(self, alias: str) -> dict[str, str]:
         view = self.aliases.get(alias)
         return {c.lower(): t for c, t in self.views.columns.get(view or "", {}).items()}
-
-    def _using(self, name: str) -> bool:
-        return name in getattr(self, "using", set())
 
     def qualify(self, node: exp.Expr) -> exp.Expr:
         """A copy of ``node`` with every column qualified and quoted, and ``CLAMP`` spelled
@@ -589,7 +587,6 @@ def answer(
     epsilon = check_epsilon(epsilon, disclosure)
     checked = checked_query(sql, views)
     resolver = Resolver(checked, views)
-    resolver.using = _using_columns(checked)  # type: ignore[attr-defined]
     tables = [view for _alias, view in checked.tables]
     bound = check_rows_per_patient(rows_per_patient, tables)
 
@@ -1023,14 +1020,13 @@ def _outputs(
                 found.replace(exp.column(slots[_sql(found)]))
         exprs.append(f"TRY({_sql(node)})")
     plain = [e for e in exprs if re.fullmatch(r"__k\d+|TRY\(__a\d+\)", e)]
+    texts_by_slot = {slot: text for text, slot in slots.items()}
     if len(plain) == len(exprs):
         # Every output is a key or one aggregate: no expression to compute.
         def pick(expr: str, cell: int) -> Any:
             if expr.startswith("__k"):
                 return cells[cell][int(expr[3:])]
-            slot = expr[4:-1]
-            text = next(t for t, s in slots.items() if s == slot)
-            return values[cell][text]
+            return values[cell][texts_by_slot[expr[4:-1]]]
 
         rows = [tuple(pick(e, c) for e in exprs) for c in range(len(cells))]
     else:

@@ -146,6 +146,7 @@ class AgreementViews:
         ]
         con.execute("SET allowed_paths = $1", [sorted(set(local))])
         self._datasets: list[Any] = []
+        self._footers: dict[str, Any] = {}
         self.institutions: dict[str, tuple[str, ...]] = {}
         self._links: set[str] = set()
         for name, (table, key) in _LINKS.items():
@@ -172,6 +173,7 @@ class AgreementViews:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         self.connection = con
+        self._footers.clear()  # only needed while building
         # Registered pyarrow datasets are visible only to this connection, not to cursors:
         # such agreements run their queries on it one at a time.
         self.lock = threading.Lock() if self._datasets else None
@@ -219,18 +221,25 @@ class AgreementViews:
             by_institution.setdefault(key, []).append(source)
         return [(inst, group) for (inst, _fs), group in sorted(by_institution.items())]
 
-    @staticmethod
-    def _never_null(group: Sequence[Source], column: str) -> bool:
-        """Whether every file's ``column`` is there and, by its Parquet statistics, holds
-        no NULL (then the column alone names each row's patient)."""
-        import pyarrow.parquet as papq
+    def _metadata(self, source: Source) -> Any:
+        """A file's Parquet footer, read once while the views are built."""
+        found = self._footers.get(source.path)
+        if found is None:
+            import pyarrow.parquet as papq
 
-        for source in group:
             if source.filesystem is None:
-                metadata = papq.read_metadata(source.path)
+                found = papq.read_metadata(source.path)
             else:
                 with source.filesystem.open_input_file(source.path) as handle:
-                    metadata = papq.read_metadata(handle)
+                    found = papq.read_metadata(handle)
+            self._footers[source.path] = found
+        return found
+
+    def _never_null(self, group: Sequence[Source], column: str) -> bool:
+        """Whether every file's ``column`` is there and, by its Parquet statistics, holds
+        no NULL (then the column alone names each row's patient)."""
+        for source in group:
+            metadata = self._metadata(source)
             names = metadata.schema.names
             if column not in names:
                 return False
@@ -242,15 +251,9 @@ class AgreementViews:
         return True
 
     def _file_columns(self, group: Sequence[Source]) -> set[str]:
-        import pyarrow.parquet as papq
-
         found: set[str] = set()
         for source in group:
-            if source.filesystem is None:
-                found |= set(papq.read_schema(source.path).names)
-            else:
-                with source.filesystem.open_input_file(source.path) as handle:
-                    found |= set(papq.read_schema(handle).names)
+            found |= set(self._metadata(source).schema.to_arrow_schema().names)
         return found
 
     def _link_table(

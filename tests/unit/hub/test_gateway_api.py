@@ -158,15 +158,20 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     assert _ledger(database)[-1]["remembered"] is True
     budget = client.get("/api/v1/sandbox/budget?agreement=v2v", headers=rosa).get_json()
     assert budget["epsilon_spent"] == 1.0 and budget["answers"] == 1
-    # The whole table, one row per patient: 40 patients per institution pass the noisy
-    # institution rules (threshold 2 scales = 6) all but certainly.
+    whole = whole_count(client, rosa)
+    assert abs(whole["rows"][0][0] - 120) <= 12 * whole["scale"] and whole["rows_per_patient"] == 1
+
+
+def whole_count(client: FlaskClient, headers: dict[str, str]) -> dict:
+    """``SELECT COUNT(*) FROM batch`` with one row per patient: the 40 patients of each
+    institution pass the noisy institution rules (threshold 2 scales = 6) all but certainly.
+    The answer, with its count's noise ``scale``."""
     whole = client.post(
         "/api/v1/sandbox/query",
         json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "rows_per_patient": 1},
-        headers=rosa,
+        headers=headers,
     ).get_json()
-    scale = whole["aggregates"][0]["noise_scale"]["n"]
-    assert abs(whole["rows"][0][0] - 120) <= 12 * scale and whole["rows_per_patient"] == 1
+    return {**whole, "scale": whole["aggregates"][0]["noise_scale"]["n"]}
 
 
 def test_row_level_sql_is_refused_with_the_construct_and_logged(

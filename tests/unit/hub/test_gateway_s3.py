@@ -23,7 +23,14 @@ from tests.s3server import (
     s3_server,
     s3_settings_overrides,
 )
-from tests.unit.hub.test_gateway_api import QUERY, _activate, _terms, _token, pooled  # noqa: F401
+from tests.unit.hub.test_gateway_api import (  # noqa: F401 - pooled is a fixture
+    QUERY,
+    _activate,
+    _terms,
+    _token,
+    pooled,
+    whole_count,
+)
 
 pytestmark = [pytest.mark.db, pytest.mark.s3]
 
@@ -73,10 +80,5 @@ def test_query_reads_the_pool_from_s3(
     scale = resp.get_json()["aggregates"][0]["noise_scale"]["n"]
     assert sum(r[1] or 0 for r in rows) <= 120 + 12 * scale
     # The whole table, one row per patient, read from S3: close to its 120 lots.
-    whole = client.post(
-        "/api/v1/sandbox/query",
-        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "rows_per_patient": 1},
-        headers=rosa,
-    ).get_json()
-    scale = whole["aggregates"][0]["noise_scale"]["n"]
-    assert abs(whole["rows"][0][0] - 120) <= 12 * scale
+    whole = whole_count(client, rosa)
+    assert abs(whole["rows"][0][0] - 120) <= 12 * whole["scale"]
