@@ -125,7 +125,9 @@ def http_route(tmp: Path, sources: list[Source], threads: int) -> Iterator[Calla
         {
             "data_dir": str(tmp / "hub"),
             "gateway_rate_per_minute": 100_000,
+            # DuckDB as the library run has it: the same threads and memory limit.
             "gateway_threads": threads,
+            "gateway_memory_limit": Gateway().memory_limit,
             "embedded_worker": False,
             "log_level": "WARNING",
         },

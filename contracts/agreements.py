@@ -15,6 +15,7 @@ Everything here is pure: agreements are frozen; lifecycle methods return a new a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -297,11 +298,21 @@ _ADDED_TERMS = ("epsilon_per_answer", "epsilon_total")
 
 
 def terms_digest(agreement: Agreement) -> str:
-    terms = {
-        f.name: getattr(agreement, f.name)
+    terms = tuple(
+        (f.name, getattr(agreement, f.name))
         for f in fields(agreement)
         if f.name not in ("state", "signatures")
-    }
+    )
+    try:
+        return _terms_digest(terms)
+    except TypeError:  # a field that cannot be hashed: digest it uncached
+        return _terms_digest.__wrapped__(terms)
+
+
+@functools.lru_cache(maxsize=256)
+def _terms_digest(fields_: tuple[tuple[str, Any], ...]) -> str:
+    """The digest of the terms, remembered: every request reads it (who signed what)."""
+    terms = dict(fields_)
     data = json.loads(json.dumps({k: _plain(v) for k, v in terms.items()}, default=str))
     # Terms added after agreements were signed count only when they differ from their
     # defaults, so that the digest (what parties signed) of existing agreements stays the

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from hub.accounts.models import ApiToken, Institution, InstitutionKind, LoginAttempt, Role, User
 from hub.audit.services import record
@@ -357,7 +357,9 @@ def verify_token(session: Session, bearer: str, *, scope: str | None = None) -> 
             code="invalid_token",
         )
     lookup, secret = match.groups()
-    token = session.scalar(select(ApiToken).where(ApiToken.lookup == lookup))
+    token = session.scalar(
+        select(ApiToken).where(ApiToken.lookup == lookup).options(joinedload(ApiToken.user))
+    )
     if token is None or not hmac.compare_digest(token.secret_hash, _hash_secret(secret)):
         raise Unauthorized("unknown API token.", code="invalid_token")
     now = utcnow()
@@ -375,7 +377,9 @@ def verify_token(session: Session, bearer: str, *, scope: str | None = None) -> 
             f"this API token lacks the {scope!r} scope; create one with --scope {scope}.",
             code="insufficient_scope",
         )
-    token.last_used_at = now
+    # Shown to the minute: written at most once a minute, not on every request.
+    if token.last_used_at is None or now - token.last_used_at >= timedelta(minutes=1):
+        token.last_used_at = now
     return token
 
 

@@ -432,29 +432,54 @@ def pool_versions(
     ``agreement`` is ``contract_of(stored)`` when the caller already has it. ``linking``:
     the table is read only to link other tables' rows to their patient (the gateway's
     privacy unit), never shown, so it need not be covered."""
+    return pooled(
+        session,
+        stored,
+        () if linking else (table,),
+        linking=(table,) if linking else (),
+        now=now,
+        include_synthetic_only=include_synthetic_only,
+        agreement=agreement,
+    ).get(table, [])
+
+
+def pooled(
+    session: Session,
+    stored: AgreementRecord,
+    tables: Sequence[str],
+    *,
+    linking: Sequence[str] = (),
+    now: datetime | None = None,
+    include_synthetic_only: bool = False,
+    agreement: Agreement | None = None,
+) -> dict[str, list[DatasetVersion]]:
+    """:func:`pool_versions` of several tables in one query, by table: ``tables`` only
+    where the agreement covers them, ``linking`` (read only to link rows to patients)
+    whether or not it does."""
     agreement = agreement or contract_of(stored)
     if agreement.state_at(now or datetime.now(UTC)) is not State.ACTIVE:
-        return []
-    if not linking and table not in {c.table for c in agreement.tables}:
-        return []
+        return {}
+    covered = {c.table for c in agreement.tables}
+    wanted = {t for t in tables if t in covered} | set(linking)
     slugs = contributing_institutions(agreement)
-    if not slugs:
-        return []
-    return list(
-        session.scalars(
-            select(DatasetVersion)
-            .join(Institution, DatasetVersion.institution_id == Institution.id)
-            .where(
-                Institution.slug.in_(slugs),
-                DatasetVersion.cdm_table == table,
-                DatasetVersion.state == VersionState.RELEASED,
-                DatasetVersion.pool_key != "",
-                *(() if include_synthetic_only else (DatasetVersion.synthetic_only.is_(False),)),
-            )
-            .options(contains_eager(DatasetVersion.institution))
-            .order_by(DatasetVersion.institution_id, DatasetVersion.version)
+    if not slugs or not wanted:
+        return {}
+    found: dict[str, list[DatasetVersion]] = {}
+    for version in session.scalars(
+        select(DatasetVersion)
+        .join(Institution, DatasetVersion.institution_id == Institution.id)
+        .where(
+            Institution.slug.in_(slugs),
+            DatasetVersion.cdm_table.in_(sorted(wanted)),
+            DatasetVersion.state == VersionState.RELEASED,
+            DatasetVersion.pool_key != "",
+            *(() if include_synthetic_only else (DatasetVersion.synthetic_only.is_(False),)),
         )
-    )
+        .options(contains_eager(DatasetVersion.institution))
+        .order_by(DatasetVersion.institution_id, DatasetVersion.version)
+    ):
+        found.setdefault(version.cdm_table, []).append(version)
+    return found
 
 
 def agreements_of_institution(

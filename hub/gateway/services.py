@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from anonymisation.pseudonyms import pseudonymise
 from contracts.agreements import Agreement
@@ -43,6 +43,7 @@ from hub.audit.services import record
 from hub.db import utcnow
 from hub.errors import CleanroomError, Forbidden
 from hub.gateway.models import GatewayAnswer, PrivacyBudget
+from hub.ingest.models import DatasetVersion
 from hub.settings import Settings
 from hub.storage import LocalStorage, Storage
 from policies.store import SyncedPolicy
@@ -102,52 +103,55 @@ def scope(
 ) -> Scope:
     """The views ``user`` may ``action`` under agreement ``slug``; refuses with 403 when
     there are none (not named, not active, expired, suspended, terminated)."""
-    stored = session.scalar(
-        select(AgreementRecord)
-        .where(AgreementRecord.slug == slug)
-        .options(
-            selectinload(AgreementRecord.signatures).joinedload(AgreementSignature.institution)
+    stored = (
+        session.execute(
+            select(AgreementRecord)
+            .where(AgreementRecord.slug == slug)
+            .options(
+                joinedload(AgreementRecord.signatures).joinedload(AgreementSignature.institution)
+            )
         )
+        .unique()
+        .scalar_one_or_none()
     )
     if stored is None:
         raise Forbidden(f"you may not {action} under agreement {slug!r}.", code="policy_denied")
     agreement = agreements.contract_of(stored)
-    tables: dict[str, list[Source]] = {}
-    columns: dict[str, tuple[str, ...]] = {}
-    institutions: set[str] = set()
     cdm = load_cdm()
-    for cover in agreement.tables:
-        if not agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False):
-            continue
-        tables[cover.table] = []
-        columns[cover.table] = cover.columns or tuple(
-            c.name for c in cdm.table(cover.table).columns
-        )
-        for version in agreements.pool_versions(session, stored, cover.table, agreement=agreement):
-            inst = version.institution.slug
-            institutions.add(inst)
-            tables[cover.table].append(
-                _source(storage, settings, version.pool_key, institution_pseudonym(inst, settings))
-            )
-    if not tables:
+    covers = [
+        cover
+        for cover in agreement.tables
+        if agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False)
+    ]
+    if not covers:
         raise Forbidden(
             f"you may not {action} under agreement {slug!r} now: you are not one of its "
             "researchers, or it is not active (awaiting signatures, suspended, expired or "
             "terminated).",
             code="policy_denied",
         )
-    # The tables that link a lot or a DIN to its patient, read only for that link.
-    links: dict[str, list[Source]] = {}
-    for table in ("batch", "collection"):
-        links[table] = [
+    # One query for the covered tables and those that link a lot or a DIN to its patient
+    # (read only for that link).
+    linking = ("batch", "collection")
+    pooled = agreements.pooled(
+        session, stored, [c.table for c in covers], linking=linking, agreement=agreement
+    )
+
+    def sources(versions: Sequence[DatasetVersion]) -> list[Source]:
+        return [
             _source(
                 storage, settings, v.pool_key, institution_pseudonym(v.institution.slug, settings)
             )
-            for v in agreements.pool_versions(
-                session, stored, table, agreement=agreement, linking=True
-            )
+            for v in versions
         ]
-    return Scope(stored, agreement, tables, sorted(institutions), columns, links)
+
+    tables = {c.table: sources(pooled.get(c.table, [])) for c in covers}
+    columns = {
+        c.table: c.columns or tuple(col.name for col in cdm.table(c.table).columns) for c in covers
+    }
+    institutions = sorted({v.institution.slug for c in covers for v in pooled.get(c.table, [])})
+    links = {table: sources(pooled.get(table, [])) for table in linking}
+    return Scope(stored, agreement, tables, institutions, columns, links)
 
 
 def views(gateway: Gateway, scope: Scope) -> AgreementViews:

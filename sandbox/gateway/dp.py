@@ -251,7 +251,13 @@ def _interval(node: exp.Expr, facts: Callable[[exp.Column], Facts]) -> Interval 
         return (low, max(abs(inner[0]), abs(inner[1])))
     if isinstance(node, exp.Floor | exp.Ceil | exp.Round | exp.Trunc):
         inner = sub(node.this)
-        return (math.floor(inner[0]), math.ceil(inner[1])) if inner else None
+        decimals = node.args.get("decimals")
+        places = 0.0 if decimals is None else _number(decimals)
+        if inner is None or places is None or places < -12:
+            return None
+        # To the left of the point (ROUND(x, -2)), the result may pass x's bounds.
+        step = 10.0 ** max(0, -int(places))
+        return (math.floor(inner[0] / step) * step, math.ceil(inner[1] / step) * step)
     if isinstance(node, exp.Cast | exp.TryCast):
         target = node.to.this.name if isinstance(node.to, exp.DataType) else ""
         if target.upper() not in _NUMERIC_CASTS:
@@ -623,35 +629,43 @@ def answer(
             patients[table][cell][institutions[table].index(inst)] = float(record["__np"])
 
     # Noise: a third of ε for the patient counts (split over the tables), the rest over
-    # the statistics.
+    # the statistics. The counts first, in one release (each table's patient counts per
+    # cell and institution): the rules read them and withhold cells; then the statistics
+    # of the cells answered, in a second release (a withheld cell's need no noise: they
+    # are never shown). Two releases, ε in all: the second one's cells are chosen from
+    # the first one's noisy output.
     rules_epsilon = epsilon * RULES_SHARE / len(aliases)
     stat_epsilon = epsilon * (1 - RULES_SHARE) / max(1, len(stats))
-    # One release: each statistic's vector, and each table's patient counts per cell and
-    # institution (the rules).
-    names_in_order = list(stats)
-    vectors = [totals[name] for name in names_in_order]
-    sensitivities = [stats[name].per_row * bound for name in names_in_order]
-    epsilons = [stat_epsilon] * len(names_in_order)
-    for t in range(len(aliases)):
-        vectors.append([v for cell in patients[t] for v in cell])
-        sensitivities.append(float(min(bound, len(cells) * max(1, len(institutions[t])))))
-        epsilons.append(rules_epsilon)
-    released, released_scales = noise.laplace_many(vectors, sensitivities, epsilons)
-    noisy = dict(zip(names_in_order, released, strict=False))
-    scales = dict(zip(names_in_order, released_scales, strict=False))
-    noisy_patients: list[list[list[float]]] = []
-    rule_scales = []
-    for t in range(len(aliases)):
-        counted = released[len(names_in_order) + t]
-        width = len(institutions[t])
-        noisy_patients.append([counted[i * width : (i + 1) * width] for i in range(len(cells))])
-        rule_scales.append(released_scales[len(names_in_order) + t])
-
-    withheld = [_rules(cell, noisy_patients, rule_scales, disclosure) for cell in range(len(cells))]
-    values_by_cell = [
-        {p.text: _value(p, noisy, cell) for p in planned} for cell in range(len(cells))
+    counted, rule_scales = noise.laplace_many(
+        [[v for cell in patients[t] for v in cell] for t in range(len(aliases))],
+        [float(min(bound, len(cells) * max(1, len(institutions[t])))) for t in range(len(aliases))],
+        [rules_epsilon] * len(aliases),
+    )
+    noisy_patients = [
+        [
+            counted[t][i * len(institutions[t]) : (i + 1) * len(institutions[t])]
+            for i in range(len(cells))
+        ]
+        for t in range(len(aliases))
     ]
-    columns_out, out_rows = _outputs(checked, cells, values_by_cell, withheld)
+    withheld = [_rules(cell, noisy_patients, rule_scales, disclosure) for cell in range(len(cells))]
+    answered = [cell for cell in range(len(cells)) if not withheld[cell]]
+    names_in_order = list(stats)
+    released, released_scales = noise.laplace_many(
+        [[totals[name][cell] for cell in answered] for name in names_in_order],
+        [stats[name].per_row * bound for name in names_in_order],
+        [stat_epsilon] * len(names_in_order),
+    )
+    noisy: dict[str, list[float]] = {name: [0.0] * len(cells) for name in names_in_order}
+    for name, vector in zip(names_in_order, released, strict=True):
+        for cell, value in zip(answered, vector, strict=True):
+            noisy[name][cell] = value
+    scales = dict(zip(names_in_order, released_scales, strict=True))
+    values_by_cell = [
+        {p.text: _value(p, noisy, cell) if not withheld[cell] else None for p in planned}
+        for cell in range(len(cells))
+    ]
+    columns_out, out_rows = _outputs(checked, cells, values_by_cell, withheld, prepared.outputs)
     ranking = _order(checked, out_rows)
     out_rows = [out_rows[i] for i in ranking]
     reasons = [withheld[i] for i in ranking]
@@ -753,6 +767,7 @@ class _Prepared:
     aliases: list[str]
     keys: list[str]
     sql: str
+    outputs: tuple[list[str], dict[str, str]]  # see _output_plan
 
 
 PLANS_PER_VIEWS = 256
@@ -768,6 +783,16 @@ def _prepare(
 ) -> _Prepared:
     def facts(column: exp.Column) -> Facts:
         return resolver.resolve(column)[2]
+
+    def sure(column: exp.Column) -> Facts:
+        """A column's bounds as the data holds them (its own minimum and maximum): what
+        every row's value is, where ``facts`` says only what it should be."""
+        alias, name, fact = resolver.resolve(column)
+        if fact.kind == "boolean":
+            return fact
+        table = resolver.aliases[alias]
+        seen = views.observed(table, lambda q: gateway.execute(views, q)).get(name)
+        return Facts(fact.kind, *seen) if seen else Facts(fact.kind)
 
     # Every column the query reads must be the agreement's.
     for join in checked.tree.args.get("joins") or []:
@@ -792,7 +817,7 @@ def _prepare(
         text = _sql(aggregate.node)
         if text in by_text:
             continue
-        plan = _plan(aggregate, text, facts, resolver, stats, values)
+        plan = _plan(aggregate, text, facts, sure, resolver, stats, values)
         by_text[text] = plan
         planned.append(plan)
 
@@ -804,13 +829,10 @@ def _prepare(
         f"{_total(resolver.qualify(k), facts)} AS __k{i}" for i, k in enumerate(checked.keys)
     ]
     selects += [f"{v} AS __v{j}" for j, v in enumerate(values)]
-    condition = (
-        f"COALESCE({_total(resolver.qualify(where.this), facts)}, FALSE)" if where else "TRUE"
-    )
-    rows_sql = (
-        f"SELECT {', '.join(selects)} FROM {_from(checked, resolver)} "  # noqa: S608 - built
-        f"WHERE {condition}"
-    )
+    rows_sql = f"SELECT {', '.join(selects)} FROM {_from(checked, resolver)}"  # noqa: S608
+    if where:
+        rows_sql += f" WHERE COALESCE({_total(resolver.qualify(where.this), facts)}, FALSE)"
+
     most = math.prod(views.rows_per_patient(t, lambda q: gateway.execute(views, q)) for t in tables)
     columns = [c.split(" AS ")[-1] for c in selects]
     if most > bound:
@@ -820,7 +842,7 @@ def _prepare(
             f"ORDER BY hash({order})) <= {bound}"
         )
     else:
-        bounded = "SELECT * FROM __r"
+        bounded = None
     keys = [f"__k{i}" for i in range(len(checked.keys))]
     # Patients per cell and institution: with at most one row per patient (known from the
     # views, not from this query's data), a row count is a patient count.
@@ -839,11 +861,13 @@ def _prepare(
         flags = [f"GROUPING({column}) AS __g{t}" for t, column in enumerate(institution_columns)]
     outputs = [*keys, *institution_columns, *flags, f"{patients_sql} AS __np"]
     outputs += [f"{s.sql} AS {s.name}" for s in stats.values()]
+    rows = f"__r AS ({rows_sql})" + (f", __b AS ({bounded})" if bounded else "")
     final = (
-        f"WITH __r AS ({rows_sql}), __b AS ({bounded}) SELECT {', '.join(outputs)} "  # noqa: S608
-        f"FROM __b {grouping}"
+        f"WITH {rows} SELECT {', '.join(outputs)} "  # noqa: S608 - gateway-built
+        f"FROM {'__b' if bounded else '__r'} {grouping}"
     )
-    return _Prepared(cells, planned, stats, aliases, keys, final)
+    shown = _output_plan(checked, [p.text for p in planned])
+    return _Prepared(cells, planned, stats, aliases, keys, final, shown)
 
 
 def _using_columns(checked: CheckedQuery) -> set[str]:
@@ -884,6 +908,7 @@ def _plan(
     aggregate: Aggregate,
     text: str,
     facts: Callable[[exp.Column], Facts],
+    sure: Callable[[exp.Column], Facts],
     resolver: Resolver,
     stats: dict[str, Stat],
     values: list[str],
@@ -913,7 +938,9 @@ def _plan(
     low, high = bounds
     as_double = exp.Cast(this=arg.copy(), to=exp.DataType.build("DOUBLE"))
     value = _total(as_double, facts)
-    j = _value_slot(values, _clamped(value, low, high))
+    if not _within(aggregate.arg, sure, low, high):
+        value = _clamped(value, low, high)
+    j = _value_slot(values, value)
     mid, half = (low + high) / 2, (high - low) / 2
     roles = {"c": stat(f"__c{j}", f"COUNT(__v{j})", 1.0)}
     if func == "sum":
@@ -930,9 +957,70 @@ def _plan(
     return Planned(aggregate, text, bounds, roles)
 
 
+_GUARANTEED = (
+    exp.Paren,
+    exp.Neg,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Abs,
+    exp.Floor,
+    exp.Ceil,
+    exp.Round,
+    exp.Cast,
+    exp.TryCast,
+    exp.Case,
+    exp.If,
+    exp.Coalesce,
+    exp.Least,
+    exp.Greatest,
+)
+_ROUNDING = (exp.Add, exp.Sub, exp.Mul, exp.Div)
+
+
+def _guaranteed(node: exp.Expr) -> bool:
+    """Whether ``node``'s interval, from its columns' true minimum and maximum, holds for
+    every row as DuckDB computes it: arithmetic, rounding, casts and choices between such
+    parts (a predicate is 0, 1 or NULL whatever it reads); no function that can turn finite
+    inputs into NaN or infinity."""
+    if isinstance(node, (*_PREDICATES, exp.Column, exp.Literal, exp.Boolean, exp.Null)):
+        return True
+    if isinstance(node, exp.Anonymous):
+        return node.name.lower() == "clamp" and all(_guaranteed(e) for e in node.expressions)
+    if not isinstance(node, _GUARANTEED):
+        return False
+    if isinstance(node, exp.Case):
+        parts = [w.args.get("true") for w in node.args.get("ifs") or []]
+        parts.append(node.args.get("default"))
+    elif isinstance(node, exp.If):
+        parts = [node.args.get("true"), node.args.get("false")]
+    elif isinstance(node, exp.Cast | exp.TryCast):
+        parts = [node.this]
+    else:
+        parts = list(node.iter_expressions())
+    return all(p is None or _guaranteed(p) for p in parts)
+
+
+def _within(node: exp.Expr, sure: Callable[[exp.Column], Facts], low: float, high: float) -> bool:
+    """Whether every row's value of ``node`` already lies in [low, high], by the data's own
+    extremes: clamping it would change nothing (only the time the query takes)."""
+    if not _guaranteed(node):
+        return False
+    found = interval(node, sure)
+    if found is None:
+        return False
+    # Floating-point arithmetic may round past an interval computed here by an ulp or so.
+    rounding = any(isinstance(n, _ROUNDING) for n in node.walk())
+    margin = 1e-9 * max(1.0, abs(low), abs(high)) if rounding else 0.0
+    return low + margin <= found[0] and found[1] <= high - margin
+
+
 def _clamped(value: str, low: float, high: float) -> str:
-    """``value`` clamped to [low, high]; NULL stays NULL (DuckDB's GREATEST would skip it)
-    and NaN, which DuckDB orders above every number, becomes ``high``."""
+    """``value`` clamped to [low, high]; NULL stays NULL (DuckDB's GREATEST would skip it).
+    The pool holds no NaN (``hub.storage.frames.put_frame`` stores it as missing): DuckDB
+    orders NaN above every number, but folds these comparisons away by Parquet statistics
+    that pyarrow writes without NaN."""
     return (
         f"CASE WHEN {value} < {low!r} THEN {low!r} WHEN {value} > {high!r} THEN {high!r} "
         f"ELSE {value} END"
@@ -996,16 +1084,10 @@ def _rules(
     return None
 
 
-def _outputs(
-    checked: CheckedQuery,
-    cells: list[tuple[Any, ...]],
-    values: list[dict[str, float | None]],
-    withheld: list[str | None],
-) -> tuple[list[str], list[list[Any]]]:
-    """The researcher's output expressions over the noisy aggregates, per cell."""
-    names = [o.name for o in checked.outputs]
-    texts = sorted({t for v in values for t in v}) if values else []
-    slots = {text: f"__a{i}" for i, text in enumerate(texts)}
+def _output_plan(checked: CheckedQuery, texts: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The researcher's output expressions as SQL over the aggregates' slots (``__a0``, ...)
+    and the keys (``__k0``, ...), and the slot of each aggregate's text."""
+    slots = {text: f"__a{i}" for i, text in enumerate(sorted(set(texts)))}
     exprs = []
     for output in checked.outputs:
         if output.key is not None:
@@ -1019,6 +1101,19 @@ def _outputs(
             if found is not node and _sql(found) in slots and found.parent is not None:
                 found.replace(exp.column(slots[_sql(found)]))
         exprs.append(f"TRY({_sql(node)})")
+    return exprs, slots
+
+
+def _outputs(
+    checked: CheckedQuery,
+    cells: list[tuple[Any, ...]],
+    values: list[dict[str, float | None]],
+    withheld: list[str | None],
+    plan: tuple[list[str], dict[str, str]],
+) -> tuple[list[str], list[list[Any]]]:
+    """The researcher's output expressions over the noisy aggregates, per cell."""
+    names = [o.name for o in checked.outputs]
+    exprs, slots = plan
     plain = [e for e in exprs if re.fullmatch(r"__k\d+|TRY\(__a\d+\)", e)]
     texts_by_slot = {slot: text for text, slot in slots.items()}
     if len(plain) == len(exprs):

@@ -20,9 +20,11 @@ time limit. Only SQL generated from the checked syntax tree is ever executed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import threading
+import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -178,6 +180,7 @@ class AgreementViews:
         # such agreements run their queries on it one at a time.
         self.lock = threading.Lock() if self._datasets else None
         self._rows_per_patient: dict[str, int] = {}
+        self._observed: dict[str, dict[str, tuple[float, float]]] = {}
         # The DP planner's prepared questions (sandbox.gateway.dp), by text and bound.
         self.plans: dict[tuple[str, int], Any] = {}
 
@@ -328,11 +331,81 @@ class AgreementViews:
             self._rows_per_patient[table] = found
         return found
 
+    def observed(self, table: str, run: Any) -> dict[str, tuple[float, float]]:
+        """Each numeric column's smallest and largest value in ``table``, for the columns
+        that hold no NaN or infinity (remembered: the views never change). Never shown to
+        anyone: the DP planner leaves out a clamp that these show would change nothing."""
+        found = self._observed.get(table)
+        if found is None:
+            numeric = [
+                c for c, fact in self.facts[table].items() if fact.kind in ("number", "integer")
+            ]
+            found = {}
+            if numeric:
+                parts = []
+                for column in numeric:
+                    value = f'CAST("{column}" AS DOUBLE)'
+                    parts += [
+                        f"min({value})",
+                        f"max({value})",
+                        f"count(*) FILTER (WHERE NOT isfinite({value}))",
+                    ]
+                _, rows = run(f'SELECT {", ".join(parts)} FROM "{table}"')  # noqa: S608
+                row = rows[0]
+                for i, column in enumerate(numeric):
+                    low, high, odd = row[3 * i : 3 * i + 3]
+                    if low is not None and high is not None and not odd:
+                        found[column.lower()] = (float(low), float(high))
+            self._observed[table] = found
+        return found
+
     def close(self) -> None:
         self.connection.close()
 
 
 PREPARED_CACHE = 256  # checked and rewritten queries remembered per gateway
+
+
+class _Watchdog:
+    """Interrupts queries that run past their deadline: one thread for all of them,
+    checking four times a second (a timer thread per query costs a small query ~1 ms)."""
+
+    TICK = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[int, tuple[float, duckdb.DuckDBPyConnection]] = {}
+        self._next = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, cursor: duckdb.DuckDBPyConnection, seconds: float) -> int:
+        with self._lock:
+            token = next(self._next)
+            self._due[token] = (time.monotonic() + seconds, cursor)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="gateway-watchdog", daemon=True
+                )
+                self._thread.start()
+            return token
+
+    def done(self, token: int) -> None:
+        """The query ended: after this returns, it is never interrupted."""
+        with self._lock:
+            self._due.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                for token, (deadline, cursor) in list(self._due.items()):
+                    if deadline <= now:
+                        del self._due[token]
+                        cursor.interrupt()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class Gateway:
@@ -406,8 +479,7 @@ class Gateway:
     def _execute(
         self, cursor: duckdb.DuckDBPyConnection, sql: str, *, close: bool
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        timer = threading.Timer(self.timeout, cursor.interrupt)
-        timer.start()
+        watched = _WATCHDOG.watch(cursor, self.timeout)
         try:
             result = cursor.execute(sql)
             rows = result.fetchall()
@@ -428,7 +500,7 @@ class Gateway:
                 "and use TRY_CAST for conversions"
             ) from None
         finally:
-            timer.cancel()
+            _WATCHDOG.done(watched)
             if close:
                 cursor.close()
         return columns, rows

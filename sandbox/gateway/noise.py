@@ -38,6 +38,12 @@ def _measurement(size: int, scale: float) -> Any:
     return measurements.make_laplace(*space, scale=scale, k=GRANULARITY)
 
 
+@lru_cache(maxsize=256)
+def _spent(size: int, scale: float, sensitivity: float) -> float:
+    """The ε OpenDP's privacy map gives the release (a pure function of its parameters)."""
+    return float(_measurement(size, scale).map(sensitivity))
+
+
 class Noise:
     """Adds calibrated Laplace noise; ``enabled=False`` returns exact values (only the
     security suite's control run uses it, to prove the oracle sees leaks without noise)."""
@@ -57,7 +63,7 @@ class Noise:
         # A hair wider than sensitivity / ε, so that the grid's accounting stays within ε.
         scale = sensitivity / epsilon * (1 + 1e-6)
         measurement = _measurement(len(values), scale)
-        spent = measurement.map(float(sensitivity))
+        spent = _spent(len(values), scale, float(sensitivity))
         if spent > epsilon * (1 + 1e-9):  # the map must agree with the calibration
             raise RuntimeError(f"Laplace release would spend ε={spent}, more than {epsilon}")
         exact = [float(v) for v in values]

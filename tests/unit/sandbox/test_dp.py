@@ -252,3 +252,128 @@ def test_keys_mixing_columns_conditions_and_constants(gateway, views) -> None:
 def test_too_small_an_epsilon_is_refused(gateway, views, epsilon) -> None:
     with pytest.raises(QueryRejected, match="at least"):
         dp.answer(gateway, views, Disclosure(), "SELECT COUNT(*) FROM episode", epsilon=epsilon)
+
+
+def _weights_pool(folder, weights: list[float]) -> dict[str, list[Source]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sources = []
+    for i, inst in enumerate(("inst_a", "inst_b", "inst_c")):
+        part = weights[i::3]
+        path = folder / f"episode-{inst}.parquet"
+        pq.write_table(
+            pa.table(
+                {
+                    "coi_id": [f"{inst}-{j}" for j in range(len(part))],
+                    "weight_kg": pa.array(part, pa.float64()),
+                    "age": list(range(20, 20 + len(part))),
+                }
+            ),
+            path,
+        )
+        sources.append(Source(str(path), inst))
+    return {"episode": sources}
+
+
+@pytest.mark.parametrize(
+    ("name", "extra", "clamped"),
+    [
+        ("within", [], False),
+        ("above", [300.0], True),  # beyond the CDM's 250 kg: clamping changes the answer
+    ],
+)
+def test_a_clamp_is_left_out_only_where_it_changes_nothing(
+    gateway, tmp_path, name, extra, clamped
+) -> None:
+    """The clamp to public bounds costs time on every row; it is left out where the data's
+    own extremes lie within the bounds — and the answer is the same either way, checked
+    against pandas with the clamp applied."""
+    weights = [float(60 + (i * 7) % 50) for i in range(60)] + extra
+    views = gateway.views(f"clamp-{name}", _weights_pool(tmp_path, weights))
+    seen: list[str] = []
+    execute = gateway.execute
+
+    def spy(views_, sql):
+        seen.append(sql)
+        return execute(views_, sql)
+
+    gateway.execute = spy  # type: ignore[method-assign]
+    try:
+        answer = _answer(gateway, views, "SELECT SUM(weight_kg), AVG(age) FROM episode")
+    finally:
+        del gateway.execute
+    statistics = seen[-1]
+    assert ("CASE WHEN" in statistics) is clamped
+    assert 'CAST("episode"."age" AS DOUBLE) <' not in statistics  # ages 20..80 of 0..120
+    import pandas as pd
+
+    truth = pd.Series(weights).clip(2.0, 250.0).sum()
+    assert answer.rows[0][0] == pytest.approx(truth, rel=1e-9)
+
+
+def test_rounding_left_of_the_point_widens_the_bounds() -> None:
+    import sqlglot
+
+    def facts(_column):
+        return dp.Facts("number", 2.0, 250.0)
+
+    def bounds(text: str):
+        return dp.interval(sqlglot.parse_one(text, read="duckdb"), facts)
+
+    assert bounds("ROUND(weight_kg)") == (2.0, 250.0)
+    assert bounds("ROUND(weight_kg, 1)") == (2.0, 250.0)
+    assert bounds("ROUND(weight_kg, -2)") == (0.0, 300.0)  # ROUND(250, -2) is 300
+    assert bounds("FLOOR(weight_kg, -1)") == (0.0, 250.0)
+    assert bounds("ROUND(weight_kg, -400)") is None
+
+
+def test_withheld_cells_draw_no_statistics(gateway, views) -> None:
+    """The patient counts are released first; the statistics only for the cells the rules
+    answer (a withheld cell's are never shown, so they need no noise)."""
+    drawn: list[int] = []
+
+    class Counting(Noise):
+        def laplace(self, values, sensitivity, epsilon):
+            drawn.append(len(values))
+            return super().laplace(values, sensitivity, epsilon)
+
+    answer = dp.answer(
+        gateway,
+        views,
+        Disclosure(k=10, min_institutions=3),
+        "SELECT indication, COUNT(*), AVG(weight_kg) FROM episode GROUP BY indication",
+        noise=Counting(enabled=False),
+    )
+    cells = len(answer.rows)
+    answered = sum(1 for r in answer.rows if r[1] is not None)
+    assert 0 < answered < cells
+    # Patient counts per cell and institution; then n, c and s of each answered cell.
+    assert drawn == [cells * 3, answered * 3]
+
+
+def test_the_pool_holds_no_nan(gateway, tmp_path) -> None:
+    """pyarrow leaves NaN out of a Parquet file's min/max statistics, and DuckDB then folds a
+    clamp's comparisons away: one record's NaN would reach its cell's answer. The hub writes
+    the pool through ``put_frame``, which stores NaN as missing: the record is not counted
+    and the answer stays exact."""
+    import pandas as pd
+
+    from hub.storage import LocalStorage
+    from hub.storage.frames import put_frame
+
+    storage = LocalStorage(tmp_path / "store")
+    sources = []
+    for i, inst in enumerate(("inst_a", "inst_b", "inst_c")):
+        weights = [70.0 + i] * 29 + [float("nan") if i == 2 else 90.0]
+        key = f"pool/episode/institution={inst}/version=1/part-0.parquet"
+        put_frame(
+            storage,
+            key,
+            pd.DataFrame({"coi_id": [f"{inst}-{j}" for j in range(30)], "weight_kg": weights}),
+        )
+        sources.append(Source(str(storage.root / key), inst))
+    views = gateway.views("no-nan", {"episode": sources})
+    answer = _answer(gateway, views, "SELECT SUM(weight_kg), COUNT(weight_kg) FROM episode")
+    assert answer.suppressed == [], answer.suppressed
+    assert answer.rows[0] == [pytest.approx(29 * (70 + 71 + 72) + 2 * 90), 89]
