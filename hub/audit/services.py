@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from hub.audit.models import AuditEntry, AuditHead
@@ -33,13 +33,24 @@ def entry_hash(prev_hash: str, at: str, actor: str, action: str, target: str, de
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
-def _lock_head(session: Session) -> AuditHead:
-    head = session.scalar(select(AuditHead).where(AuditHead.id == 1).with_for_update())
+# The ledger's column widths: what is stored is what is hashed.
+ACTOR_LENGTH, ACTION_LENGTH, TARGET_LENGTH = 200, 64, 300
+
+
+def _clip(text: str, length: int) -> str:
+    """``text`` cut to ``length`` characters, marked with an ellipsis where cut."""
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def _lock_head(session: Session) -> tuple[int, str]:
+    """The last entry's id and hash, the head row locked (``FOR UPDATE`` on PostgreSQL)."""
+    head = session.execute(
+        select(AuditHead.last_id, AuditHead.last_hash).where(AuditHead.id == 1).with_for_update()
+    ).first()
     if head is None:
-        head = AuditHead(id=1, last_id=0, last_hash=GENESIS)
-        session.add(head)
-        session.flush()
-    return head
+        session.execute(insert(AuditHead).values(id=1, last_id=0, last_hash=GENESIS))
+        return 0, GENESIS
+    return int(head[0]), str(head[1])
 
 
 def record(
@@ -49,31 +60,37 @@ def record(
     action: str,
     target: str = "",
     detail: dict[str, Any] | None = None,
-) -> AuditEntry:
+) -> None:
     """Append an entry in the caller's transaction: it lands if and only if the action does.
 
     On PostgreSQL the head row is locked ``FOR UPDATE``; on SQLite every transaction begins
-    IMMEDIATE. Either way, appends are serialised and the chain cannot fork.
+    IMMEDIATE. Either way, appends are serialised and the chain cannot fork. Text longer than
+    its column is cut (and marked) before it is hashed, so the hash covers what is stored: an
+    anonymous caller's 400-character user name cannot break the chain.
     """
-    head = _lock_head(session)
+    actor = _clip(actor, ACTOR_LENGTH)
+    action = _clip(action, ACTION_LENGTH)
+    target = _clip(target, TARGET_LENGTH)
+    last_id, last_hash = _lock_head(session)
     at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     detail_json = canonical_json(detail or {})
-    digest = entry_hash(head.last_hash, at, actor, action, target, detail_json)
-    entry = AuditEntry(
-        id=head.last_id + 1,
-        at=at,
-        actor=actor[:200],
-        action=action,
-        target=target[:300],
-        detail=detail_json,
-        prev_hash=head.last_hash,
-        entry_hash=digest,
+    digest = entry_hash(last_hash, at, actor, action, target, detail_json)
+    # Core statements, not the ORM's unit of work: every request appends at least once.
+    session.execute(
+        insert(AuditEntry).values(
+            id=last_id + 1,
+            at=at,
+            actor=actor,
+            action=action,
+            target=target,
+            detail=detail_json,
+            prev_hash=last_hash,
+            entry_hash=digest,
+        )
     )
-    session.add(entry)
-    head.last_id = entry.id
-    head.last_hash = digest
-    session.flush()
-    return entry
+    session.execute(
+        update(AuditHead).where(AuditHead.id == 1).values(last_id=last_id + 1, last_hash=digest)
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from hub.audit.models import AuditEntry
 from hub.audit.services import GENESIS, record, verify
 from hub.db import Database
 from hub.jobs.services import job_dict
+from tests.conftest import csrf_from
 
 pytestmark = pytest.mark.db
 
@@ -55,6 +56,26 @@ def test_an_entry_rolled_back_with_its_action_leaves_no_trace(database: Database
     _fill(database, 1)
     with database.session() as s:
         assert verify(s).ok
+
+
+def test_long_text_is_cut_before_it_is_hashed(database: Database, client) -> None:
+    """One anonymous login attempt with a 400-character user name used to break the chain
+    for good (the hash covered text the column could not hold)."""
+    token = csrf_from(client, "/login")
+    resp = client.post(
+        "/login", data={"username": "x" * 400, "password": "wrong", "csrf_token": token}
+    )
+    assert resp.status_code in (200, 401)
+    with database.session() as s:
+        record(s, actor="a" * 500, action="b" * 100, target="t" * 1000, detail={"k": "v"})
+    with database.session() as s:
+        entries = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        failure = next(e for e in entries if e.action == "login.failure")
+        assert len(failure.target) <= 300 and failure.target.endswith("…")
+        last = entries[-1]
+        assert (len(last.actor), len(last.action), len(last.target)) == (200, 64, 300)
+        result = verify(s)
+    assert result.ok, str(result)
 
 
 def test_edit_is_named(database: Database) -> None:
