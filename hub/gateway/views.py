@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import IntegrityError
 
@@ -64,15 +64,49 @@ def _scope(slug: str, action: str) -> services.Scope:
     return services.scope(db, get_policy(), _settings(), storage, user, slug, action=action)
 
 
+def _log(action: str, slug: str, detail: dict[str, Any]) -> None:
+    """The request's one ledger entry, naming the caller and the token it came with (the
+    sandbox API records no separate ``token.use``: see ``hub.web.SELF_RECORDING``)."""
+    token = g.get("token")
+    if token is not None:
+        detail = {**detail, "token": token.lookup}
+    services.log(get_db(), actor=actor(), action=action, slug=slug, detail=detail)
+    g.sandbox_logged = True
+
+
+@api.after_request
+def _every_request_recorded(response: Response) -> Response:
+    """Every request of a signed-in caller leaves exactly one ledger entry: those answered
+    or refused by the gateway wrote theirs; the rest (reads of agreements, tables and
+    budgets; refusals by the token's scope, the policy, the rate limit or a malformed
+    request) are recorded here, with the error the caller was given."""
+    if g.get("sandbox_logged") or g.get("user") is None:
+        return response
+    db = get_db()
+    db.rollback()
+    body = request.get_json(silent=True) if request.is_json else None
+    slug = request.args.get("agreement") or (
+        body.get("agreement") if isinstance(body, dict) else None
+    )
+    detail: dict[str, Any] = {"request": request.path, "status": response.status_code}
+    if response.status_code >= 400:
+        error = (response.get_json(silent=True) or {}).get("error") or {}
+        detail.update(code=error.get("code"), reason=error.get("message"))
+        action = "sandbox.refused"
+    else:
+        action = f"sandbox.{(request.endpoint or 'request').rsplit('.', 1)[-1]}"
+    _log(action, str(slug or "")[:100], detail)
+    db.commit()
+    return response
+
+
 def _refused(slug: str, what: str, err: Exception, extra: dict[str, Any]) -> None:
     db = get_db()
     db.rollback()
-    services.log(
-        db,
-        actor=actor(),
-        action="sandbox.refused",
-        slug=slug,
-        detail={"request": what, "reason": getattr(err, "message", str(err)), **extra},
+    _log(
+        "sandbox.refused",
+        slug,
+        {"request": what, "reason": getattr(err, "message", str(err)), **extra},
     )
     db.commit()
 
@@ -183,6 +217,10 @@ def _answered(
     spent = 0.0
     if found is None:
         known = services.check_budget(db, user, scope, epsilon)
+        # End the reading transaction: no lock is held while the answer is computed (on
+        # SQLite every transaction takes the write lock), and the debit is one conditional
+        # UPDATE that cannot overspend whatever happened meanwhile.
+        db.commit()
         try:
             found = compute()
         except GatewayError as err:
@@ -190,12 +228,10 @@ def _answered(
             if spent:
                 db.rollback()
                 services.debit(db, user, scope, spent)
-                services.log(
-                    db,
-                    actor=actor(),
-                    action="sandbox.refused",
-                    slug=slug,
-                    detail={"request": kind, "reason": err.message, "epsilon": spent, **detail},
+                _log(
+                    "sandbox.refused",
+                    slug,
+                    {"request": kind, "reason": err.message, "epsilon": spent, **detail},
                 )
                 db.commit()
                 raise
@@ -212,16 +248,14 @@ def _answered(
             spent = epsilon
     if not spent:
         left = services.budget(db, user, scope)
-    services.log(
-        db,
-        actor=actor(),
-        action=f"sandbox.{kind}",
-        slug=slug,
-        detail={
+    _log(
+        f"sandbox.{kind}",
+        slug,
+        {
             **detail,
             "epsilon": spent,
             "remembered": spent == 0.0,
-            "result_hash": digest(found),
+            "result_hash": found.get("result_hash") or digest(found),
             "institutions": scope.institutions,
         },
     )
@@ -336,12 +370,10 @@ def synthetic(table: str) -> ResponseReturnValue:
     frame = frame[[c for c in frame.columns if c in covered]]
     body = synth.page(frame, limit=limit, offset=offset)
     ids = [p.id for p in published]
-    services.log(
-        db,
-        actor=actor(),
-        action="sandbox.synthetic",
-        slug=slug,
-        detail={
+    _log(
+        "sandbox.synthetic",
+        slug,
+        {
             "table": table,
             "synthetic_versions": ids,
             "offset": offset,

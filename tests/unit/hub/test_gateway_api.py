@@ -256,7 +256,10 @@ def test_fit_and_synthetic_where_allowed(
     synthetic = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert synthetic.status_code == 404
     assert synthetic.get_json()["error"]["code"] == "no_synthetic_version"
-    assert [e["action"] for e in _ledger(database)] == ["sandbox.fit"]
+    # One entry per request: the fit, and the synthetic rows refused (with the reason).
+    ledger = _ledger(database)
+    assert [e["action"] for e in ledger] == ["sandbox.fit", "sandbox.refused"]
+    assert ledger[1]["code"] == "no_synthetic_version" and ledger[1]["status"] == 404
 
 
 def test_rate_limit_per_researcher(
@@ -417,3 +420,86 @@ def test_concurrent_debits_never_overspend(
         user = accounts.get_user(s, "rosa")
         row = s.scalar(select(PrivacyBudget).where(PrivacyBudget.user_id == user.id))
         assert row is not None and row.spent == 5.0 and row.answers == 5
+
+
+def test_no_lock_is_held_while_an_answer_is_computed(
+    client: FlaskClient, database: Database, settings: Settings, pooled, monkeypatch
+) -> None:
+    """Another request can write (sign in, upload, debit its own budget) while a long query
+    runs: the gateway's reads are committed before the answer is computed."""
+    from sqlalchemy.orm import Session
+
+    from hub.audit.services import record
+    from sandbox.gateway import dp
+
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    answer = dp.answer
+    written: list[str] = []
+
+    def slow_answer(*args, **kwargs):
+        with Session(database.engine) as other:
+            record(other, actor="user:other", action="test.meanwhile")
+            other.commit()
+            written.append("meanwhile")
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(dp, "answer", slow_answer)
+    resp = client.post(
+        "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY}, headers=rosa
+    )
+    assert resp.status_code == 200, resp.get_json()
+    assert written == ["meanwhile"]
+    actions = [e["action"] for e in _ledger(database, "")]
+    assert actions.index("test.meanwhile") < actions.index("sandbox.query")
+
+
+def test_every_sandbox_request_leaves_exactly_one_ledger_entry(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    """Answered, read or refused (by the token's scope, the policy, a malformed body): one
+    entry each, naming the caller and the token; no separate ``token.use`` entry."""
+    _activate(database, _terms())
+    rosa = _token(database, settings, "rosa")
+    upload_only = _token(database, settings, "rosa", ("upload",))
+    omar = _token(database, settings, "omar")
+    lookup = rosa["Authorization"].split("_")[1]
+    requests = [
+        (client.get, "/api/v1/sandbox/agreements", {}, rosa, 200),
+        (client.get, "/api/v1/sandbox/tables?agreement=v2v", {}, rosa, 200),
+        (client.get, "/api/v1/sandbox/budget?agreement=v2v", {}, rosa, 200),
+        (
+            client.post,
+            "/api/v1/sandbox/query",
+            {"json": {"agreement": "v2v", "sql": QUERY}},
+            rosa,
+            200,
+        ),
+        (client.post, "/api/v1/sandbox/query", {"json": {"agreement": "v2v"}}, rosa, 400),
+        (client.get, "/api/v1/sandbox/tables?agreement=v2v", {}, upload_only, 403),
+        (client.get, "/api/v1/sandbox/tables?agreement=v2v", {}, omar, 403),
+    ]
+    for method, path, options, headers, status in requests:
+        assert method(path, headers=headers, **options).status_code == status, path
+    with database.session() as s:
+        actions = s.scalars(select(AuditEntry.action).order_by(AuditEntry.id)).all()
+    assert "token.use" not in actions
+    ledger = _ledger(database)
+    assert [e["action"] for e in ledger] == [
+        "sandbox.agreements",
+        "sandbox.tables",
+        "sandbox.budget",
+        "sandbox.query",
+        "sandbox.refused",
+        "sandbox.refused",
+        "sandbox.refused",
+    ]
+    assert [e["actor"] for e in ledger] == ["user:rosa"] * 6 + ["user:omar"]
+    assert all(e["token"] == lookup for e in ledger[:5])
+    assert ledger[4]["status"] == 400 and "sql" in ledger[4]["reason"]
+    assert ledger[5]["code"] == "insufficient_scope"
+    assert ledger[6]["code"] == "policy_denied"
+    # Other APIs still record each token's use.
+    assert client.get("/api/v1/me", headers=rosa).status_code in (200, 403)
+    with database.session() as s:
+        assert "token.use" in s.scalars(select(AuditEntry.action)).all()
