@@ -18,7 +18,7 @@ def audit() -> None:
 @audit.command("verify")
 @pass_hub
 def audit_verify(hub: Hub) -> None:
-    """Check the whole chain; name the first entry edited, deleted or reordered."""
+    """Check the whole chain; name every entry edited, deleted or reordered."""
     with hub.require_current_schema().session() as s:
         result = verify(s)
     if not result.ok:

@@ -37,8 +37,22 @@ def entry_hash(prev_hash: str, at: str, actor: str, action: str, target: str, de
 ACTOR_LENGTH, ACTION_LENGTH, TARGET_LENGTH = 200, 64, 300
 
 
+def _storable(text: str) -> str:
+    """``text`` as every database can store it: no NUL (PostgreSQL refuses it) and no lone
+    surrogate (a JSON body's ``"\\ud800"``; not UTF-8). Both become U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text
+
+
 def _clip(text: str, length: int) -> str:
-    """``text`` cut to ``length`` characters, marked with an ellipsis where cut."""
+    """``text`` made storable and cut to ``length`` characters, marked with an ellipsis
+    where cut."""
+    text = _storable(text)
     return text if len(text) <= length else text[: length - 1] + "…"
 
 
@@ -73,7 +87,7 @@ def record(
     target = _clip(target, TARGET_LENGTH)
     last_id, last_hash = _lock_head(session)
     at = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    detail_json = canonical_json(detail or {})
+    detail_json = _storable(canonical_json(detail or {}))
     digest = entry_hash(last_hash, at, actor, action, target, detail_json)
     # Core statements, not the ORM's unit of work: every request appends at least once.
     session.execute(
@@ -94,17 +108,48 @@ def record(
 
 
 @dataclass(frozen=True)
+class Problem:
+    entry_id: int
+    kind: str  # edited, deleted, reordered, truncated
+    message: str
+
+
+@dataclass(frozen=True)
 class Verification:
-    ok: bool
+    """The result of walking the chain: every break found, in ledger order (one break
+    cannot hide another). ``problem``, ``entry_id`` and ``kind`` describe the first."""
+
     entries: int
-    problem: str = ""
-    entry_id: int | None = None
-    kind: str = ""  # edited, deleted, reordered, truncated
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def problem(self) -> str:
+        return self.problems[0].message if self.problems else ""
+
+    @property
+    def entry_id(self) -> int | None:
+        return self.problems[0].entry_id if self.problems else None
+
+    @property
+    def kind(self) -> str:
+        return self.problems[0].kind if self.problems else ""
+
+    SHOWN = 50
 
     def __str__(self) -> str:
         if self.ok:
             return f"audit ledger intact: {self.entries} entries, chain verified."
-        return f"audit ledger BROKEN at entry {self.entry_id} ({self.kind}): {self.problem}"
+        lines = [f"audit ledger BROKEN: {len(self.problems)} problem(s) in {self.entries} entries."]
+        lines += [
+            f"  entry {p.entry_id} ({p.kind}): {p.message}" for p in self.problems[: self.SHOWN]
+        ]
+        if len(self.problems) > self.SHOWN:
+            lines.append(f"  … and {len(self.problems) - self.SHOWN} more.")
+        return "\n".join(lines)
 
 
 def _iter_entries(session: Session, batch: int = 5000) -> Iterator[AuditEntry]:
@@ -121,11 +166,13 @@ def _iter_entries(session: Session, batch: int = 5000) -> Iterator[AuditEntry]:
 
 
 def verify(session: Session) -> Verification:
-    """Walk the whole chain in id order; report the first break."""
+    """Walk the whole chain in id order; report every break. After a break the walk takes
+    up again from the entry as stored, so that the next break is found too."""
     # Where each stored hash sits, to tell a moved entry from an edited or deleted one.
     position = {
         h: i for h, i in session.execute(select(AuditEntry.entry_hash, AuditEntry.id)).all()
     }
+    problems: list[Problem] = []
     expected_prev = GENESIS
     expected_id = 1
     count = 0
@@ -134,66 +181,65 @@ def verify(session: Session) -> Verification:
         recomputed = entry_hash(e.prev_hash, e.at, e.actor, e.action, e.target, e.detail)
         if e.prev_hash != expected_prev:
             if e.prev_hash in position:
-                return Verification(
-                    False,
-                    count,
-                    f"entry {e.id} links to entry {position[e.prev_hash]}, not to the entry "
-                    "before it: entries were reordered.",
-                    e.id,
-                    "reordered",
+                problems.append(
+                    Problem(
+                        e.id,
+                        "reordered",
+                        f"entry {e.id} links to entry {position[e.prev_hash]}, not to the "
+                        "entry before it: entries were reordered.",
+                    )
                 )
-            if e.id != expected_id:
+            elif e.id != expected_id:
                 missing = (
                     f"entry {expected_id}"
                     if e.id == expected_id + 1
                     else f"entries {expected_id}-{e.id - 1}"
                 )
-                return Verification(
-                    False,
-                    count,
-                    f"{missing} deleted: entry {e.id} links to a hash that is "
-                    "no longer in the ledger.",
-                    expected_id,
-                    "deleted",
+                problems.append(
+                    Problem(
+                        expected_id,
+                        "deleted",
+                        f"{missing} deleted: entry {e.id} links to a hash that is no longer "
+                        "in the ledger.",
+                    )
                 )
-            return Verification(
-                False,
-                count,
-                f"entry {expected_id - 1} was edited: entry {e.id} links to a hash that no "
-                "longer matches it."
-                if expected_id > 1
-                else f"entry {e.id}'s link to the start of the ledger was edited.",
-                expected_id - 1 if expected_id > 1 else e.id,
-                "edited",
+            elif expected_id > 1:
+                problems.append(
+                    Problem(
+                        expected_id - 1,
+                        "edited",
+                        f"entry {expected_id - 1} was edited: entry {e.id} links to a hash "
+                        "that no longer matches it.",
+                    )
+                )
+            else:
+                problems.append(
+                    Problem(e.id, "edited", f"entry {e.id}'s link to the start was edited.")
+                )
+        elif e.id != expected_id:
+            problems.append(
+                Problem(expected_id, "deleted", f"entry ids jump from {expected_id - 1} to {e.id}.")
             )
         if recomputed != e.entry_hash:
-            return Verification(
-                False,
-                count,
-                f"entry {e.id} ({e.action} by {e.actor} at {e.at}) was edited: its content "
-                "no longer matches its hash.",
-                e.id,
-                "edited",
-            )
-        if e.id != expected_id:
-            return Verification(
-                False,
-                count,
-                f"entry ids jump from {expected_id - 1} to {e.id}.",
-                expected_id,
-                "deleted",
+            problems.append(
+                Problem(
+                    e.id,
+                    "edited",
+                    f"entry {e.id} ({e.action} by {e.actor} at {e.at}) was edited: its "
+                    "content no longer matches its hash.",
+                )
             )
         expected_prev = e.entry_hash
-        expected_id += 1
+        expected_id = e.id + 1
     head = session.get(AuditHead, 1)
     last_id, last_hash = (head.last_id, head.last_hash) if head else (0, GENESIS)
     if last_id != expected_id - 1 or last_hash != expected_prev:
-        return Verification(
-            False,
-            count,
-            f"the ledger should end at entry {last_id} but ends at entry {expected_id - 1}: "
-            "its last entries were deleted (or its head was edited).",
-            expected_id,
-            "truncated",
+        problems.append(
+            Problem(
+                expected_id,
+                "truncated",
+                f"the ledger should end at entry {last_id} but ends at entry "
+                f"{expected_id - 1}: its last entries were deleted (or its head was edited).",
+            )
         )
-    return Verification(True, count)
+    return Verification(count, tuple(problems))
