@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import threading
 from typing import Any
@@ -84,6 +85,28 @@ def _start_worker(hub: Hub) -> Any:
     return worker
 
 
+def check_listen(settings: Settings, host: str, what: str = "the portal") -> None:
+    """Refuse a development-mode instance on an address beyond loopback unless
+    ``allow_remote_development`` says so: its demo logins are public."""
+    if settings.is_production or settings.allow_remote_development or _loopback(host):
+        return
+    raise click.ClickException(
+        f"{what} would listen on {host}, beyond this machine, in development mode — where "
+        "the demo's logins are public and no cookie is marked Secure. Use production mode "
+        "(CLEANROOM_MODE=production, with your own keys and TLS in front), or listen on "
+        "127.0.0.1, or set CLEANROOM_ALLOW_REMOTE_DEVELOPMENT=true if you mean it."
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: not provably this machine
+        return False
+
+
 @cli.command()
 @click.option("--host", default=None, help="Overrides CLEANROOM_HOST.")
 @click.option("--port", type=int, default=None, help="Overrides CLEANROOM_PORT.")
@@ -98,9 +121,10 @@ def serve(hub: Hub, host: str | None, port: int | None, data_dir: str | None) ->
     hub.override(data_dir=data_dir)
     settings = hub.settings
     settings.check_production()
+    host = host or settings.host
+    check_listen(settings, host)
     hub.require_current_schema()
     app = create_app(settings)
-    host = host or settings.host
     port = port or settings.port
     worker = _start_worker(hub) if settings.embedded_worker else None
     proxy: dict[str, Any] = {}
@@ -203,7 +227,9 @@ def up(
     schema.upgrade(hub.database)
     settings = hub.settings
     jupyterhub = None
+    check_listen(settings, host or settings.host)
     if settings.sandbox_enabled if sandbox is None else sandbox:
+        check_listen(settings, settings.sandbox_host, "the sandbox's JupyterHub")
         try:
             jupyterhub = sandbox_cli.start(
                 settings, hub_host=host or settings.host, hub_port=port or settings.port

@@ -17,8 +17,15 @@ from typing import Any
 
 from hub.errors import ConfigurationError
 
-DEV_SECRET_KEY = "insecure-development-secret-key"  # noqa: S105 - the refused default
+# Earlier versions' built-in keys: public in the source, so refused in every mode.
+DEV_SECRET_KEY = "insecure-development-secret-key"  # noqa: S105 - the refused value
 DEV_HMAC_KEY = "insecure-development-hmac-key"
+PUBLIC_KEYS = (DEV_SECRET_KEY, DEV_HMAC_KEY)
+
+KEYS_FILE = "keys.toml"
+"""In development mode, the secret and HMAC keys generated on first start: in the data
+directory, mode 0600 (production sets its own and never uses this file)."""
+GENERATED = ("secret_key", "hmac_key")
 
 
 @dataclass(frozen=True)
@@ -90,15 +97,17 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "secret_key",
-        DEV_SECRET_KEY,
-        "Signs session cookies and CSRF tokens. Set a long random value in production.",
+        "",
+        "Signs session cookies and CSRF tokens. Production: set a long random value. "
+        "Development: generated on first start into `<data_dir>/keys.toml` (mode 0600).",
         secret=True,
     ),
     Setting(
         "hmac_key",
-        DEV_HMAC_KEY,
-        "Key of the HMAC-SHA256 pseudonyms (at least 16 bytes). Only the hub holds it. To "
-        "rotate, append the old key to `hmac_previous_keys`, set a new one here and run "
+        "",
+        "Key of the HMAC-SHA256 pseudonyms (at least 16 bytes). Only the hub holds it. "
+        "Production: set it; development: generated like `secret_key`. To rotate, append "
+        "the old key to `hmac_previous_keys`, set a new one here and run "
         "`cleanroom pool rotate-keys` (docs/deidentification.md).",
         secret=True,
     ),
@@ -164,6 +173,12 @@ SETTINGS: tuple[Setting, ...] = (
         "URL users reach the portal at. An `https://` URL turns on HSTS and Secure cookies.",
     ),
     Setting("host", "127.0.0.1", "Address `cleanroom serve` listens on."),
+    Setting(
+        "allow_remote_development",
+        False,
+        "Let a development-mode instance listen beyond loopback. Refused by default: its "
+        "demo logins are public and it marks no cookie Secure; use production mode instead.",
+    ),
     Setting("port", 8000, "Port `cleanroom serve` listens on."),
     Setting("threads", 8, "Request threads of the WSGI server (waitress)."),
     Setting(
@@ -396,11 +411,7 @@ class Settings(Mapping[str, Any]):
         for s in SETTINGS:
             value = self.data[s.name]
             if s.secret and value:
-                shown = (
-                    "********"
-                    if value not in (DEV_SECRET_KEY, DEV_HMAC_KEY)
-                    else ("******** (built-in development value)")
-                )
+                shown = "********"
             else:
                 shown = str(value)
             rows.append((s.name, shown, self.sources.get(s.name, "default")))
@@ -408,16 +419,23 @@ class Settings(Mapping[str, Any]):
 
     def check_production(self) -> None:
         """Refuse to run production on built-in keys: name the setting to change."""
+        public = [n for n in GENERATED if self.data[n] in PUBLIC_KEYS]
+        if public:
+            raise ConfigurationError(
+                " and ".join(f"CLEANROOM_{n.upper()}" for n in public)
+                + " is an earlier version's built-in value, public in the source: remove it "
+                "(development generates its own keys) or set a long random value."
+            )
         if not self.is_production:
             return
-        problems = []
-        if self.data["secret_key"] == DEV_SECRET_KEY:
-            problems.append("CLEANROOM_SECRET_KEY")
-        if self.data["hmac_key"] == DEV_HMAC_KEY:
-            problems.append("CLEANROOM_HMAC_KEY")
+        problems = [
+            f"CLEANROOM_{n.upper()}"
+            for n in GENERATED
+            if not self.data[n] or self.sources.get(n, "").startswith("generated")
+        ]
         if problems:
             raise ConfigurationError(
-                "production mode refuses the built-in development key(s): set "
+                "production mode needs its own keys: set "
                 + " and ".join(problems)
                 + " to a long random value (e.g. `python -c 'import secrets; "
                 "print(secrets.token_urlsafe(48))'`)."
@@ -432,6 +450,40 @@ class Settings(Mapping[str, Any]):
             raise ConfigurationError(
                 "every key in CLEANROOM_HMAC_PREVIOUS_KEYS must be at least 16 bytes long."
             )
+
+
+def _development_keys(data_dir: Path) -> dict[str, str]:
+    """The development instance's own secret and HMAC keys: read from ``keys.toml`` in
+    the data directory, generated there (mode 0600) on first start. Two processes starting
+    at once agree: the file is created exclusively, and the loser reads the winner's."""
+    import secrets
+
+    path = data_dir / KEYS_FILE
+    if not path.is_file():
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = {name: secrets.token_urlsafe(48) for name in GENERATED}
+        text = "".join(f'{name} = "{key}"\n' for name, key in keys.items())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(
+                    "# Generated by Cleanroom on first start (development mode). Keep it:\n"
+                    "# the HMAC key makes the pool's pseudonyms. Production sets its own.\n" + text
+                )
+            return keys
+    try:
+        found = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigurationError(
+            f"{path} cannot be read ({err}); delete it to regenerate."
+        ) from None
+    missing = [n for n in GENERATED if not isinstance(found.get(n), str) or not found[n]]
+    if missing:
+        raise ConfigurationError(f"{path} lacks {', '.join(missing)}; delete it to regenerate.")
+    return {n: found[n] for n in GENERATED}
 
 
 def _read_instance_file(path: Path) -> dict[str, Any]:
@@ -487,6 +539,11 @@ def load_settings(
             apply(s.name, environ[s.env], f"env {s.env}")
     for name, raw in overrides.items():
         apply(name, raw, "override")
+    if values["mode"] == "development" and not all(values[n] for n in GENERATED):
+        for name, key in _development_keys(Path(data_dir).expanduser()).items():
+            if not values[name]:
+                values[name] = key
+                sources[name] = f"generated ({KEYS_FILE})"
     if int(values["deid_k"]) < 2:
         raise ConfigurationError(
             f"setting deid_k ({sources.get('deid_k', 'default')}): k-anonymity needs k of at "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,86 @@ def test_masked_output_hides_secrets(tmp_path: Path) -> None:
     shown = {name: value for name, value, _ in s.masked()}
     assert shown["secret_key"] == "********"
     assert "pw" not in shown["database_url"]
-    assert "built-in development value" in shown["hmac_key"]
+    sources = {name: source for name, _, source in s.masked()}
+    assert shown["hmac_key"] == "********" and sources["hmac_key"] == "generated (keys.toml)"
+
+
+def test_development_keys_are_generated_once_per_instance_and_kept_private(
+    tmp_path: Path,
+) -> None:
+    """No key of a development instance is public: each data directory gets its own,
+    generated on first start into keys.toml (0600), and keeps them."""
+    first = load_settings({"data_dir": str(tmp_path / "a")}, environ={})
+    again = load_settings({"data_dir": str(tmp_path / "a")}, environ={})
+    other = load_settings({"data_dir": str(tmp_path / "b")}, environ={})
+    assert (first.secret_key, first.hmac_key) == (again.secret_key, again.hmac_key)
+    assert first.secret_key != other.secret_key and first.hmac_key != other.hmac_key
+    assert len(first.secret_key) >= 48 and first.secret_key != first.hmac_key
+    keys = tmp_path / "a" / "keys.toml"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    # An explicit key wins over the generated one.
+    mine = load_settings({"data_dir": str(tmp_path / "a"), "secret_key": "x" * 40}, environ={})
+    assert mine.secret_key == "x" * 40 and mine.hmac_key == first.hmac_key
+
+
+@pytest.mark.parametrize("mode", ["development", "production"])
+def test_earlier_public_keys_are_refused_in_every_mode(tmp_path: Path, mode: str) -> None:
+    from hub import create_app
+    from hub.settings import DEV_HMAC_KEY, DEV_SECRET_KEY
+
+    for name, value in (("secret_key", DEV_SECRET_KEY), ("hmac_key", DEV_HMAC_KEY)):
+        with pytest.raises(ConfigurationError, match="public in the source"):
+            create_app({"data_dir": str(tmp_path), "mode": mode, name: value})
+
+
+def test_production_never_uses_generated_keys(tmp_path: Path) -> None:
+    load_settings({"data_dir": str(tmp_path)}, environ={})  # development generated keys.toml
+    production = load_settings({"data_dir": str(tmp_path), "mode": "production"}, environ={})
+    with pytest.raises(ConfigurationError, match="CLEANROOM_SECRET_KEY and CLEANROOM_HMAC_KEY"):
+        production.check_production()
+
+
+def test_a_session_signed_with_the_old_public_key_opens_nothing(
+    client, users, tmp_path: Path
+) -> None:
+    """The attack that worked: sign {"uid": <steward>, "epoch": 0} with the key that used to
+    be built in. The instance's own generated key refuses it."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    from hub.settings import DEV_SECRET_KEY
+
+    steward = users.make("sam", "steward")
+
+    class Forger:
+        secret_key = DEV_SECRET_KEY
+        config = client.application.config
+
+    serializer = SecureCookieSessionInterface().get_signing_serializer(Forger())  # type: ignore[arg-type]
+    forged = serializer.dumps({"uid": steward.id, "epoch": 0, "sid": "x"})
+    client.set_cookie("cleanroom_session", forged)
+    resp = client.get("/admin/")
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+
+
+def test_development_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hub.cli import check_listen, cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
+        env={},  # noqa: S104
+    )
+    assert result.exit_code != 0 and "beyond this machine" in result.output
+    dev = load_settings({"data_dir": str(tmp_path)}, environ={})
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        check_listen(dev, host)  # loopback: fine
+    allowed = load_settings(
+        {"data_dir": str(tmp_path), "allow_remote_development": True}, environ={}
+    )
+    check_listen(allowed, "0.0.0.0")  # noqa: S104 - told explicitly
 
 
 def test_every_setting_is_documented() -> None:
