@@ -48,7 +48,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.uses_tls or settings.is_production,
-        PERMANENT_SESSION_LIFETIME=timedelta(minutes=settings.session_lifetime_minutes),
+        # The cookie lasts as long as a session may; the server ends it sooner (idle, logout).
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_max_hours),
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
         WTF_CSRF_SSL_STRICT=settings.uses_tls,
         MAX_FORM_MEMORY_SIZE=1 << 20,

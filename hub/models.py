@@ -1,6 +1,6 @@
 """Every model, imported in one place so that Alembic and ``create_all`` see them all."""
 
-from hub.accounts.models import ApiToken, Institution, LoginAttempt, User
+from hub.accounts.models import ApiToken, Institution, LoginAttempt, User, UserSession
 from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.models import AuditEntry, AuditHead
 from hub.db import Base
@@ -32,4 +32,5 @@ __all__ = [
     "PrivacyBudget",
     "SyntheticVersion",
     "User",
+    "UserSession",
 ]

@@ -242,19 +242,30 @@ SETTINGS: tuple[Setting, ...] = (
         "release.",
     ),
     Setting(
-        "session_lifetime_minutes",
-        480,
-        "How long a portal login lasts.",
+        "session_idle_minutes",
+        30,
+        "A portal session ends after this many minutes without a request.",
     ),
     Setting(
-        "login_max_failures",
-        5,
-        "Failed logins in a row after which an account is locked.",
+        "session_max_hours",
+        12,
+        "A portal session ends this many hours after sign-in, however active.",
     ),
     Setting(
-        "login_lockout_minutes",
+        "password_min_length",
+        12,
+        "The shortest password accepted (common and breached passwords are refused at any length).",
+    ),
+    Setting(
+        "login_free_failures",
+        3,
+        "Failed sign-ins for one user name from one address before each further attempt "
+        "must wait (1 s, then doubling).",
+    ),
+    Setting(
+        "login_max_delay_minutes",
         15,
-        "How long a locked account stays locked.",
+        "The longest wait between attempts for one user name from one address.",
     ),
     Setting(
         "login_rate_per_minute",

@@ -12,6 +12,7 @@ from flask import (
     Flask,
     Response,
     current_app,
+    flash,
     g,
     jsonify,
     redirect,
@@ -26,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 import policies
 from hub.accounts.models import User
-from hub.accounts.services import verify_token
+from hub.accounts.services import resume_session, verify_token
 from hub.audit.services import record
 from hub.db import get_database, get_db
 from hub.errors import CleanroomError, DatabaseUnavailable, Forbidden, Unauthorized
@@ -50,6 +51,9 @@ SERVICE_ENDPOINTS = frozenset(
     {"sandbox_service.login", "sandbox_service.check", "sandbox_service.token"}
 )
 
+
+#: What a user whose password someone else chose may reach before choosing their own.
+PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.password", "auth.logout"})
 
 #: Blueprints whose every request leaves its own ledger entry, naming the caller and the
 #: token (``hub.gateway.views``): a bearer token's use there is not recorded a second time.
@@ -91,9 +95,11 @@ def current_user() -> User | None:
                     detail={"method": request.method, "path": request.path},
                 )
             db.commit()
-    elif "uid" in session:
-        user = get_db().get(User, session["uid"])
-        if user is None or not user.is_active or user.session_epoch != session.get("epoch"):
+    elif "sid" in session:
+        db = get_db()
+        user = resume_session(db, app_settings(), str(session["sid"]))
+        db.commit()  # a session that just ended stays ended; its last activity is kept
+        if user is None:
             session.clear()
         else:
             g.user = user
@@ -174,6 +180,13 @@ def guard(
                         f"this API token lacks the {scope!r} scope; create one that has it.",
                         code="insufficient_scope",
                     )
+            if (
+                user.must_change_password
+                and not is_api_request()
+                and request.endpoint not in PASSWORD_CHANGE_ENDPOINTS
+            ):
+                flash("Choose your own password before you go on.", "info")
+                return redirect(url_for("auth.password"))
             target, act = obj.format(**kwargs), action.format(**kwargs)
             is_owner = bool(owner(user, **kwargs)) if owner is not None else False
             if domain is not None:

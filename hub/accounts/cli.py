@@ -49,7 +49,9 @@ def user() -> None:
 @click.option("--institution", "institution_slug", default=None, help="Institution id.")
 @click.option("--name", "display_name", default="", help="Display name.")
 @click.option("--email", default="")
-@click.password_option(help="Prompted for when not given (at least 12 characters).")
+@click.password_option(
+    help="Prompted for when not given (at least 12 characters, not a common one)."
+)
 @pass_hub
 def user_add(
     hub: Hub,
@@ -71,8 +73,10 @@ def user_add(
             actor=ACTOR,
             display_name=display_name,
             email=email,
+            temporary=True,
+            min_length=hub.settings.password_min_length,
         )
-    click.echo(f"user {username} added ({role})")
+    click.echo(f"user {username} added ({role}); they choose their own password at first sign-in")
 
 
 @user.command("list")
@@ -90,7 +94,7 @@ def user_list(hub: Hub) -> None:
 @click.argument("username")
 @pass_hub
 def user_unlock(hub: Hub, username: str) -> None:
-    """Unlock an account locked after failed logins."""
+    """Forget a user name's failed sign-ins: the delays they caused end at once."""
     with hub.require_current_schema().session() as s:
         services.unlock(s, services.get_user(s, username), actor=ACTOR)
     click.echo(f"user {username} unlocked")
@@ -101,10 +105,20 @@ def user_unlock(hub: Hub, username: str) -> None:
 @click.password_option(help="Prompted for when not given.")
 @pass_hub
 def user_password(hub: Hub, username: str, password: str) -> None:
-    """Set a user's password (signs out their sessions)."""
+    """Reset a user's password: their sessions end, their API tokens are revoked, and they
+    choose their own password at the next sign-in."""
     with hub.require_current_schema().session() as s:
-        services.set_password(s, services.get_user(s, username), password, actor=ACTOR)
-    click.echo(f"password of {username} changed")
+        services.set_password(
+            s,
+            services.get_user(s, username),
+            password,
+            actor=ACTOR,
+            min_length=hub.settings.password_min_length,
+        )
+    click.echo(
+        f"password of {username} reset: their sessions ended and API tokens were revoked; "
+        "they choose their own at the next sign-in"
+    )
 
 
 @click.group()

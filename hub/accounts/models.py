@@ -53,11 +53,15 @@ class User(Base):
         ForeignKey("institutions.id", ondelete="RESTRICT"), index=True
     )
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Unused since sign-in throttling replaced lock-out (kept for the schema's history).
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # Bumped when the password changes or the account is disabled: old sessions stop working.
+    # Unused since sessions are kept server-side (UserSession).
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    # Set when someone else chose the password (the steward, the command line): the user
+    # must choose their own at the next sign-in before anything else.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     institution: Mapped[Institution | None] = relationship(back_populates="users")
@@ -101,3 +105,23 @@ class LoginAttempt(Base):
     username: Mapped[str] = mapped_column(String(64))
     succeeded: Mapped[bool] = mapped_column(Boolean)
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class UserSession(Base):
+    """A portal sign-in, kept server-side: the browser's cookie holds only a random key,
+    of which the SHA-256 is stored. It ends at sign-out, after ``session_idle_minutes``
+    without a request, ``session_max_hours`` after sign-in, and for every session of the
+    user when the password changes or the account is disabled."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_reason: Mapped[str] = mapped_column(String(32), default="")
+    address: Mapped[str] = mapped_column(String(64), default="")
+
+    user: Mapped[User] = relationship()

@@ -12,10 +12,19 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from hub.accounts.models import ApiToken, Institution, InstitutionKind, LoginAttempt, Role, User
+from hub.accounts import passwords
+from hub.accounts.models import (
+    ApiToken,
+    Institution,
+    InstitutionKind,
+    LoginAttempt,
+    Role,
+    User,
+    UserSession,
+)
 from hub.audit.services import record
 from hub.db import utcnow
 from hub.errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorized
@@ -28,7 +37,7 @@ _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
-MIN_PASSWORD = 12
+MIN_PASSWORD = 12  # the default of the `password_min_length` setting
 TOKEN_SCOPES = ("upload", "sandbox", "read")
 TOKEN_RE = re.compile(r"^crt_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{20,})$")
 
@@ -37,13 +46,20 @@ TOKEN_RE = re.compile(r"^crt_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{20,})$")
 
 
 def hash_password(password: str) -> str:
-    check_password_strength(password)
     return _hasher.hash(password)
 
 
-def check_password_strength(password: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise BadRequest(f"passwords must be at least {MIN_PASSWORD} characters long.")
+def check_password(
+    password: str, user_inputs: tuple[str, ...] = (), min_length: int = MIN_PASSWORD
+) -> None:
+    """Refuse a short, common, breached or guessable password, saying why
+    (:mod:`hub.accounts.passwords`)."""
+    passwords.check(password, min_length, user_inputs)
+
+
+def check_current_password(user: User, password: str) -> bool:
+    """Whether ``password`` is the user's (asked again before it is changed)."""
+    return _verify(user.password_hash, password)
 
 
 def _verify(password_hash: str, password: str) -> bool:
@@ -102,7 +118,11 @@ def create_user(
     actor: str,
     display_name: str = "",
     email: str = "",
+    temporary: bool = False,
+    min_length: int = MIN_PASSWORD,
 ) -> User:
+    """Add a user. ``temporary``: someone else chose the password (the steward, the command
+    line), so the user must choose their own at the first sign-in."""
     username = username.strip().lower()
     if not USERNAME_RE.match(username):
         raise BadRequest(
@@ -116,6 +136,7 @@ def create_user(
         raise BadRequest(f"a {role} must belong to an institution (--institution).")
     if session.scalar(select(User).where(User.username == username)):
         raise Conflict(f"user {username!r} already exists.")
+    check_password(password, (username, display_name, email), min_length)
     user = User(
         username=username,
         password_hash=hash_password(password),
@@ -123,6 +144,7 @@ def create_user(
         institution=inst,
         display_name=display_name or username,
         email=email,
+        must_change_password=temporary,
     )
     session.add(user)
     session.flush()
@@ -143,23 +165,41 @@ def get_user(session: Session, username: str) -> User:
     return user
 
 
-def set_password(session: Session, user: User, password: str, *, actor: str) -> None:
+def set_password(
+    session: Session,
+    user: User,
+    password: str,
+    *,
+    actor: str,
+    own: bool = False,
+    min_length: int = MIN_PASSWORD,
+) -> None:
+    """A new password. ``own``: the user chose it (else it is a reset, and temporary).
+    Either way every session of the user ends and every API token is revoked."""
+    check_password(password, (user.username, user.display_name, user.email), min_length)
+    if _verify(user.password_hash, password):
+        raise BadRequest("choose a password different from the current one.", code="same_password")
     user.password_hash = hash_password(password)
-    user.session_epoch += 1
-    user.failed_logins = 0
-    user.locked_until = None
-    record(session, actor=actor, action="user.password", target=f"user:{user.username}")
+    user.must_change_password = not own
+    record(
+        session,
+        actor=actor,
+        action="user.password" if own else "user.password_reset",
+        target=f"user:{user.username}",
+    )
+    end_sessions(session, user, "password changed" if own else "password reset", actor=actor)
 
 
 def set_active(session: Session, user: User, active: bool, *, actor: str) -> None:
     user.is_active = active
-    user.session_epoch += 1
     record(
         session,
         actor=actor,
         action="user.enable" if active else "user.disable",
         target=f"user:{user.username}",
     )
+    if not active:
+        end_sessions(session, user, "account disabled", actor=actor)
     _recompile_agreements(session)
 
 
@@ -183,8 +223,8 @@ def change_user(
     detail = {"role": [user.role, role], "institution": [old_inst, institution]}
     user.role = role
     user.institution = inst
-    user.session_epoch += 1
     session.flush()
+    end_sessions(session, user, "role changed", actor=actor, tokens=False)
     record(
         session, actor=actor, action="user.change", target=f"user:{user.username}", detail=detail
     )
@@ -200,7 +240,7 @@ def _recompile_agreements(session: Session) -> None:
     recompile_all(session)
 
 
-# Login -------------------------------------------------------------------------------------
+# Sign-in -----------------------------------------------------------------------------------
 
 
 def _check_rate(session: Session, settings: Settings, address: str) -> None:
@@ -212,65 +252,108 @@ def _check_rate(session: Session, settings: Settings, address: str) -> None:
     )
     if (recent or 0) >= settings.login_rate_per_minute:
         raise TooManyRequests(
-            "too many login attempts from your address; wait a minute and try again."
+            "too many sign-in attempts from your address; wait a minute and try again."
         )
+
+
+def _clean_name(username: str) -> str:
+    """A typed user name as stored: trimmed, lower case, no control characters, at most
+    64 characters (what the attempts table holds)."""
+    name = "".join(c for c in username.strip().lower() if c.isprintable())
+    return name[:64]
+
+
+def throttle_wait(
+    session: Session, settings: Settings, username: str, address: str
+) -> timedelta | None:
+    """How long this address must wait before it may try ``username`` again: nothing for
+    the first ``login_free_failures`` failures since its last success (in a day), then 1 s,
+    doubling per failure, at most ``login_max_delay_minutes``. It depends only on what this
+    address did with this name, so it says nothing of whether the account exists, and
+    nobody else's failures can keep a user out."""
+    since = utcnow() - timedelta(days=1)
+    succeeded = session.scalar(
+        select(func.max(LoginAttempt.at)).where(
+            LoginAttempt.address == address,
+            LoginAttempt.username == username,
+            LoginAttempt.succeeded.is_(True),
+            LoginAttempt.at >= since,
+        )
+    )
+    failures, last = session.execute(
+        select(func.count(), func.max(LoginAttempt.at)).where(
+            LoginAttempt.address == address,
+            LoginAttempt.username == username,
+            LoginAttempt.succeeded.is_(False),
+            LoginAttempt.at >= max(since, succeeded) if succeeded else LoginAttempt.at >= since,
+        )
+    ).one()
+    extra = int(failures or 0) - int(settings.login_free_failures)
+    if extra < 0 or last is None:
+        return None
+    delay = min(
+        timedelta(seconds=2 ** min(extra, 20)),
+        timedelta(minutes=int(settings.login_max_delay_minutes)),
+    )
+    wait = last + delay - utcnow()
+    return wait if wait > timedelta(0) else None
+
+
+def _wait_words(wait: timedelta) -> str:
+    seconds = max(1, int(wait.total_seconds() + 0.999))
+    return f"{seconds} seconds" if seconds < 120 else f"{(seconds + 59) // 60} minutes"
 
 
 def authenticate(
     session: Session, settings: Settings, username: str, password: str, *, address: str
 ) -> User:
-    """Check a username and password, with per-address rate limiting and per-account
-    lock-out. Raises :class:`Unauthorized` with a message that does not say which of the
-    two was wrong. The caller commits (failures are recorded too)."""
-    username = username.strip().lower()
+    """Check a user name and password. Each address has ``login_rate_per_minute`` attempts
+    a minute, and each (name, address) pair a growing delay after repeated failures
+    (:func:`throttle_wait`); no account is ever locked by others' failures. The answer and
+    its timing are the same whether the name exists or not. The caller commits (failures
+    are recorded too)."""
+    username = _clean_name(username)
+    address = address[:64]
     _check_rate(session, settings, address)
-    # Forget attempts older than the rate window so the table stays small.
-    session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(minutes=10)))
-    user = session.scalar(select(User).where(User.username == username))
-    now = utcnow()
+    # Forget attempts older than the throttling's memory so the table stays small.
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at < utcnow() - timedelta(days=1)))
 
-    def fail(reason: str, message: str) -> Unauthorized:
-        session.add(LoginAttempt(address=address, username=username[:64], succeeded=False))
+    def fail(reason: str, error: Unauthorized | TooManyRequests) -> Exception:
+        session.add(LoginAttempt(address=address, username=username, succeeded=False))
         record(
             session,
-            actor=f"user:{username}" if user else "anonymous",
+            actor="anonymous",
             action="login.failure",
             target=f"user:{username}",
             detail={"reason": reason, "address": address},
         )
-        return Unauthorized(message, code="login_failed")
+        return error
 
-    generic = "wrong username or password."
+    wait = throttle_wait(session, settings, username, address)
+    if wait is not None:
+        raise fail(
+            "throttled",
+            TooManyRequests(
+                f"too many failed sign-ins with this user name from your address; wait "
+                f"{_wait_words(wait)} and try again.",
+                code="login_throttled",
+            ),
+        )
+    user = session.scalar(select(User).where(User.username == username))
+    generic = Unauthorized("wrong username or password.", code="login_failed")
     if user is None:
         _verify(_DUMMY_HASH, password)
         raise fail("unknown user", generic)
-    if user.locked_until is not None and user.locked_until > now:
-        minutes = max(1, int((user.locked_until - now).total_seconds() // 60) + 1)
-        raise fail(
-            "locked",
-            f"this account is locked after repeated failed logins; try again in {minutes} "
-            "minute(s) or ask the steward to unlock it.",
-        )
     if not _verify(user.password_hash, password):
-        user.failed_logins += 1
-        if user.failed_logins >= settings.login_max_failures:
-            user.locked_until = now + timedelta(minutes=settings.login_lockout_minutes)
-            user.failed_logins = 0
-            record(
-                session,
-                actor="system",
-                action="user.lock",
-                target=f"user:{username}",
-                detail={"minutes": settings.login_lockout_minutes},
-            )
         raise fail("wrong password", generic)
     if not user.is_active:
-        raise fail("disabled", "this account is disabled; ask the steward.")
+        raise fail(
+            "disabled",
+            Unauthorized("this account is disabled; ask the steward.", code="login_failed"),
+        )
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
-    user.last_login_at = now
+    user.last_login_at = utcnow()
     session.add(LoginAttempt(address=address, username=username, succeeded=True))
     record(
         session,
@@ -283,9 +366,106 @@ def authenticate(
 
 
 def unlock(session: Session, user: User, *, actor: str) -> None:
-    user.locked_until = None
-    user.failed_logins = 0
+    """Forget the failed sign-ins with this user name (from every address): its delays
+    end at once."""
+    session.execute(
+        delete(LoginAttempt).where(
+            LoginAttempt.username == user.username, LoginAttempt.succeeded.is_(False)
+        )
+    )
     record(session, actor=actor, action="user.unlock", target=f"user:{user.username}")
+
+
+# Sessions ----------------------------------------------------------------------------------
+
+
+def _session_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def start_session(session: Session, user: User, *, address: str) -> str:
+    """A new portal session for ``user``; returns the key the browser's cookie keeps (only
+    its SHA-256 is stored)."""
+    key = secrets.token_urlsafe(32)
+    session.add(UserSession(key_hash=_session_hash(key), user=user, address=address[:64]))
+    session.flush()
+    return key
+
+
+def resume_session(session: Session, settings: Settings, key: str) -> User | None:
+    """The user of a live session, or None: unknown, ended, idle longer than
+    ``session_idle_minutes`` or older than ``session_max_hours`` (these end it now), or a
+    disabled account. Its last activity is written at most once a minute."""
+    found = session.scalar(
+        select(UserSession)
+        .where(UserSession.key_hash == _session_hash(key))
+        .options(joinedload(UserSession.user))
+    )
+    if found is None or found.ended_at is not None:
+        return None
+    now = utcnow()
+    if now - found.created_at > timedelta(hours=int(settings.session_max_hours)):
+        _end(found, "lifetime reached", now)
+        return None
+    if now - found.last_seen_at > timedelta(minutes=int(settings.session_idle_minutes)):
+        _end(found, "idle", now)
+        return None
+    if not found.user.is_active:
+        _end(found, "account disabled", now)
+        return None
+    if now - found.last_seen_at >= timedelta(minutes=1):
+        found.last_seen_at = now
+    return found.user
+
+
+def _end(found: UserSession, reason: str, now: datetime) -> None:
+    found.ended_at = now
+    found.ended_reason = reason[:32]
+
+
+def end_session(session: Session, key: str, reason: str) -> None:
+    found = session.scalar(select(UserSession).where(UserSession.key_hash == _session_hash(key)))
+    if found is not None and found.ended_at is None:
+        _end(found, reason, utcnow())
+
+
+def end_sessions(
+    session: Session, user: User, reason: str, *, actor: str, tokens: bool = True
+) -> tuple[int, int]:
+    """End every portal session of ``user`` and (``tokens``) revoke every API token; one
+    ledger entry says how many. Returns (sessions, tokens) ended."""
+    now = utcnow()
+    ended = _rowcount(
+        session.execute(
+            update(UserSession)
+            .where(UserSession.user_id == user.id, UserSession.ended_at.is_(None))
+            .values(ended_at=now, ended_reason=reason[:32])
+            .execution_options(synchronize_session=False)
+        )
+    )
+    revoked = 0
+    if tokens:
+        revoked = _rowcount(
+            session.execute(
+                update(ApiToken)
+                .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+    session.expire_all()
+    record(
+        session,
+        actor=actor,
+        action="user.sessions_ended",
+        target=f"user:{user.username}",
+        detail={"reason": reason, "sessions": ended, "tokens": revoked},
+    )
+    return ended, revoked
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 # API tokens ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from hub.accounts import services
 from hub.accounts.models import ApiToken, User
 from hub.audit.services import record
 from hub.db import get_db, utcnow
-from hub.errors import CleanroomError, NotFound, TooManyRequests
+from hub.errors import BadRequest, CleanroomError, NotFound, TooManyRequests
 from hub.web import actor, current_user, guard, open_endpoint
 
 bp = Blueprint("auth", __name__)
@@ -59,23 +59,85 @@ def login() -> ResponseReturnValue:
         flash(err.message, "error")
         status = 429 if isinstance(err, TooManyRequests) else 401
         return render_template("login.html", username=username, next=next_url), status
+    key = services.start_session(db, user, address=request.remote_addr or "unknown")
     db.commit()
     session.clear()  # a fresh session at every login (no fixation)
     session.permanent = True
-    session["uid"] = user.id
-    session["epoch"] = user.session_epoch
+    session["sid"] = key
+    if user.must_change_password:
+        flash("Your password was set by someone else: choose your own to go on.", "info")
+        return redirect(url_for("auth.password"))
     return redirect(_safe_next(next_url))
 
 
 @bp.route("/logout", methods=["POST"])
 @guard("read", "portal")
 def logout() -> ResponseReturnValue:
+    """Sign out everywhere: every session of the user ends and every API token is revoked
+    (a copied cookie or token is worthless from now on; tokens can be issued again)."""
+    user = current_user()
+    assert user is not None
     db = get_db()
     record(db, actor=actor(), action="logout", target=actor())
+    _sessions, tokens = services.end_sessions(db, user, "signed out", actor=actor())
     db.commit()
     session.clear()
-    flash("You are signed out.", "info")
+    flash(
+        "You are signed out everywhere."
+        + (
+            f" Your {tokens} API token(s) were revoked; create new ones when you need them."
+            if tokens
+            else ""
+        ),
+        "info",
+    )
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@guard("read", "portal")
+def password() -> ResponseReturnValue:
+    """Choose your own password. Every other session ends and every API token is revoked;
+    this browser stays signed in with a new session."""
+    user = current_user()
+    assert user is not None
+    settings = current_app.config["CLEANROOM_SETTINGS"]
+    if request.method == "GET":
+        return render_template(
+            "password.html",
+            min_length=settings.password_min_length,
+            forced=user.must_change_password,
+        )
+    current = request.form.get("current", "")
+    new, again = request.form.get("new", ""), request.form.get("again", "")
+    db = get_db()
+    try:
+        if not services.check_current_password(user, current):
+            raise BadRequest("the current password is wrong.", code="wrong_password")
+        if new != again:
+            raise BadRequest("the two new passwords differ; type the same one twice.")
+        services.set_password(
+            db, user, new, actor=actor(), own=True, min_length=settings.password_min_length
+        )
+    except CleanroomError as err:
+        db.rollback()
+        flash(err.message, "error")
+        return render_template(
+            "password.html",
+            min_length=settings.password_min_length,
+            forced=user.must_change_password,
+        ), err.status
+    key = services.start_session(db, user, address=request.remote_addr or "unknown")
+    db.commit()
+    session.clear()
+    session.permanent = True
+    session["sid"] = key
+    flash(
+        "Your password is changed. Your other sessions ended and your API tokens were "
+        "revoked; create new tokens when you need them.",
+        "info",
+    )
+    return redirect(url_for("portal.index"))
 
 
 def _own_token(user: User, token_id: int) -> bool:

@@ -155,7 +155,8 @@ def login() -> ResponseReturnValue:
     except Exception:
         db.commit()  # failed attempts count towards the rate limit and lock-out
         raise
-    allowed = sandbox_agreements(db, get_policy(), user)
+    # A password someone else chose must first be replaced in the portal.
+    allowed = [] if user.must_change_password else sandbox_agreements(db, get_policy(), user)
     record(
         db,
         actor=f"user:{user.username}",

@@ -1,14 +1,15 @@
-"""Accounts: password hashing, lock-out, rate limiting and API tokens."""
+"""Accounts: password hashing and rules, sign-in throttling, server-side sessions, rate
+limiting and API tokens."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 
 from hub.accounts import services
-from hub.accounts.models import ApiToken, User
+from hub.accounts.models import ApiToken, LoginAttempt, User, UserSession
 from hub.audit.models import AuditEntry
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
@@ -47,8 +48,8 @@ def _login(
     with database.session() as s:
         try:
             return services.authenticate(s, settings, username, password, address=address)
-        except Unauthorized:
-            s.commit()
+        except (Unauthorized, TooManyRequests):
+            s.commit()  # as the views do: failed attempts are kept
             raise
 
 
@@ -63,30 +64,168 @@ def test_login_succeeds_and_is_audited(
     assert "login.success" in actions
 
 
-def test_lockout_after_repeated_failures(
+def _age_attempts(database: Database, seconds: float) -> None:
+    """Move every recorded attempt ``seconds`` into the past (time passing)."""
+    with database.session() as s:
+        for attempt in s.scalars(select(LoginAttempt)):
+            attempt.at = attempt.at - timedelta(seconds=seconds)
+
+
+def _outcome(database, settings, username, password, address="10.0.0.1") -> str:
+    try:
+        _login(database, settings, username, password, address)
+    except (Unauthorized, TooManyRequests) as err:
+        return f"{type(err).__name__}: {err.message}"
+    return "signed in"
+
+
+def test_failures_slow_that_name_from_that_address_and_lock_nobody_out(
     database: Database, settings: Settings, users: Users
 ) -> None:
+    """After the free failures each further attempt from that address waits (1 s, doubling),
+    the right password included; another address is not affected, so nobody can lock
+    another user out; no ``user.lock`` exists any more."""
     users.make("nadia", "researcher")
-    for _ in range(settings.login_max_failures):
-        with pytest.raises(Unauthorized, match="wrong username or password"):
-            _login(database, settings, "nadia", "wrong password!!")
-    # Locked now: even the right password is refused, with a message saying so.
-    with pytest.raises(Unauthorized, match="locked"):
-        _login(database, settings, "nadia", PASSWORD)
+    free = settings.login_free_failures
+    for _ in range(free):
+        assert _outcome(database, settings, "nadia", "wrong password!!") == (
+            "Unauthorized: wrong username or password."
+        )
+    throttled = _outcome(database, settings, "nadia", PASSWORD)
+    assert throttled.startswith("TooManyRequests: too many failed sign-ins") and "1 seconds" in (
+        throttled
+    )
+    assert _outcome(database, settings, "nadia", PASSWORD, address="10.7.7.7") == "signed in"
+    # The throttled attempt counted: the next wait is 2 s, then 4 s ...
+    _age_attempts(database, 1.5)
+    assert "wait 1 seconds" in _outcome(database, settings, "nadia", PASSWORD)
+    _age_attempts(database, 60)
+    assert _outcome(database, settings, "nadia", PASSWORD) == "signed in"
+    # A success resets the count for that address.
+    assert _outcome(database, settings, "nadia", "wrong password!!").startswith("Unauthorized")
     with database.session() as s:
         actions = s.scalars(select(AuditEntry.action)).all()
-        user = services.get_user(s, "nadia")
-        assert actions.count("login.failure") == settings.login_max_failures + 1
-        assert "user.lock" in actions
-        services.unlock(s, user, actor="user:steward")
-    assert _login(database, settings, "nadia", PASSWORD).username == "nadia"
+    assert "user.lock" not in actions and actions.count("login.success") == 2
 
 
-def test_lock_expires(database: Database, settings: Settings, users: Users) -> None:
+def test_delays_grow_to_the_cap(database: Database, settings: Settings, users: Users) -> None:
     users.make("nadia", "researcher")
     with database.session() as s:
-        s.execute(update(User).values(locked_until=utcnow() - timedelta(seconds=1)))
-    assert _login(database, settings, "nadia", PASSWORD).username == "nadia"
+        for i in range(40):
+            s.add(
+                LoginAttempt(
+                    address="10.0.0.1",
+                    username="nadia",
+                    succeeded=False,
+                    at=utcnow() - timedelta(seconds=160 - i),  # before the rate window
+                )
+            )
+    with database.session() as s:
+        wait = services.throttle_wait(s, settings, "nadia", "10.0.0.1")
+    assert wait is not None
+    cap = timedelta(minutes=settings.login_max_delay_minutes)
+    assert cap - timedelta(seconds=125) < wait <= cap - timedelta(seconds=119)
+    assert "minutes" in _outcome(database, settings, "nadia", PASSWORD)
+
+
+def test_a_name_that_does_not_exist_is_answered_alike(
+    database: Database, settings: Settings, users: Users, monkeypatch
+) -> None:
+    """Same messages, in the same order, and the same work (one password check per attempt,
+    none once throttled) whether the account exists or not."""
+    users.make("nadia", "researcher")
+    checks: list[str] = []
+    verify = services._verify
+
+    def counted(password_hash: str, password: str) -> bool:
+        checks.append("check")
+        return verify(password_hash, password)
+
+    monkeypatch.setattr(services, "_verify", counted)
+    seen = {}
+    for name in ("nadia", "nobody-here"):
+        checks.clear()
+        seen[name] = [
+            _outcome(database, settings, name, "wrong password!!", address=f"10.3.{len(name)}.1")
+            for _ in range(settings.login_free_failures + 2)
+        ]
+        assert checks == ["check"] * settings.login_free_failures, name
+    assert seen["nadia"] == seen["nobody-here"]
+
+
+def test_steward_clears_the_delays(database: Database, settings: Settings, users: Users) -> None:
+    users.make("nadia", "researcher")
+    for _ in range(settings.login_free_failures + 1):
+        _outcome(database, settings, "nadia", "wrong password!!")
+    assert _outcome(database, settings, "nadia", PASSWORD).startswith("TooManyRequests")
+    with database.session() as s:
+        services.unlock(s, services.get_user(s, "nadia"), actor="user:steward")
+    assert _outcome(database, settings, "nadia", PASSWORD) == "signed in"
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("password1234", "common"),
+        (" " * 12, "spaces"),
+        ("qwertyuiop123", "common"),
+        ("nadia-nadia-nadia", "easy to guess"),
+        ("aaaaaaaaaaaaaaaa", "easy to guess"),
+        ("short", "at least 12"),
+        ("x" * 1001, "at most"),
+    ],
+)
+def test_weak_common_and_breached_passwords_are_refused(
+    database: Database, password: str, why: str
+) -> None:
+    with database.session() as s, pytest.raises(BadRequest, match=why) as err:
+        services.create_user(s, "nadia", password, "researcher", institution=None, actor="t")
+    assert err.value.code == "weak_password"
+
+
+def test_a_reset_ends_sessions_revokes_tokens_and_must_be_replaced(
+    database: Database, settings: Settings, users: Users
+) -> None:
+    users.make("nadia")
+    _issue(database, settings)
+    with database.session() as s:
+        user = services.get_user(s, "nadia")
+        key = services.start_session(s, user, address="10.0.0.1")
+    with database.session() as s:
+        services.set_password(
+            s, services.get_user(s, "nadia"), "a new temporary passphrase", actor="t"
+        )
+    with database.session() as s:
+        assert services.resume_session(s, settings, key) is None
+        user = services.get_user(s, "nadia")
+        assert user.must_change_password
+        assert all(t.revoked_at is not None for t in s.scalars(select(ApiToken)))
+        with pytest.raises(BadRequest, match="different"):
+            services.set_password(s, user, "a new temporary passphrase", actor="t", own=True)
+        services.set_password(s, user, "my very own passphrase", actor="t", own=True)
+        assert not user.must_change_password
+
+
+def test_sessions_end_when_idle_or_too_old(
+    database: Database, settings: Settings, users: Users
+) -> None:
+    users.make("nadia")
+    with database.session() as s:
+        user = services.get_user(s, "nadia")
+        idle, old, live = (services.start_session(s, user, address="x") for _ in range(3))
+    with database.session() as s:
+        rows = {r.key_hash: r for r in s.scalars(select(UserSession))}
+        by_key = {k: rows[services._session_hash(k)] for k in (idle, old, live)}
+        by_key[idle].last_seen_at = utcnow() - timedelta(minutes=settings.session_idle_minutes + 1)
+        by_key[old].created_at = utcnow() - timedelta(hours=settings.session_max_hours, minutes=1)
+        by_key[old].last_seen_at = utcnow()
+    with database.session() as s:
+        assert services.resume_session(s, settings, idle) is None
+        assert services.resume_session(s, settings, old) is None
+        assert services.resume_session(s, settings, live).username == "nadia"
+    with database.session() as s:
+        reasons = {r.ended_reason for r in s.scalars(select(UserSession)) if r.ended_at}
+    assert reasons == {"idle", "lifetime reached"}
 
 
 def test_rate_limit_per_address(database: Database, users: Users, settings_overrides) -> None:

@@ -151,6 +151,146 @@ def test_password_change_ends_other_sessions(
     assert client.get("/").status_code == 302
 
 
+def _cookie(client: FlaskClient) -> str:
+    found = client.get_cookie("cleanroom_session")
+    assert found is not None
+    return found.value
+
+
+def test_a_captured_cookie_is_worthless_after_logout(
+    app: Flask, client: FlaskClient, auth: AuthActions, users: Users, database, settings
+) -> None:
+    """Logout ends the session on the server (and every other one, and the API tokens): a
+    copy of the cookie taken before opens nothing afterwards."""
+    from hub.accounts import services
+
+    users.make("nadia", "contributor")
+    with database.session() as s:
+        token = services.create_token(
+            s, settings, services.get_user(s, "nadia"), "lims", ["read"], actor="t"
+        ).secret
+    auth.login("nadia")
+    captured = _cookie(client)
+    other = app.test_client()
+    AuthActions(other).login("nadia")  # a second browser
+    assert client.get("/datasets").status_code == 200
+    auth.logout()
+    thief = app.test_client()
+    thief.set_cookie("cleanroom_session", captured)
+    assert thief.get("/datasets").status_code == 302
+    assert other.get("/datasets").status_code == 302  # signed out everywhere
+    assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_the_session_key_changes_at_every_sign_in(
+    client: FlaskClient, auth: AuthActions, users: Users
+) -> None:
+    users.make("nadia", "researcher")
+    auth.login("nadia")
+    first = _cookie(client)
+    auth.logout()
+    auth.login("nadia")
+    assert _cookie(client) != first
+
+
+def test_an_idle_session_ends(
+    client: FlaskClient, auth: AuthActions, users: Users, database, settings
+) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from hub.accounts.models import UserSession
+    from hub.db import utcnow
+
+    users.make("nadia", "researcher")
+    auth.login("nadia")
+    assert client.get("/").status_code == 200
+    with database.session() as s:
+        s.execute(
+            update(UserSession).values(
+                last_seen_at=utcnow() - timedelta(minutes=settings.session_idle_minutes + 1)
+            )
+        )
+    assert client.get("/").status_code == 302
+
+
+def test_disabling_ends_sessions_and_tokens(
+    client: FlaskClient, auth: AuthActions, users: Users, database, settings
+) -> None:
+    from hub.accounts import services
+
+    users.make("nadia", "contributor")
+    with database.session() as s:
+        token = services.create_token(
+            s, settings, services.get_user(s, "nadia"), "lims", ["read"], actor="t"
+        ).secret
+    auth.login("nadia")
+    with database.session() as s:
+        services.set_active(s, services.get_user(s, "nadia"), False, actor="user:sam")
+    assert client.get("/").status_code == 302
+    with database.session() as s:
+        services.set_active(s, services.get_user(s, "nadia"), True, actor="user:sam")
+    assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_a_password_the_steward_chose_is_replaced_at_the_first_sign_in(
+    client: FlaskClient, auth: AuthActions, users: Users, database
+) -> None:
+    from hub.accounts import services
+
+    with database.session() as s:
+        services.create_user(
+            s,
+            "nadia",
+            "the stewards pick 2026",
+            "researcher",
+            institution=None,
+            actor="user:sam",
+            temporary=True,
+        )
+    resp = auth.login("nadia", "the stewards pick 2026")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/account/password")
+    for path in ("/", "/agreements", "/account/tokens"):
+        resp = client.get(path)
+        assert resp.status_code == 302 and resp.headers["Location"].endswith("/account/password")
+    token = csrf_from(client, "/account/password")
+    weak = client.post(
+        "/account/password",
+        data={
+            "current": "the stewards pick 2026",
+            "new": "password1234",
+            "again": "password1234",
+            "csrf_token": token,
+        },
+    )
+    assert weak.status_code == 400 and "common" in weak.get_data(as_text=True)
+    wrong = client.post(
+        "/account/password",
+        data={
+            "current": "not it",
+            "new": "my own long passphrase",
+            "again": "my own long passphrase",
+            "csrf_token": token,
+        },
+    )
+    assert wrong.status_code == 400 and "current password is wrong" in wrong.get_data(as_text=True)
+    done = client.post(
+        "/account/password",
+        data={
+            "current": "the stewards pick 2026",
+            "new": "my own long passphrase",
+            "again": "my own long passphrase",
+            "csrf_token": token,
+        },
+    )
+    assert done.status_code == 302
+    assert client.get("/").status_code == 200  # this browser stays signed in
+    auth.logout()
+    assert auth.login("nadia", "my own long passphrase").status_code == 302
+    assert client.get("/").status_code == 200
+
+
 # Error shape ----------------------------------------------------------------------------
 
 
