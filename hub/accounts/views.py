@@ -55,7 +55,7 @@ def login() -> ResponseReturnValue:
             db, settings, username, password, address=request.remote_addr or "unknown"
         )
     except CleanroomError as err:
-        db.commit()  # failed attempts, lock-outs and their ledger entries are kept
+        db.commit()  # failed attempts (they slow the next ones) and their ledger entries are kept
         flash(err.message, "error")
         status = 429 if isinstance(err, TooManyRequests) else 401
         return render_template("login.html", username=username, next=next_url), status

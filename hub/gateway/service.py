@@ -143,7 +143,7 @@ def _user(session: Session, username: str) -> User | None:
 @service_guard
 def login() -> ResponseReturnValue:
     """``{username, password, address}``: the hub's own password check (rate limit and
-    lock-out included), then whether the user may use the sandbox now."""
+    throttling included), then whether the user may use the sandbox now."""
     body = _body("username", "password")
     settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
     db = get_db()
@@ -153,7 +153,7 @@ def login() -> ResponseReturnValue:
             db, settings, body["username"], body["password"], address=f"sandbox:{address}"
         )
     except Exception:
-        db.commit()  # failed attempts count towards the rate limit and lock-out
+        db.commit()  # failed attempts count towards the rate limit and the delays
         raise
     # A password someone else chose must first be replaced in the portal.
     allowed = [] if user.must_change_password else sandbox_agreements(db, get_policy(), user)

@@ -1,7 +1,7 @@
 """One identity: researchers sign in to JupyterHub with their Cleanroom account.
 
 The password goes to the hub, which checks it with its own services (rate limit and
-lock-out included) and says whether the user is a researcher named in at least one active
+throttling included) and says whether the user is a researcher named in at least one active
 agreement. Nobody else gets in; nobody is a JupyterHub admin.
 """
 
