@@ -73,7 +73,7 @@ def test_long_text_is_cut_before_it_is_hashed(database: Database, client) -> Non
     with database.session() as s:
         entries = s.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
         failure = next(e for e in entries if e.action == "login.failure")
-        assert len(failure.target) <= 300 and failure.target.endswith("…")
+        assert failure.target == "user:" + "x" * 64  # the name as the attempts table keeps it
         last = entries[-1]
         assert (len(last.actor), len(last.action), len(last.target)) == (200, 64, 300)
         result = verify(s)
@@ -223,7 +223,7 @@ def test_verify_job_records_its_result(database: Database, settings) -> None:
         job_id = enqueue(s, "audit.verify", actor="user:steward").id
     assert Worker(database, settings).run_once() == "succeeded"
     with database.session() as s:
-        job = job_dict(get_job(s, job_id))
+        job = job_dict(get_job(s, job_id), content=True)
         last = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).one()
     assert job["result"] == {"ok": True, "entries": 4, "problem": ""}
     assert last.action == "audit.verify"
