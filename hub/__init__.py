@@ -16,7 +16,7 @@ csrf = CSRFProtect()
 
 def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     """Build the app from settings (``config`` overrides the environment and instance file)."""
-    from hub import db, web
+    from hub import db, routing, web
     from hub.accounts.views import bp as auth_bp
     from hub.accounts.views import tokens_bp
     from hub.admin.views import bp as admin_bp
@@ -62,6 +62,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     app.extensions["cleanroom.storage"] = get_storage(settings)
     csrf.init_app(app)
     web.init_app(app)
+    routing.init_app(app)  # <int:...> ids bounded by the database: larger ones are 404
 
     for bp in (
         health_bp,

@@ -173,9 +173,10 @@ def set_password(
     actor: str,
     own: bool = False,
     min_length: int = MIN_PASSWORD,
-) -> None:
+) -> tuple[int, int]:
     """A new password. ``own``: the user chose it (else it is a reset, and temporary).
-    Either way every session of the user ends and every API token is revoked."""
+    Either way every session of the user ends and every API token is revoked; returns how
+    many of each."""
     check_password(password, (user.username, user.display_name, user.email), min_length)
     if _verify(user.password_hash, password):
         raise BadRequest("choose a password different from the current one.", code="same_password")
@@ -187,7 +188,7 @@ def set_password(
         action="user.password" if own else "user.password_reset",
         target=f"user:{user.username}",
     )
-    end_sessions(session, user, "password changed" if own else "password reset", actor=actor)
+    return end_sessions(session, user, "password changed" if own else "password reset", actor=actor)
 
 
 def set_active(session: Session, user: User, active: bool, *, actor: str) -> None:

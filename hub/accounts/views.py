@@ -116,7 +116,7 @@ def password() -> ResponseReturnValue:
             raise BadRequest("the current password is wrong.", code="wrong_password")
         if new != again:
             raise BadRequest("the two new passwords differ; type the same one twice.")
-        services.set_password(
+        _ended, tokens = services.set_password(
             db, user, new, actor=actor(), own=True, min_length=settings.password_min_length
         )
     except CleanroomError as err:
@@ -133,8 +133,12 @@ def password() -> ResponseReturnValue:
     session.permanent = True
     session["sid"] = key
     flash(
-        "Your password is changed. Your other sessions ended and your API tokens were "
-        "revoked; create new tokens when you need them.",
+        "Your password is changed and your other sessions ended."
+        + (
+            f" Your {tokens} API token(s) were revoked; create new ones when you need them."
+            if tokens
+            else ""
+        ),
         "info",
     )
     return redirect(url_for("portal.index"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterator
+from datetime import timedelta
 
 from flask import (
     Blueprint,
@@ -16,15 +16,17 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from hub.accounts import services as accounts
-from hub.accounts.models import Institution, InstitutionKind, Role, User
+from hub.accounts.models import Institution, InstitutionKind, LoginAttempt, Role, User
 from hub.audit.models import AuditEntry
 from hub.audit.services import verify
 from hub.db import get_database, get_db, utcnow
 from hub.errors import CleanroomError, NotFound
-from hub.web import actor, guard
+from hub.exports import SafeWriter
+from hub.routing import MAX_ID
+from hub.web import actor, app_settings, guard
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -87,9 +89,15 @@ def users() -> ResponseReturnValue:
                 actor=actor(),
                 display_name=form["display_name"],
                 email=form["email"],
+                temporary=True,
+                min_length=app_settings().password_min_length,
             )
             db.commit()
-            flash(f"User {form['username']} added.", "info")
+            flash(
+                f"User {form['username']} added. Give them the initial password by a separate "
+                "channel: they choose their own at the first sign-in.",
+                "info",
+            )
             return redirect(url_for("admin.users"))
         except CleanroomError as err:
             db.rollback()
@@ -97,13 +105,24 @@ def users() -> ResponseReturnValue:
             status = err.status
     rows = db.scalars(select(User).order_by(User.username)).all()
     insts = db.scalars(select(Institution).order_by(Institution.slug)).all()
+    # Failed sign-ins of the last day per user name: they slow further attempts.
+    failures = dict(
+        db.execute(
+            select(LoginAttempt.username, func.count())
+            .where(
+                LoginAttempt.succeeded.is_(False),
+                LoginAttempt.at >= utcnow() - timedelta(days=1),
+            )
+            .group_by(LoginAttempt.username)
+        ).all()
+    )
     return render_template(
         "admin/users.html",
         users=rows,
         institutions=insts,
         form=form,
         roles=[r.value for r in Role],
-        now=utcnow(),
+        failures=failures,
     ), status
 
 
@@ -119,7 +138,12 @@ def user_action(user_id: int, op: str) -> ResponseReturnValue:
     else:
         accounts.set_active(db, user, op == "enable", actor=actor())
     db.commit()
-    flash(f"User {user.username}: {op}d.", "info")
+    done = {
+        "unlock": "failed sign-ins forgotten, no delay left",
+        "disable": "disabled; their sessions ended and API tokens were revoked",
+        "enable": "enabled",
+    }
+    flash(f"User {user.username}: {done[op]}.", "info")
     return redirect(url_for("admin.users"))
 
 
@@ -181,22 +205,13 @@ def audit() -> ResponseReturnValue:
         before = int(request.args.get("before", "0"))
     except ValueError:
         before = 0
-    if before:
+    if 0 < before <= MAX_ID:  # beyond it every id is "before"; the database's integer ends
         q = q.where(AuditEntry.id < before)
     entries = db.scalars(q.order_by(AuditEntry.id.desc()).limit(PAGE)).all()
     result = verify(db) if request.args.get("verify") else None
     return render_template(
         "admin/audit.html", entries=entries, filters=filters, verification=result, page=PAGE
     )
-
-
-def csv_safe(value: object) -> str:
-    """Neutralise spreadsheet formulas: a cell starting with = + - @ (or tab/CR) is
-    prefixed with a quote so Excel and LibreOffice show it as text."""
-    text = "" if value is None else str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + text
-    return text
 
 
 @bp.route("/audit.csv")
@@ -210,7 +225,7 @@ def audit_csv() -> ResponseReturnValue:
         """Page by id with a session of its own, holding no transaction between pages, so
         a slow download never blocks writers (SQLite) or schema changes (PostgreSQL)."""
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = SafeWriter(buf)
         writer.writerow(
             ["id", "at", "actor", "action", "target", "detail", "prev_hash", "entry_hash"]
         )
@@ -225,19 +240,16 @@ def audit_csv() -> ResponseReturnValue:
                     break
                 for e in page:
                     writer.writerow(
-                        [
-                            csv_safe(v)
-                            for v in (
-                                e.id,
-                                e.at,
-                                e.actor,
-                                e.action,
-                                e.target,
-                                e.detail,
-                                e.prev_hash,
-                                e.entry_hash,
-                            )
-                        ]
+                        (
+                            e.id,
+                            e.at,
+                            e.actor,
+                            e.action,
+                            e.target,
+                            e.detail,
+                            e.prev_hash,
+                            e.entry_hash,
+                        )
                     )
                 last = page[-1].id
                 yield buf.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+import policies
 from hub.accounts.models import User
 from hub.db import get_db
 from hub.jobs.models import Job
@@ -37,4 +38,10 @@ def _own_job(user: User, job_id: int) -> bool:
 @bp.route("/jobs/<int:job_id>")
 @guard("read", "jobs/{job_id}", owner=_own_job)
 def job(job_id: int) -> ResponseReturnValue:
-    return jsonify(job_dict(get_job(get_db(), job_id)))
+    user = current_user()
+    assert user is not None
+    found = get_job(get_db(), job_id)
+    content = policies.allowed(
+        user.role, "read", f"jobs/{job_id}/content", owner=_own_job(user, job_id)
+    )
+    return jsonify(job_dict(found, content=content))

@@ -91,6 +91,17 @@ def _source(storage: Storage, settings: Settings, key: str, institution: str) ->
     return Source(f"{settings.s3_bucket}/{key}", institution, filesystem=s3)
 
 
+def refusal(action: str, slug: str) -> Forbidden:
+    """The one answer to a request under an agreement the caller may not use, whether or
+    not it exists."""
+    return Forbidden(
+        f"you may not {action} under agreement {slug!r} now: there is no such agreement for "
+        "you, you are not one of its researchers, or it is not active (awaiting signatures, "
+        "suspended, expired or terminated).",
+        code="policy_denied",
+    )
+
+
 def scope(
     session: Session,
     policy: SyncedPolicy,
@@ -102,7 +113,8 @@ def scope(
     action: str,
 ) -> Scope:
     """The views ``user`` may ``action`` under agreement ``slug``; refuses with 403 when
-    there are none (not named, not active, expired, suspended, terminated)."""
+    there are none (not named, not active, expired, suspended, terminated) and, in the same
+    words, when there is no such agreement: a refusal never tells whether a slug exists."""
     stored = (
         session.execute(
             select(AgreementRecord)
@@ -115,7 +127,7 @@ def scope(
         .scalar_one_or_none()
     )
     if stored is None:
-        raise Forbidden(f"you may not {action} under agreement {slug!r}.", code="policy_denied")
+        raise refusal(action, slug)
     agreement = agreements.contract_of(stored)
     cdm = load_cdm()
     covers = [
@@ -124,12 +136,7 @@ def scope(
         if agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False)
     ]
     if not covers:
-        raise Forbidden(
-            f"you may not {action} under agreement {slug!r} now: you are not one of its "
-            "researchers, or it is not active (awaiting signatures, suspended, expired or "
-            "terminated).",
-            code="policy_denied",
-        )
+        raise refusal(action, slug)
     # One query for the covered tables and those that link a lot or a DIN to its patient
     # (read only for that link).
     linking = ("batch", "collection")

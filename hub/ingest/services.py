@@ -8,7 +8,6 @@ invisible; the next attempt overwrites it) and deleted only after.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -34,6 +33,7 @@ from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, NotFound
+from hub.exports import SafeWriter
 from hub.ingest import deid
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
@@ -46,7 +46,7 @@ from hub.ingest.parsing import (
     safe_filename,
     sniff,
 )
-from hub.ingest.validation import csv_safe, report_csv, validate
+from hub.ingest.validation import Rule, report_csv, validate
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -206,19 +206,20 @@ def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
     return json.loads(row.mapping) if row else {}
 
 
-def _fail(database: Database, storage: Storage, version_id: int, message: str) -> None:
+def _fail(database: Database, storage: Storage, version_id: int, error: IngestError) -> None:
     """The file cannot be ingested: say why, and keep nothing of it (the record stays, as
-    history; the quarantine objects go once the state says so)."""
+    history; the quarantine objects go once the state says so). The reason may quote the
+    file, so the ledger, which the steward reads, gets only its kind."""
     with database.session() as s:
         version = get_version(s, version_id)
         version.state = VersionState.FAILED
-        version.error = message
+        version.error = error.message
         record(
             s,
             actor="system",
             action="ingest.failed",
             target=f"dataset:{version_id}",
-            detail={"error": message},
+            detail={"code": error.code},
         )
     with database.session() as s:
         version = get_version(s, version_id)
@@ -261,7 +262,7 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
             ctx.progress(30, "parsing")
             parsed = _read(ctx, version, path, sheet)
     except IngestError as err:
-        _fail(ctx.database, storage, version_id, err.message)
+        _fail(ctx.database, storage, version_id, err)
         return {"state": VersionState.FAILED}
     ctx.progress(70, "matching columns to the common data model")
     with ctx.database.session() as s:
@@ -337,9 +338,11 @@ def confirm_mapping(
         )
         session.add(remembered)
     remembered.mapping = json.dumps(confirmed.as_mapping())
-    _queue_processing(
-        session, settings, version, actor, "ingest.map", {"mapping": confirmed.as_mapping()}
-    )
+    # The ledger names the CDM columns only: the source names are the file's header (or,
+    # in a file without one, its first row).
+    targets = sorted(confirmed.as_mapping().values())
+    detail = {"columns": targets, "unused_sources": len(confirmed.columns) - len(targets)}
+    _queue_processing(session, settings, version, actor, "ingest.map", detail)
 
 
 def _queue_processing(
@@ -445,7 +448,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
         with _raw_copy(storage, version) as path:
             parsed = _read(ctx, version, path, version.sheet)
     except IngestError as err:
-        _fail(ctx.database, storage, version_id, err.message)
+        _fail(ctx.database, storage, version_id, err)
         return {"state": VersionState.FAILED}
     ctx.progress(25, "mapping columns")
     mapped = apply_mapping(parsed.frame, proposal, table)
@@ -537,9 +540,9 @@ def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
     """The rows held back, as the contributor uploaded them, with what is wrong with each.
     Only the uploading institution can download it (it is raw data)."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = SafeWriter(buf)
     errors = result.row_errors
-    writer.writerow(["row", "problems", *raw.columns])
+    writer.writerow(["row", "problems", *raw.columns])  # the file's own header: data too
     if len(errors):
         by_row = errors.groupby("row")["message"].apply(lambda m: "; ".join(m))
         positions = [int(r) - 2 for r in by_row.index]  # file row 2 is the first data row
@@ -547,7 +550,7 @@ def _held_back_csv(raw: pd.DataFrame, result: Any) -> str:
         for (row, problems), values in zip(
             by_row.items(), subset.itertuples(index=False), strict=True
         ):
-            writer.writerow([row, csv_safe(problems), *(csv_safe(v) for v in values)])
+            writer.writerow([row, problems, *values])
     return buf.getvalue()
 
 
@@ -713,11 +716,12 @@ def released_keys(session: Session, table: str) -> list[str]:
     )
 
 
-def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, Any]:
-    """The version as JSON. ``content=False`` (for the steward, who administers but does not
-    see institutions' data) leaves out what is derived from the file's values: the mapping's
-    column names, validation examples and messages, the error text; counts stay."""
-    body: dict[str, Any] = {
+def version_dict(version: DatasetVersion, *, content: bool) -> dict[str, Any]:
+    """The version as JSON. ``content`` says whether the caller may read what is derived
+    from the file (policies: ``read`` on ``datasets/<id>/content``, the uploading
+    institution only); without it the file-derived parts are :func:`version_reports`'
+    content-free ones."""
+    return {
         "id": version.id,
         "table": version.cdm_table,
         "version": version.version,
@@ -725,34 +729,146 @@ def version_dict(version: DatasetVersion, *, content: bool = True) -> dict[str, 
         "state": version.state,
         "filename": version.filename,
         "file_kind": version.file_kind,
-        "sheet": version.sheet or None,
         "size": version.size,
         "sha256": version.sha256,
         "rows": version.rows,
         "valid_rows": version.valid_rows,
-        "error": version.error or None,
         "job_id": version.job_id,
-        "mapping": json.loads(version.mapping or "{}"),
-        "validation": json.loads(version.validation or "{}"),
-        "deidentification": json.loads(version.deid or "{}"),
-        "deidentification_floor": json.loads(version.deid_floor or "{}"),
-        "deidentification_choices": json.loads(version.deid_choices or "{}"),
         "key_epoch": version.key_epoch,
         "synthetic_only": version.synthetic_only,
         "created_at": version.created_at.isoformat() if version.created_at else None,
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,
+        **version_reports(version, content=content),
     }
-    if not content:
-        summary = body["validation"].get("summary", {}) if body["validation"] else {}
-        body["mapping"] = {}
-        body["validation"] = {"summary": summary} if summary else {}
-        for column in body["deidentification"].get("columns", []):
-            column.pop("examples", None)  # values, masked or not, stay with the institution
-        body["error"] = (
-            "(hidden: only the uploading institution sees it)" if body["error"] else None
-        )
-    return body
+
+
+# What a version shows to whoever may not read its content --------------------------------
+#
+# The steward administers versions but never sees institutions' data. Everything a version
+# holds that is derived from its file (error texts quoting cells, validation examples and
+# messages, category values named by generalisation, the header's column names, sheet names)
+# is replaced by a content-free view: counts, the common data model's own column names and
+# the kind of each problem. The views are built by allowlist, so a field added to a report
+# later stays hidden from them until it is added here.
+
+HIDDEN_ERROR = "the reason is shown to the uploading institution only: it may quote the file."
+_SUMMARY_COUNTS = ("rows", "valid_rows", "invalid_rows")
+_RISK_NUMBERS = (
+    "rows",
+    "k_target",
+    "k_before",
+    "k_after",
+    "l",
+    "rows_suppressed",
+    "cells_suppressed",
+    "max_risk",
+    "average_risk",
+    "share_small_classes",
+    "budget_exceeded",
+)
+_REPORT_NUMBERS = ("rows_in", "rows_out", "k", "l")
+_ANCHOR_COUNTS = ("known", "created", "self_anchored_lots")
+
+
+def version_reports(version: DatasetVersion, *, content: bool) -> dict[str, Any]:
+    """The parts of ``version`` derived from its file: as stored when ``content``, else
+    content-free (see above)."""
+    mapping = json.loads(version.mapping or "{}")
+    validation = json.loads(version.validation or "{}")
+    report = json.loads(version.deid or "{}")
+    floor = json.loads(version.deid_floor or "{}")
+    choices = json.loads(version.deid_choices or "{}")
+    if content:
+        return {
+            "sheet": version.sheet or None,
+            "error": version.error or None,
+            "mapping": mapping,
+            "validation": validation,
+            "deidentification": report,
+            "deidentification_floor": floor,
+            "deidentification_choices": choices,
+        }
+    names = frozenset(cdm_table(version.cdm_table).column_names)
+    return {
+        "sheet": None,
+        "error": HIDDEN_ERROR if version.error else None,
+        "mapping": {},
+        "validation": _content_free_validation(validation),
+        "deidentification": _content_free_report(report, names),
+        "deidentification_floor": {n: a for n, a in floor.items() if n in names},
+        "deidentification_choices": _content_free_choices(choices, names),
+    }
+
+
+def _content_free_validation(validation: Mapping[str, Any]) -> dict[str, Any]:
+    """Row counts and problems counted by rule; no column of the file is named."""
+    summary = validation.get("summary")
+    if not summary:
+        return {}
+    rules = {str(r) for r in Rule}
+    return {
+        "summary": {
+            **{k: summary[k] for k in _SUMMARY_COUNTS if k in summary},
+            "by_rule": {r: n for r, n in (summary.get("by_rule") or {}).items() if r in rules},
+            "ignored_column_count": len(summary.get("ignored_columns") or ()),
+        }
+    }
+
+
+def _content_free_choices(choices: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    if not choices:
+        return {}
+    columns = choices.get("columns") or {}
+    return {
+        "columns": {n: a for n, a in columns.items() if n in names},
+        "k": choices.get("k"),
+    }
+
+
+def _content_free_report(report: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """What de-identification did, by CDM column and in numbers: each column's class and
+    kind of action (``generalise``, not which categories were merged), k and the risk
+    figures; no example, no generalisation step, no attention note (they name values)."""
+    if not report:
+        return {}
+    risk = report.get("risk") or {}
+    anchors = report.get("anchors")
+    out: dict[str, Any] = {
+        "columns": [
+            _content_free_column(c) for c in report.get("columns", []) if c.get("name") in names
+        ],
+        **{k: report[k] for k in _REPORT_NUMBERS if k in report},
+        "quasi": [q for q in report.get("quasi", []) if q in names],
+        "risk": {
+            **{k: risk[k] for k in _RISK_NUMBERS if k in risk},
+            "cells_by_column": {
+                n: c for n, c in (risk.get("cells_by_column") or {}).items() if n in names
+            },
+        },
+        "attention_count": len(report.get("attention") or ()),
+    }
+    if report.get("l_sensitive") in names:
+        out["l_sensitive"] = report["l_sensitive"]
+    if isinstance(anchors, Mapping):
+        out["anchors"] = {k: anchors[k] for k in _ANCHOR_COUNTS if k in anchors}
+    if "choices" in report:
+        out["choices"] = _content_free_choices(report["choices"] or {}, names)
+    return out
+
+
+def _content_free_column(column: Mapping[str, Any]) -> dict[str, Any]:
+    kind = deid.short_action(str(column.get("action", "")))
+    return {
+        "name": column["name"],
+        "class": column.get("class"),
+        "entity": column.get("entity"),  # a detector's label (PERSON, UK_NHS …)
+        "confidence": column.get("confidence"),
+        "action": kind,
+        "action_kind": kind,
+        "needs_attention": bool(column.get("needs_attention")),
+        "chosen": bool(column.get("chosen")),
+    }
 
 
 def cdm() -> CommonDataModel:

@@ -34,6 +34,8 @@ import pandas as pd
 from pandas.api.extensions import take
 
 from contracts.cdm import Column, ColumnType, IdentifierClass, Table
+from hub.exports import QUOTING, csv_safe_series
+from hub.exports import csv_safe as csv_safe  # re-exported for callers of this module
 
 FIRST_DATA_ROW = 2  # the header is row 1 of the contributor's file
 EXAMPLES = 5
@@ -50,7 +52,6 @@ FALSE_TOKENS = frozenset({"no", "n", "false", "f", "0", "nein", "non"})
 MASKED_CLASSES = frozenset(
     {IdentifierClass.DIRECT, IdentifierClass.LINKABLE, IdentifierClass.FREE_TEXT}
 )
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 REPORT_COLUMNS = ("row", "column", "source_column", "rule", "value", "message")
 ROW_ERROR_COLUMNS = ("row", "column", "source_column", "rule", "value", "message")
 
@@ -79,21 +80,6 @@ _STATUS_RULES = {
 
 
 # Small public helpers -----------------------------------------------------------------------
-
-
-def csv_safe(value: object) -> str:
-    """``value`` as a CSV cell that no spreadsheet will run as a formula: a leading ``=``,
-    ``+``, ``-``, ``@``, tab or carriage return gets a ``'`` in front. ``None`` is empty."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _csv_safe_series(values: pd.Series) -> pd.Series:
-    text = values.astype(object).where(values.notna(), "").astype(str)
-    risky = text.str.startswith(_FORMULA_STARTS)
-    return text.where(~risky, "'" + text)
 
 
 def mask_value(value: str) -> str:
@@ -875,8 +861,8 @@ def _check_keys(
 def iter_report_csv(result: ValidationResult, *, chunk_rows: int = 100_000) -> Iterator[str]:
     """The validation report as CSV text chunks: first one line per problem found (rule
     summary, warnings), then one line per row and broken rule. Every cell is formula-safe."""
-    header = pd.DataFrame(columns=list(REPORT_COLUMNS))
-    yield header.to_csv(index=False, lineterminator="\n")
+    header = pd.DataFrame([REPORT_COLUMNS], columns=list(REPORT_COLUMNS))
+    yield _safe_csv_block(header)
     lines: list[dict[str, Any]] = []
     for report in result.column_reports:
         for error in report.errors:
@@ -917,9 +903,10 @@ def iter_report_csv(result: ValidationResult, *, chunk_rows: int = 100_000) -> I
 
 
 def _safe_csv_block(block: pd.DataFrame) -> str:
-    safe = pd.DataFrame({c: _csv_safe_series(block[c]) for c in REPORT_COLUMNS})
+    """Rows of ``block`` (its header is not written) through :mod:`hub.exports`' rule."""
+    safe = pd.DataFrame({c: csv_safe_series(block[c]) for c in REPORT_COLUMNS})
     buf = io.StringIO()
-    safe.to_csv(buf, header=False, index=False, lineterminator="\n")
+    safe.to_csv(buf, header=False, index=False, lineterminator="\n", quoting=QUOTING)
     return buf.getvalue()
 
 

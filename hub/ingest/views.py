@@ -19,6 +19,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
+import policies
 from hub.accounts.models import User
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
@@ -43,6 +44,14 @@ def _same_institution(user: User, version_id: int, **_: object) -> bool:
     )
 
 
+def _sees_content(user: User, version: DatasetVersion) -> bool:
+    """May ``user`` read what ``version`` holds from its file (error texts, examples,
+    category values, the header's names)? :mod:`policies` decides: the uploading
+    institution's own users; the steward gets the content-free record."""
+    own = user.institution_id is not None and version.institution_id == user.institution_id
+    return policies.allowed(user.role, "read", f"datasets/{version.id}/content", owner=own)
+
+
 def _visible_versions(user: User) -> list[DatasetVersion]:
     q = select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200)
     if user.institution_id is not None and user.role != "steward":
@@ -50,16 +59,30 @@ def _visible_versions(user: User) -> list[DatasetVersion]:
     return list(get_db().scalars(q))
 
 
-def _progress(version: DatasetVersion) -> dict[str, Any]:
+def _progress(version: DatasetVersion, *, content: bool) -> dict[str, Any]:
+    """Where the version's job is. The job's message and error may quote the file: without
+    ``content`` the error is only said to exist."""
     job = get_db().get(Job, version.job_id) if version.job_id else None
+    error = version.error or (job.error if job and job.state == "failed" else "")
     return {
         "state": version.state,
         "active": version.state in ACTIVE_STATES,
         "progress": job.progress if job else 0,
-        "message": job.message if job else "",
+        "message": (job.message if job else "") if content else "",
         "job_state": job.state if job else None,
-        "error": version.error or (job.error if job and job.state == "failed" else ""),
+        "error": error if content or not error else services.HIDDEN_ERROR,
     }
+
+
+def _user() -> User:
+    user = current_user()
+    assert user is not None  # the guard signed them in
+    return user
+
+
+def _version(version: DatasetVersion) -> dict[str, Any]:
+    """``version`` as JSON for the signed-in caller (content-free unless theirs)."""
+    return services.version_dict(version, content=_sees_content(_user(), version))
 
 
 def _upload(table: str, filename: str, stream: Any, sheet: str) -> DatasetVersion:
@@ -118,9 +141,10 @@ def upload() -> ResponseReturnValue:
 @guard("read", "datasets/{version_id}", owner=_same_institution)
 def show(version_id: int) -> ResponseReturnValue:
     version = services.get_version(get_db(), version_id)
-    user = current_user()
-    assert user is not None
-    own = _same_institution(user, version_id)
+    user = _user()
+    own = _same_institution(user, version_id)  # the forms; the guard decides each action
+    content = _sees_content(user, version)
+    reports = services.version_reports(version, content=content)
     table = services.cdm().table(version.cdm_table)
     from hub.synth import services as synth
 
@@ -132,14 +156,16 @@ def show(version_id: int) -> ResponseReturnValue:
         default_method=_settings().synth_method,
         v=version,
         own=own,
+        content=content,
+        sheet=reports["sheet"],
         table=table,
-        progress=_progress(version),
-        profile=json.loads(version.profile or "{}"),
-        mapping=json.loads(version.mapping or "{}"),
-        validation=json.loads(version.validation or "{}"),
-        deid=json.loads(version.deid or "{}"),
-        floor=json.loads(version.deid_floor or "{}"),
-        choices=json.loads(version.deid_choices or "{}"),
+        progress=_progress(version, content=content),
+        profile=json.loads(version.profile or "{}") if content else {},
+        mapping=reports["mapping"],
+        validation=reports["validation"],
+        deid=reports["deidentification"],
+        floor=reports["deidentification_floor"],
+        choices=reports["deidentification_choices"],
         stronger=STRONGER,
         k_floor=_settings().deid_k,
     )
@@ -148,7 +174,8 @@ def show(version_id: int) -> ResponseReturnValue:
 @bp.route("/<int:version_id>/status.json")
 @guard("read", "datasets/{version_id}", owner=_same_institution)
 def status(version_id: int) -> ResponseReturnValue:
-    return jsonify(_progress(services.get_version(get_db(), version_id)))
+    version = services.get_version(get_db(), version_id)
+    return jsonify(_progress(version, content=_sees_content(_user(), version)))
 
 
 @bp.route("/<int:version_id>/sheet", methods=["POST"])
@@ -283,8 +310,11 @@ def api_upload() -> ResponseReturnValue:
                 "content, the name is kept for your records)."
             )
         version = _upload(table, filename, request.stream, sheet)
-    body = services.version_dict(version)
-    return jsonify(body), 201, {"Location": url_for("uploads_api.api_show", version_id=version.id)}
+    return (
+        jsonify(_version(version)),
+        201,
+        {"Location": url_for("uploads_api.api_show", version_id=version.id)},
+    )
 
 
 @api.route("")
@@ -295,7 +325,7 @@ def api_list() -> ResponseReturnValue:
     return jsonify(
         {
             "uploads": [
-                services.version_dict(v, content=v.institution_id == user.institution_id)
+                services.version_dict(v, content=_sees_content(user, v))
                 for v in _visible_versions(user)
             ]
         }
@@ -306,10 +336,13 @@ def api_list() -> ResponseReturnValue:
 @guard("read", "datasets/{version_id}", owner=_same_institution)
 def api_show(version_id: int) -> ResponseReturnValue:
     version = services.get_version(get_db(), version_id)
-    user = current_user()
-    assert user is not None
-    own = _same_institution(user, version_id)
-    return jsonify({**services.version_dict(version, content=own), "progress": _progress(version)})
+    content = _sees_content(_user(), version)
+    return jsonify(
+        {
+            **services.version_dict(version, content=content),
+            "progress": _progress(version, content=content),
+        }
+    )
 
 
 @api.route("/<int:version_id>/sheet", methods=["POST"])
@@ -321,7 +354,7 @@ def api_sheet(version_id: int) -> ResponseReturnValue:
     version = services.get_version(db, version_id)
     services.choose_sheet(db, _settings(), version, str(body.get("sheet", "")), actor=actor())
     db.commit()
-    return jsonify(services.version_dict(version))
+    return jsonify(_version(version))
 
 
 @api.route("/<int:version_id>/mapping", methods=["POST"])
@@ -337,7 +370,7 @@ def api_mapping(version_id: int) -> ResponseReturnValue:
     version = services.get_version(db, version_id)
     services.confirm_mapping(db, _settings(), version, choices, actor=actor())
     db.commit()
-    return jsonify(services.version_dict(version))
+    return jsonify(_version(version))
 
 
 @api.route("/<int:version_id>/<any(release,withdraw,reject):op>", methods=["POST"])
@@ -348,7 +381,7 @@ def api_decide(version_id: int, op: str) -> ResponseReturnValue:
     body = request.get_json(silent=True) or {}
     version = services.get_version(get_db(), version_id)
     _decide(op, version, approved=body.get("approve_deidentification") is True)
-    return jsonify(services.version_dict(version))
+    return jsonify(_version(version))
 
 
 @api.route("/<int:version_id>/deidentification", methods=["POST"])
@@ -365,4 +398,4 @@ def api_deidentification(version_id: int) -> ResponseReturnValue:
     version = services.get_version(db, version_id)
     services.choose_deidentification(db, _settings(), version, body, actor=actor())
     db.commit()
-    return jsonify(services.version_dict(version)), 202
+    return jsonify(_version(version)), 202

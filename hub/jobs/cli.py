@@ -55,4 +55,5 @@ def job_list(hub: Hub, count: int) -> None:
 def job_show(hub: Hub, job_id: int) -> None:
     """A job as JSON."""
     with hub.require_current_schema().session() as s:
-        click.echo(json.dumps(job_dict(get_job(s, job_id)), indent=2))
+        # The CLI runs on the server, with the database's own access: the whole job.
+        click.echo(json.dumps(job_dict(get_job(s, job_id), content=True), indent=2))

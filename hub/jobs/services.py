@@ -98,15 +98,30 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def job_dict(job: Job) -> dict[str, Any]:
+HIDDEN_JOB_ERROR = (
+    "the job failed; its error may quote what it read, so only whoever started it sees it."
+)
+
+
+def job_dict(job: Job, *, content: bool) -> dict[str, Any]:
+    """The job as JSON. A job's message, error and result may quote the data it read
+    (an upload's cells): without ``content`` (policies: ``read`` on ``jobs/<id>/content``,
+    whoever started it) they are left out, save the result's numbers and state."""
+    result = json.loads(job.result or "{}")
+    if not content:
+        result = {
+            k: v
+            for k, v in result.items()
+            if k == "state" or isinstance(v, int | float)  # counts; text may quote data
+        }
     return {
         "id": job.id,
         "kind": job.kind,
         "state": job.state,
         "progress": job.progress,
-        "message": job.message,
-        "error": job.error,
-        "result": json.loads(job.result or "{}"),
+        "message": job.message if content else "",
+        "error": job.error if content or not job.error else HIDDEN_JOB_ERROR,
+        "result": result,
         "attempts": job.attempts,
         "created_at": job.created_at.isoformat() if job.created_at else None,
         "started_at": job.started_at.isoformat() if job.started_at else None,

@@ -27,7 +27,8 @@ from hub.agreements import services as agreements
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
 from hub.ingest import services as ingest
-from hub.ingest.views import _same_institution
+from hub.ingest.views import _same_institution, _version
+from hub.routing import MAX_ID
 from hub.synth import services
 from hub.synth.models import SyntheticVersion
 from hub.web import actor, guard
@@ -55,6 +56,8 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         seed = int(raw_seed) if raw_seed not in (None, "") else 0
     except (TypeError, ValueError):
         raise BadRequest("`seed` must be a whole number.") from None
+    if not 0 <= seed <= MAX_ID:  # stored in an integer column
+        raise BadRequest(f"`seed` must be between 0 and {MAX_ID:,}.")
     return {"method": method, "seed": seed}
 
 
@@ -192,7 +195,7 @@ def api_synthetic_only(version_id: int) -> ResponseReturnValue:
     db.commit()
     return jsonify(
         {
-            "upload": ingest.version_dict(version),
+            "upload": _version(version),
             "synthetic": services.synthetic_dict(synthetic, report=False) if synthetic else None,
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -496,3 +497,35 @@ def test_contributor_sees_agreements_with_its_data_queries_and_budget_spent(
     assert "No signed agreement includes our data" in client.get("/institution/data").get_data(
         as_text=True
     )
+
+
+CSRF = re.compile(r'name="csrf_token" value="[^"]*"')
+
+
+def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
+    world: World, client: FlaskClient, auth: AuthActions, settings: Settings
+) -> None:
+    """Pages and API answer a slug that names no agreement exactly as they answer an
+    agreement the caller may not see (same status, code and words; only the slug differs)."""
+    slug = world.active()  # names rosa; omar is a researcher elsewhere
+    omar = _token(world, settings, "omar")
+    auth.login("omar")
+    token = csrf_from(client, "/agreements")
+
+    def answer(name: str) -> list[tuple[int, str]]:
+        answers = [
+            client.get(f"/api/v1/agreements/{name}", headers=omar),
+            client.get(f"/agreements/{name}"),
+            client.post(f"/agreements/{name}/sign", data={"csrf_token": token}),
+            client.get(f"/admin/agreements/{name}"),
+            client.post(f"/admin/agreements/{name}/suspend", data={"csrf_token": token}),
+        ]
+        return [
+            (r.status_code, CSRF.sub("", r.get_data(as_text=True)).replace(name, "SLUG"))
+            for r in answers
+        ]
+
+    forbidden, unknown = answer(slug), answer("no-such-agreement")
+    assert forbidden == unknown
+    assert [status for status, _body in forbidden] == [403] * 5
+    assert '"code":"forbidden"' in forbidden[0][1].replace(" ", "")

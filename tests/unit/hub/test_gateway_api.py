@@ -503,3 +503,47 @@ def test_every_sandbox_request_leaves_exactly_one_ledger_entry(
     assert client.get("/api/v1/me", headers=rosa).status_code in (200, 403)
     with database.session() as s:
         assert "token.use" in s.scalars(select(AuditEntry.action)).all()
+
+
+def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
+    client: FlaskClient, database: Database, settings: Settings, pooled
+) -> None:
+    """Every sandbox route answers a slug that names no agreement exactly as it answers an
+    agreement the caller may not use (same status, code and words; only the slug differs),
+    so a refusal never tells whether an agreement exists."""
+    _activate(
+        database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
+    )
+    omar = _token(database, settings, "omar")  # a researcher the agreement does not name
+
+    def answer(slug: str) -> list[tuple[int, dict]]:
+        fit = {"table": "batch", "kind": "linear", "features": ["culture_days"]}
+        answers = [
+            client.get(f"/api/v1/sandbox/tables?agreement={slug}", headers=omar),
+            client.get(f"/api/v1/sandbox/budget?agreement={slug}", headers=omar),
+            client.get(f"/api/v1/sandbox/synthetic/batch?agreement={slug}", headers=omar),
+            client.post(
+                "/api/v1/sandbox/query", json={"agreement": slug, "sql": QUERY}, headers=omar
+            ),
+            client.post(
+                "/api/v1/sandbox/fit",
+                json={"agreement": slug, "target": "viability", **fit},
+                headers=omar,
+            ),
+        ]
+        return [
+            (r.status_code, json.loads(r.get_data(as_text=True).replace(slug, "SLUG")))
+            for r in answers
+        ]
+
+    forbidden, unknown = answer("v2v"), answer("no-such-agreement")
+    assert forbidden == unknown
+    assert {status for status, _body in forbidden} == {403}
+    assert {body["error"]["code"] for _status, body in forbidden} == {"policy_denied"}
+    # A named researcher gets the same words for a slug that names nothing.
+    rosa = _token(database, settings, "rosa")
+    resp = client.get("/api/v1/sandbox/tables?agreement=no-such-agreement", headers=rosa)
+    assert (
+        json.loads(resp.get_data(as_text=True).replace("no-such-agreement", "SLUG"))
+        == (forbidden[0][1])
+    )
