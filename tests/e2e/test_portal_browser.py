@@ -38,7 +38,7 @@ def test_steward_signs_in_verifies_the_ledger_and_signs_out(
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(LOGIN_URL)
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign in")
-    expect(page.get_by_role("status")).to_contain_text("You are signed out.")
+    expect(page.get_by_role("status")).to_contain_text("You are signed out everywhere.")
     expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
 
     page.goto(f"{live_server.url}/")
