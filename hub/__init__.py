@@ -32,6 +32,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
     from hub.releases.views import api as releases_api
+    from hub.releases.views import bp as releases_bp
     from hub.storage import get_storage
     from hub.synth.views import api as synthetic_api
     from hub.synth.views import bp as synthetic_bp
@@ -82,6 +83,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         synthetic_bp,
         synthetic_api,
         releases_api,
+        releases_bp,
     ):
         app.register_blueprint(bp)
     for bp in (

@@ -246,6 +246,27 @@ def revise(
     return request
 
 
+def may_see(db: Session, user: User, request: ReleaseRequest, action: str = "read") -> bool:
+    """Whether ``user`` may ``action`` (read, object, resolve, review) the request: its
+    researcher (read), output checkers, the steward, and the admins of the institutions
+    whose data it was computed on — as :mod:`policies` decides for each."""
+    obj = f"releases/{request.id}"
+    if action == "review":
+        return may_review(user, request)
+    if user.is_output_checker and policies.allowed("output_checker", action, obj):
+        return True
+    if user.role == Role.CONTRIBUTOR_ADMIN:
+        mine = user.institution is not None and user.institution.slug in contributing(db, request)
+        return policies.allowed(user.role, action, obj, owner=mine)
+    return policies.allowed(user.role, action, obj, owner=user.id == request.researcher_id)
+
+
+def visible(db: Session, user: User) -> list[ReleaseRequest]:
+    """The requests ``user`` may read, newest first."""
+    found = db.scalars(select(ReleaseRequest).order_by(ReleaseRequest.id.desc()))
+    return [r for r in found if may_see(db, user, r)]
+
+
 def may_review(user: User, request: ReleaseRequest) -> bool:
     """Output checkers review, never their own requests."""
     if not user.is_output_checker or not user.is_active:
@@ -338,11 +359,7 @@ def contributing(db: Session, request: ReleaseRequest) -> list[str]:
 def object_to(db: Session, request: ReleaseRequest, admin: User, text: str) -> ReleaseObjection:
     """A contributing institution's admin objects; the release waits for the steward."""
     institution = admin.institution
-    if (
-        admin.role != Role.CONTRIBUTOR_ADMIN
-        or institution is None
-        or institution.slug not in contributing(db, request)
-    ):
+    if institution is None or not may_see(db, admin, request, "object"):
         raise Forbidden(
             "only an admin of an institution whose data is in the request may object to it."
         )
@@ -386,7 +403,7 @@ def resolve(
 ) -> ReleaseRequest:
     """The steward decides an objection: ``upheld`` rejects the request (the note says
     why); ``dismissed`` lets it go on."""
-    if steward.role != Role.STEWARD:
+    if not policies.allowed(steward.role, "resolve", f"releases/{request.id}"):
         raise Forbidden("the steward resolves objections.")
     if objection.request_id != request.id or objection.resolution:
         raise Conflict("that objection is not open on this request.")

@@ -225,3 +225,69 @@ def test_working_days_skip_the_weekend() -> None:
     friday = utcnow().replace(year=2026, month=12, day=4, hour=12)
     assert services.add_working_days(friday, 1).weekday() == 0  # Monday
     assert (services.add_working_days(friday, 5) - friday).days == 7
+
+
+# The portal --------------------------------------------------------------------------------
+
+
+def _form(client: FlaskClient, path: str, data: dict) -> object:
+    from tests.conftest import csrf_from
+
+    token = csrf_from(
+        client, path.rsplit("/", 1)[0] if path.endswith(("review", "object")) else path
+    )
+    return client.post(path, data={**data, "csrf_token": token})
+
+
+def test_reviewers_decide_from_one_page_and_the_author_sees_no_result_before_release(
+    client: FlaskClient, auth, database: Database, settings: Settings, world, app
+) -> None:
+    from tests.conftest import AuthActions
+
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    page = f"/releases/{rid}"
+    # The author's page: the state, never the numbers.
+    auth.login("rosa")
+    own = client.get(page).get_data(as_text=True)
+    assert "in review" in own and "Nobody reviews their own request" in own
+    assert "review-form" not in own and "<td>central</td>" not in own
+    auth.logout()
+    # Two checkers approve from the page, which shows the table and its evidence.
+    for name in ("chris", "omar"):
+        browser = app.test_client()
+        AuthActions(browser).login(name)
+        shown = browser.get(page).get_data(as_text=True)
+        assert "<td>central</td>" in shown and "Rules applied" in shown
+        assert "review-form" in shown
+        assert _form(browser, f"{page}/review", {"decision": "approve"}).status_code == 302
+    # A contributing institution's admin sees the request and may object to it.
+    admin = app.test_client()
+    AuthActions(admin).login("kelvin-admin")
+    assert "object-form" in admin.get(page).get_data(as_text=True)
+    with database.session() as s:
+        request = services.get(s, rid)
+        assert request.state == "approved"
+        services.settle(s, request, request.window_ends_at + timedelta(seconds=1))
+    auth.login("rosa")
+    released = client.get(page).get_data(as_text=True)
+    assert "<td>central</td>" in released
+    csv = client.get(f"{page}/1.csv")
+    assert csv.status_code == 200 and "result hash" in csv.get_data(as_text=True)
+
+
+def test_the_steward_names_output_checkers(
+    client: FlaskClient, auth, database: Database, world
+) -> None:
+    from tests.conftest import csrf_from
+
+    with database.session() as s:
+        nadia = _user(s, "acme-bio-admin")
+        assert not nadia.is_output_checker
+        uid = nadia.id
+    auth.login("sam")
+    token = csrf_from(client, "/admin/users")
+    resp = client.post(f"/admin/users/{uid}/checker", data={"csrf_token": token})
+    assert resp.status_code == 302
+    with database.session() as s:
+        assert _user(s, "acme-bio-admin").is_output_checker
+        assert "user.output_checker" in s.scalars(select(AuditEntry.action)).all()
