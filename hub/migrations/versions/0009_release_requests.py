@@ -20,10 +20,12 @@ WHEN = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     """Upgrade schema."""
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("is_output_checker", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    # A plain ALTER TABLE ... ADD COLUMN (a constant default): SQLite need not rebuild the
+    # table, which the foreign keys of a populated database would refuse.
+    op.add_column(
+        "users",
+        sa.Column("is_output_checker", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_table(
         "release_requests",
         sa.Column("id", sa.Integer(), nullable=False),

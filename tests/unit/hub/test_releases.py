@@ -291,3 +291,23 @@ def test_the_steward_names_output_checkers(
     with database.session() as s:
         assert _user(s, "acme-bio-admin").is_output_checker
         assert "user.output_checker" in s.scalars(select(AuditEntry.action)).all()
+
+
+def test_a_contributor_named_output_checker_reviews_from_the_page_with_withheld_cells(
+    client: FlaskClient, auth, database: Database, world, users
+) -> None:
+    """The checker role comes from the steward's naming, whatever the user's own role; the
+    page lists the cells withheld, groups left out included."""
+    rare = "SELECT platform, COUNT(*) AS n FROM batch WHERE viability > 95 GROUP BY platform"
+    rid = _ask(client, world["rosa"], outputs=[{"sql": rare, "purpose": "Rare lots"}]).get_json()[
+        "id"
+    ]
+    users.make("kelvin-data", "contributor", "kelvin")
+    with database.session() as s:
+        _user(s, "kelvin-data").is_output_checker = True
+    auth.login("kelvin-data")
+    page = client.get(f"/releases/{rid}")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "withheld" in body and "review-form" in body
+    assert "Release requests" in client.get("/").get_data(as_text=True)  # in the menu
