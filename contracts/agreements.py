@@ -87,11 +87,13 @@ class Disclosure:
     allow_model_fitting: bool = False
     epsilon_per_answer: float = 1.0
     epsilon_total: float = 20.0
+    # Working days the contributing institutions have to object to a reviewed release.
+    review_window_days: int = 5
 
     def weaker_than(self, floor: Disclosure) -> list[str]:
         """The parameters that protect less than ``floor`` does, each with a sentence."""
         found = []
-        for name in ("k", "min_institutions", "rounding_base", "dominance_n"):
+        for name in ("k", "min_institutions", "rounding_base", "dominance_n", "review_window_days"):
             mine, least = getattr(self, name), getattr(floor, name)
             if mine < least:
                 found.append(f"`disclosure.{name}` is {mine}; the steward's floor is {least}")
@@ -294,7 +296,7 @@ class Agreement:
         return self.state
 
 
-_ADDED_TERMS = ("epsilon_per_answer", "epsilon_total")
+_ADDED_TERMS = ("epsilon_per_answer", "epsilon_total", "review_window_days")
 
 
 def terms_digest(agreement: Agreement) -> str:
@@ -415,7 +417,7 @@ _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _TOP_REQUIRED = {"id", "title", "purpose", "parties", "tables", "valid_from", "valid_until"}
 _TOP_KEYS = _TOP_REQUIRED | {"researchers", "disclosure", "description"}
 _PARTY_ROLES = {"contributor", "recipient"}
-_DISCLOSURE_INT = ("k", "min_institutions", "rounding_base", "dominance_n")
+_DISCLOSURE_INT = ("k", "min_institutions", "rounding_base", "dominance_n", "review_window_days")
 _DISCLOSURE_BOOL = ("allow_synthetic", "allow_model_fitting")
 _DISCLOSURE_FLOAT = ("epsilon_per_answer", "epsilon_total")
 _DISCLOSURE_KEYS = (

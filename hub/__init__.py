@@ -31,6 +31,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.ingest.views import bp as datasets_bp
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
+    from hub.releases.views import api as releases_api
+    from hub.releases.views import bp as releases_bp
     from hub.storage import get_storage
     from hub.synth.views import api as synthetic_api
     from hub.synth.views import bp as synthetic_bp
@@ -80,6 +82,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         sandbox_service_api,
         synthetic_bp,
         synthetic_api,
+        releases_api,
+        releases_bp,
     ):
         app.register_blueprint(bp)
     for bp in (
@@ -89,6 +93,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         sandbox_api,
         sandbox_service_api,
         synthetic_api,
+        releases_api,
     ):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)

@@ -7,6 +7,7 @@ from hub.db import Base
 from hub.gateway.models import GatewayAnswer, PrivacyBudget
 from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
+from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest, ReleaseReview
 from hub.synth.models import SyntheticVersion
 from policies import store as _policy_store
 
@@ -30,6 +31,10 @@ __all__ = [
     "Job",
     "LoginAttempt",
     "PrivacyBudget",
+    "ReleaseObjection",
+    "ReleaseOutput",
+    "ReleaseRequest",
+    "ReleaseReview",
     "SyntheticVersion",
     "User",
     "UserSession",

@@ -268,6 +268,11 @@ SETTINGS: tuple[Setting, ...] = (
         "The longest wait between attempts for one user name from one address.",
     ),
     Setting(
+        "release_approvals",
+        2,
+        "Independent output checkers' approvals a release request needs (docs/releases.md).",
+    ),
+    Setting(
         "login_rate_per_minute",
         20,
         "Login attempts accepted per client address per minute; more get HTTP 429.",

@@ -106,6 +106,12 @@ def current_user() -> User | None:
     return cast(User | None, g.user)
 
 
+def roles_of(user: User) -> tuple[str, ...]:
+    """The roles a user holds for :mod:`policies`: their one role, and ``output_checker``
+    when the steward named them so (they review release requests)."""
+    return (user.role, "output_checker") if user.is_output_checker else (user.role,)
+
+
 def app_settings() -> Settings:
     """The running app's settings."""
     settings: Settings = current_app.config["CLEANROOM_SETTINGS"]
@@ -199,7 +205,9 @@ def guard(
                     refresh=False,
                 )
             else:
-                ok = policies.allowed(user.role, act, target, owner=is_owner)
+                ok = any(
+                    policies.allowed(role, act, target, owner=is_owner) for role in roles_of(user)
+                )
             if not ok:
                 raise Forbidden(f"you may not {act} {target}.")
             return view(*args, **kwargs)
@@ -315,6 +323,8 @@ def init_app(app: Flask) -> None:
         user = g.get("user")
 
         def can(action: str, obj: str) -> bool:
-            return user is not None and policies.allowed(user.role, action, obj)
+            return user is not None and any(
+                policies.allowed(role, action, obj) for role in roles_of(user)
+            )
 
         return {"current_user": user, "can": can}

@@ -112,6 +112,7 @@ class Client:
         if not token:
             raise SandboxError(f"no API token: pass token= or set {TOKEN_ENV}.")
         self.url = url.rstrip("/") + "/api/v1/sandbox"
+        self.releases_url = url.rstrip("/") + "/api/v1/releases"
         self.agreement = agreement
         self.timeout = timeout
         self._http = requests.Session()
@@ -263,6 +264,73 @@ class Client:
         if epsilon is not None:
             body["epsilon"] = epsilon
         return dict(self._post("/fit", body))
+
+    # Reviewed release: exact results ---------------------------------------------------
+
+    def request_release(
+        self, outputs: list[dict[str, Any]], agreement: str | None = None, *, title: str = ""
+    ) -> dict[str, Any]:
+        """Ask for exact outputs for a paper or a submission. Each output is a query
+        (``{"sql": "SELECT …", "purpose": "Table 1"}``) or a fit (``{"kind": "fit",
+        "table", "model": "linear"|"logistic", "features", "target", "filters"?,
+        "purpose"}``). The hub computes them exactly on the real pool under the agreement's
+        disclosure rules; output checkers review them and the contributing institutions may
+        object. Returns the request (its ``id`` and ``state``), never the results: read
+        them with :meth:`released` once the request is released.
+
+        >>> r = cr.request_release([{"sql": "SELECT site, COUNT(*) FROM batch GROUP BY site",
+        ...                          "purpose": "Table 1: batches per site"}])
+        """
+        body: dict[str, Any] = {
+            "agreement": self._agreement(agreement),
+            "title": title,
+            "outputs": outputs,
+        }
+        resp = self._http.post(self.releases_url, json=body, timeout=self.timeout)
+        _raise_for(resp)
+        return dict(resp.json())
+
+    def releases(self) -> pd.DataFrame:
+        """Your release requests and their states (``in_review``, ``approved``,
+        ``released``, ``rejected`` with the reason, ``withdrawn``)."""
+        resp = self._http.get(self.releases_url, timeout=self.timeout)
+        _raise_for(resp)
+        rows = [
+            {k: r[k] for k in ("id", "agreement", "title", "state", "approvals", "reason")}
+            for r in resp.json()["requests"]
+        ]
+        return pd.DataFrame(
+            rows, columns=["id", "agreement", "title", "state", "approvals", "reason"]
+        )
+
+    def released(self, request_id: int) -> list[pd.DataFrame | dict[str, Any]]:
+        """The outputs of a released request: a DataFrame per query (withheld cells
+        missing, ``attrs`` with the request id, the purpose and the result hash), a dict
+        per fit. Refused (PolicyDenied) until the request is released."""
+        resp = self._http.get(f"{self.releases_url}/{int(request_id)}", timeout=self.timeout)
+        _raise_for(resp)
+        body = resp.json()
+        if body.get("state") != "released":
+            raise PolicyDenied(
+                f"release request {request_id} is {body.get('state')}: its results leave the "
+                "hub once it is released.",
+                code="not_released",
+            )
+        found: list[pd.DataFrame | dict[str, Any]] = []
+        for output in body["results"]:
+            result = output["result"] or {}
+            if output["kind"] == "query" and result:
+                frame = pd.DataFrame(result["rows"], columns=result["columns"])
+                frame.attrs.update(
+                    request=request_id,
+                    purpose=output["purpose"],
+                    result_hash=output["result_hash"],
+                    suppressed=result.get("suppressed", []),
+                )
+                found.append(frame)
+            else:
+                found.append({**result, "purpose": output["purpose"], "refused": output["refused"]})
+        return found
 
 
 def connect(

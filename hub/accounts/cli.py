@@ -100,6 +100,17 @@ def user_unlock(hub: Hub, username: str) -> None:
     click.echo(f"user {username} unlocked")
 
 
+@user.command("checker")
+@click.argument("username")
+@click.option("--off", is_flag=True, help="Un-name them.")
+@pass_hub
+def user_checker(hub: Hub, username: str, off: bool) -> None:
+    """Name a user an output checker: they review release requests (never their own)."""
+    with hub.require_current_schema().session() as s:
+        services.set_output_checker(s, services.get_user(s, username), not off, actor=ACTOR)
+    click.echo(f"{username} is {'no longer ' if off else ''}an output checker")
+
+
 @user.command("password")
 @click.argument("username")
 @click.password_option(help="Prompted for when not given.")

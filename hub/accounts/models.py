@@ -62,6 +62,8 @@ class User(Base):
     # Set when someone else chose the password (the steward, the command line): the user
     # must choose their own at the next sign-in before anything else.
     must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Named by the steward: may review release requests (never their own).
+    is_output_checker: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     institution: Mapped[Institution | None] = relationship(back_populates="users")

@@ -191,6 +191,18 @@ def set_password(
     return end_sessions(session, user, "password changed" if own else "password reset", actor=actor)
 
 
+def set_output_checker(session: Session, user: User, on: bool, *, actor: str) -> None:
+    """Name (or un-name) ``user`` an output checker: they review release requests, never
+    their own."""
+    user.is_output_checker = on
+    record(
+        session,
+        actor=actor,
+        action="user.output_checker" if on else "user.output_checker_removed",
+        target=f"user:{user.username}",
+    )
+
+
 def set_active(session: Session, user: User, active: bool, *, actor: str) -> None:
     user.is_active = active
     record(

@@ -126,7 +126,9 @@ def users() -> ResponseReturnValue:
     ), status
 
 
-@bp.route("/users/<int:user_id>/<any(unlock,disable,enable):op>", methods=["POST"])
+@bp.route(
+    "/users/<int:user_id>/<any(unlock,disable,enable,checker,unchecker):op>", methods=["POST"]
+)
 @guard("write", "admin/users/{user_id}")
 def user_action(user_id: int, op: str) -> ResponseReturnValue:
     db = get_db()
@@ -135,6 +137,8 @@ def user_action(user_id: int, op: str) -> ResponseReturnValue:
         raise NotFound(f"no user {user_id}.")
     if op == "unlock":
         accounts.unlock(db, user, actor=actor())
+    elif op in ("checker", "unchecker"):
+        accounts.set_output_checker(db, user, op == "checker", actor=actor())
     else:
         accounts.set_active(db, user, op == "enable", actor=actor())
     db.commit()
@@ -142,6 +146,8 @@ def user_action(user_id: int, op: str) -> ResponseReturnValue:
         "unlock": "failed sign-ins forgotten, no delay left",
         "disable": "disabled; their sessions ended and API tokens were revoked",
         "enable": "enabled",
+        "checker": "named an output checker (reviews release requests, never their own)",
+        "unchecker": "no longer an output checker",
     }
     flash(f"User {user.username}: {done[op]}.", "info")
     return redirect(url_for("admin.users"))

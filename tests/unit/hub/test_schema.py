@@ -30,6 +30,41 @@ def test_downgrade_and_upgrade_again(database: Database) -> None:
     )
 
 
+def test_a_populated_database_upgrades(database: Database) -> None:
+    """Users, a token and ledger entries exist when 0008 and 0009 add columns to ``users``:
+    SQLite must not rebuild that table (its foreign keys would refuse the drop)."""
+    schema.downgrade(database, "0007")
+    with database.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO institutions (slug, name, kind, created_at) "
+                "VALUES ('acme', 'Acme', 'hospital', CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO users (username, display_name, email, password_hash, role, "
+                "institution_id, is_active, failed_logins, session_epoch, created_at) "
+                "VALUES ('nadia', 'Nadia', '', 'x', 'contributor', "
+                "(SELECT id FROM institutions WHERE slug = 'acme'), true, 0, 0, CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO api_tokens (lookup, secret_hash, user_id, name, scopes, created_at, "
+                "expires_at) VALUES ('abcdefghijklmnop', 'h', (SELECT id FROM users), 't', "
+                "'read', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    schema.upgrade(database)
+    assert schema.is_current(database)
+    with database.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT username, must_change_password, is_output_checker FROM users")
+        ).one()
+    assert row[0] == "nadia" and not row[1] and not row[2]
+
+
 def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     with db.engine.connect() as conn:

@@ -92,6 +92,10 @@ NOT_ABOUT_A_DATASET = {
     "admin_agreements.admin_show": "an agreement's terms, written by the steward",
     "agreements.show": "an agreement's terms",
     "agreements_api.api_show": "an agreement's terms",
+    "releases_api.show": "a researcher's own release request (aggregates of the pool, the "
+    "researcher's token only)",
+    "releases.page": "a release request: aggregates of the pool under the disclosure rules",
+    "releases.download": "a released table: aggregates of the pool under the disclosure rules",
 }
 
 

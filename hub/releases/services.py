@@ -1,0 +1,545 @@
+"""Reviewed release, callable without a request (``docs/releases.md``).
+
+- :func:`submit` / :func:`revise`: a researcher names an agreement and the outputs wanted
+  (aggregate queries in the gateway's grammar, model fits), each with a purpose line. The
+  hub computes them **exactly** on the real pool under the agreement's disclosure rules (the
+  exact path: k, institutions, dominance, rounding, secondary suppression) and keeps them;
+  the researcher sees the request's state, not its results.
+- :func:`review`: independent output checkers (named by the steward) approve or reject;
+  nobody reviews their own request; a revision resets the reviews.
+- :func:`object_to` / :func:`resolve`: each contributing institution's admin may object
+  within the agreement's review window (working days after approval); an objection blocks
+  release until the steward upholds (rejecting the request) or dismisses it.
+- :func:`settle`: an approved request whose window has passed with no open objection is
+  released; :func:`results` gives its outputs, stamped with the request id and hashes.
+
+Every change of state is a ledger entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import policies
+from contracts.agreements import contributing_institutions
+from hub.accounts.models import Role, User
+from hub.agreements import services as agreements
+from hub.agreements.models import AgreementRecord
+from hub.audit.services import record
+from hub.db import utcnow
+from hub.errors import BadRequest, Conflict, Forbidden, NotFound
+from hub.gateway import services as gateway_services
+from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest, ReleaseReview
+from hub.settings import Settings
+from hub.storage import Storage
+from policies.store import SyncedPolicy
+from sandbox.gateway import Gateway, GatewayError
+from sandbox.gateway import fit as exact_fit
+
+MAX_OUTPUTS = 20
+KINDS = ("query", "fit")
+FIT_FIELDS = ("table", "model", "features", "target", "filters")
+OPEN = ("in_review", "approved")  # states in which reviews and objections are taken
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output wanted: ``sql`` for a query, or ``fit`` (table, model, features, target,
+    filters) for a model; ``purpose`` says what it is for."""
+
+    kind: str
+    purpose: str
+    sql: str = ""
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def canonical(self) -> str:
+        body = (
+            {"kind": self.kind, "sql": self.sql}
+            if self.kind == "query"
+            else {
+                "kind": self.kind,
+                **{k: self.fit.get(k) for k in FIT_FIELDS},
+            }
+        )
+        return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What computing outputs needs: the gateway, the policy, the settings and the store."""
+
+    gateway: Gateway
+    policy: SyncedPolicy
+    settings: Settings
+    storage: Storage
+
+
+def parse_outputs(raw: Any) -> list[OutputSpec]:
+    """The outputs of a request body, or :class:`BadRequest` naming what is wrong."""
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest(
+            "`outputs` must be a non-empty list, e.g. "
+            '[{"kind": "query", "sql": "SELECT …", "purpose": "Table 1"}].'
+        )
+    if len(raw) > MAX_OUTPUTS:
+        raise BadRequest(f"a request may hold at most {MAX_OUTPUTS} outputs.")
+    found = []
+    for i, item in enumerate(raw, start=1):
+        where = f"output {i}"
+        if not isinstance(item, dict):
+            raise BadRequest(f"{where}: must be an object.")
+        kind = item.get("kind", "query")
+        if kind not in KINDS:
+            raise BadRequest(f"{where}: `kind` must be one of {', '.join(KINDS)}.")
+        purpose = item.get("purpose")
+        if not isinstance(purpose, str) or not purpose.strip():
+            raise BadRequest(f"{where}: say what it is for in `purpose` (one line).")
+        if kind == "query":
+            sql = item.get("sql")
+            if not isinstance(sql, str) or not sql.strip():
+                raise BadRequest(f"{where}: a query needs `sql`.")
+            if len(sql) > 20_000:
+                raise BadRequest(f"{where}: the query is longer than 20,000 characters.")
+            found.append(OutputSpec("query", purpose.strip()[:500], sql=sql.strip()))
+        else:
+            spec = {k: item.get(k) for k in FIT_FIELDS}
+            if not isinstance(spec["table"], str) or not isinstance(spec["target"], str):
+                raise BadRequest(f"{where}: a fit needs `table` and `target` (column names).")
+            if spec["model"] not in exact_fit.KINDS:
+                raise BadRequest(f"{where}: `model` must be one of {', '.join(exact_fit.KINDS)}.")
+            features = spec["features"]
+            if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+                raise BadRequest(f"{where}: `features` must be a list of column names.")
+            if spec["filters"] is not None and not isinstance(spec["filters"], str):
+                raise BadRequest(f"{where}: `filters` must be a SQL condition (text).")
+            found.append(OutputSpec("fit", purpose.strip()[:500], fit=spec))
+    return found
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _compute(
+    db: Session,
+    ctx: Context,
+    request: ReleaseRequest,
+    user: User,
+    slug: str,
+    specs: Sequence[OutputSpec],
+) -> None:
+    """(Re)compute the outputs exactly, replacing the request's outputs."""
+    actions = {"query"} | ({"fit"} if any(s.kind == "fit" for s in specs) else set())
+    scopes = {
+        action: gateway_services.scope(
+            db, ctx.policy, ctx.settings, ctx.storage, user, slug, action=action
+        )
+        for action in sorted(actions)
+    }
+    request.outputs.clear()
+    db.flush()
+    for position, spec in enumerate(specs, start=1):
+        scope = scopes[spec.kind]
+        disclosure = scope.agreement.disclosure
+        output = ReleaseOutput(
+            position=position, kind=spec.kind, spec=spec.canonical(), purpose=spec.purpose
+        )
+        rules = {
+            "k": disclosure.k,
+            "min_institutions": disclosure.min_institutions,
+            "dominance": [disclosure.dominance_n, disclosure.dominance_percent],
+            "rounding_base": disclosure.rounding_base,
+        }
+        try:
+            views = gateway_services.views(ctx.gateway, scope)
+            if spec.kind == "query":
+                answer = ctx.gateway.run(views, disclosure, spec.sql).as_dict()
+                evidence = {
+                    "rules": rules,
+                    "cells": len(answer.get("rows", [])),
+                    "suppressed": answer.get("suppressed", []),
+                    "rounded": answer.get("rounded"),
+                    "institutions": scope.institutions,
+                }
+            else:
+                fitted = exact_fit.fit(
+                    ctx.gateway,
+                    views,
+                    disclosure,
+                    kind=spec.fit["model"],
+                    table=spec.fit["table"],
+                    features=spec.fit["features"],
+                    target=spec.fit["target"],
+                    filters=spec.fit.get("filters"),
+                )
+                answer = fitted.as_dict()
+                n = int(answer.get("n", 0))
+                evidence = {
+                    "rules": rules,
+                    "n": n,
+                    "residual_df": n - len(spec.fit["features"]) - 1,
+                    "institutions": scope.institutions,
+                }
+        except GatewayError as err:
+            output.refused = err.message
+            output.evidence = json.dumps({"rules": rules})
+        else:
+            stamped = {"request": request.id, "output": position, **answer}
+            output.result = json.dumps(stamped, sort_keys=True, default=str)
+            output.result_hash = _digest(stamped)
+            output.evidence = json.dumps(evidence, sort_keys=True, default=str)
+        request.outputs.append(output)
+    db.flush()
+
+
+def submit(
+    db: Session, ctx: Context, user: User, slug: str, title: str, specs: Sequence[OutputSpec]
+) -> ReleaseRequest:
+    """A new request under agreement ``slug``, computed and waiting for its reviews."""
+    stored = _agreement(db, slug, user)
+    request = ReleaseRequest(
+        agreement_id=stored.id,
+        researcher_id=user.id,
+        title=(title or "").strip()[:200] or f"Release under {slug}",
+        state="in_review",
+        revision=1,
+        reason="",
+    )
+    db.add(request)
+    db.flush()
+    _compute(db, ctx, request, user, slug, specs)
+    _log(db, request, f"user:{user.username}", "release.request", {"outputs": len(specs)})
+    return request
+
+
+def revise(
+    db: Session, ctx: Context, request: ReleaseRequest, user: User, specs: Sequence[OutputSpec]
+) -> ReleaseRequest:
+    """Replace the outputs: a new revision, computed anew; earlier reviews no longer count."""
+    if request.researcher_id != user.id:
+        raise Forbidden("only the researcher who asked may change a request.")
+    if request.state not in OPEN:
+        raise Conflict(f"release request {request.id} is {request.state}; it cannot change.")
+    stored = db.get(AgreementRecord, request.agreement_id)
+    assert stored is not None
+    request.revision += 1
+    request.state = "in_review"
+    request.approved_at = request.window_ends_at = None
+    request.updated_at = utcnow()
+    _compute(db, ctx, request, user, stored.slug, specs)
+    _log(
+        db,
+        request,
+        f"user:{user.username}",
+        "release.revise",
+        {"revision": request.revision, "outputs": len(specs)},
+    )
+    return request
+
+
+def may_see(db: Session, user: User, request: ReleaseRequest, action: str = "read") -> bool:
+    """Whether ``user`` may ``action`` (read, object, resolve, review) the request: its
+    researcher (read), output checkers, the steward, and the admins of the institutions
+    whose data it was computed on — as :mod:`policies` decides for each."""
+    obj = f"releases/{request.id}"
+    if action == "review":
+        return may_review(user, request)
+    if user.is_output_checker and policies.allowed("output_checker", action, obj):
+        return True
+    if user.role == Role.CONTRIBUTOR_ADMIN:
+        mine = user.institution is not None and user.institution.slug in contributing(db, request)
+        return policies.allowed(user.role, action, obj, owner=mine)
+    return policies.allowed(user.role, action, obj, owner=user.id == request.researcher_id)
+
+
+def visible(db: Session, user: User) -> list[ReleaseRequest]:
+    """The requests ``user`` may read, newest first."""
+    found = db.scalars(select(ReleaseRequest).order_by(ReleaseRequest.id.desc()))
+    return [r for r in found if may_see(db, user, r)]
+
+
+def may_review(user: User, request: ReleaseRequest) -> bool:
+    """Output checkers review, never their own requests."""
+    if not user.is_output_checker or not user.is_active:
+        return False
+    if user.id == request.researcher_id:
+        return False
+    return policies.allowed("output_checker", "review", f"releases/{request.id}")
+
+
+def review(
+    db: Session,
+    settings: Settings,
+    request: ReleaseRequest,
+    reviewer: User,
+    decision: str,
+    comment: str = "",
+) -> ReleaseRequest:
+    """One independent review of the current revision. ``settings.release_approvals``
+    approvals approve the request (its objection window starts); one rejection rejects it
+    (the comment says why)."""
+    if reviewer.id == request.researcher_id:
+        raise Forbidden("nobody reviews their own release request.")
+    if not may_review(reviewer, request):
+        raise Forbidden("only output checkers named by the steward review release requests.")
+    if decision not in ("approve", "reject"):
+        raise BadRequest("decide `approve` or `reject`.")
+    if request.state != "in_review":
+        raise Conflict(f"release request {request.id} is {request.state}, not in review.")
+    if decision == "reject" and not comment.strip():
+        raise BadRequest("say why the request is rejected: the researcher reads it.")
+    if any(
+        r.reviewer_id == reviewer.id and r.revision == request.revision for r in request.reviews
+    ):
+        raise Conflict("you have reviewed this revision already.")
+    request.reviews.append(
+        ReleaseReview(
+            reviewer_id=reviewer.id,
+            revision=request.revision,
+            decision=decision,
+            comment=comment.strip()[:2000],
+        )
+    )
+    now = utcnow()
+    request.updated_at = now
+    if decision == "reject":
+        request.state = "rejected"
+        request.reason = comment.strip()[:2000]
+    elif len(approvals(request)) >= int(settings.release_approvals):
+        request.state = "approved"
+        request.approved_at = now
+        stored = db.get(AgreementRecord, request.agreement_id)
+        assert stored is not None
+        days = agreements.contract_of(stored).disclosure.review_window_days
+        request.window_ends_at = add_working_days(now, days)
+    db.flush()
+    _log(
+        db,
+        request,
+        f"user:{reviewer.username}",
+        f"release.{decision}",
+        {"revision": request.revision, "state": request.state},
+    )
+    return request
+
+
+def approvals(request: ReleaseRequest) -> list[ReleaseReview]:
+    """The approvals that count: of the current revision."""
+    return [
+        r for r in request.reviews if r.revision == request.revision and r.decision == "approve"
+    ]
+
+
+def add_working_days(start: datetime, days: int) -> datetime:
+    """``start`` plus ``days`` working days (Monday to Friday)."""
+    found, left = start, days
+    while left > 0:
+        found += timedelta(days=1)
+        if found.weekday() < 5:
+            left -= 1
+    return found
+
+
+def contributing(db: Session, request: ReleaseRequest) -> list[str]:
+    """The institutions whose data the request's outputs were computed on."""
+    stored = db.get(AgreementRecord, request.agreement_id)
+    assert stored is not None
+    return list(contributing_institutions(agreements.contract_of(stored)))
+
+
+def object_to(db: Session, request: ReleaseRequest, admin: User, text: str) -> ReleaseObjection:
+    """A contributing institution's admin objects; the release waits for the steward."""
+    institution = admin.institution
+    if institution is None or not may_see(db, admin, request, "object"):
+        raise Forbidden(
+            "only an admin of an institution whose data is in the request may object to it."
+        )
+    if request.state not in OPEN:
+        raise Conflict(f"release request {request.id} is {request.state}; objections are closed.")
+    if request.state == "approved" and request.window_ends_at and utcnow() > request.window_ends_at:
+        raise Conflict("the review window of this request has ended.")
+    if not text.strip():
+        raise BadRequest("say what the objection is: the steward decides on it.")
+    objection = ReleaseObjection(
+        institution_id=institution.id,
+        raised_by_id=admin.id,
+        text=text.strip()[:4000],
+        resolution="",
+        note="",
+    )
+    request.objections.append(objection)
+    request.updated_at = utcnow()
+    db.flush()
+    _log(
+        db,
+        request,
+        f"user:{admin.username}",
+        "release.object",
+        {"institution": institution.slug, "objection": objection.id},
+    )
+    return objection
+
+
+def open_objections(request: ReleaseRequest) -> list[ReleaseObjection]:
+    return [o for o in request.objections if not o.resolution]
+
+
+def resolve(
+    db: Session,
+    request: ReleaseRequest,
+    objection: ReleaseObjection,
+    steward: User,
+    resolution: str,
+    note: str = "",
+) -> ReleaseRequest:
+    """The steward decides an objection: ``upheld`` rejects the request (the note says
+    why); ``dismissed`` lets it go on."""
+    if not policies.allowed(steward.role, "resolve", f"releases/{request.id}"):
+        raise Forbidden("the steward resolves objections.")
+    if objection.request_id != request.id or objection.resolution:
+        raise Conflict("that objection is not open on this request.")
+    if resolution not in ("upheld", "dismissed"):
+        raise BadRequest("resolve an objection as `upheld` or `dismissed`.")
+    if not note.strip():
+        raise BadRequest("say why: the institution and the researcher read it.")
+    now = utcnow()
+    objection.resolution = resolution
+    objection.resolved_by_id = steward.id
+    objection.resolved_at = now
+    objection.note = note.strip()[:4000]
+    if resolution == "upheld" and request.state in OPEN:
+        request.state = "rejected"
+        request.reason = f"an objection was upheld: {objection.note}"
+    request.updated_at = now
+    db.flush()
+    _log(
+        db,
+        request,
+        f"user:{steward.username}",
+        f"release.objection_{resolution}",
+        {"objection": objection.id, "state": request.state},
+    )
+    return request
+
+
+def settle(db: Session, request: ReleaseRequest, now: datetime | None = None) -> bool:
+    """Release an approved request whose window has passed with no open objection; True
+    when it was released now."""
+    now = now or utcnow()
+    if (
+        request.state != "approved"
+        or request.window_ends_at is None
+        or now < request.window_ends_at
+        or open_objections(request)
+    ):
+        return False
+    request.state = "released"
+    request.released_at = now
+    request.updated_at = now
+    db.flush()
+    _log(db, request, "system", "release.released", {"revision": request.revision})
+    return True
+
+
+def withdraw(db: Session, request: ReleaseRequest, user: User, reason: str = "") -> None:
+    if request.researcher_id != user.id:
+        raise Forbidden("only the researcher who asked may withdraw a request.")
+    if request.state not in OPEN:
+        raise Conflict(f"release request {request.id} is {request.state}; it cannot be withdrawn.")
+    request.state = "withdrawn"
+    request.reason = reason.strip()[:2000] or "withdrawn by the researcher"
+    request.updated_at = utcnow()
+    db.flush()
+    _log(db, request, f"user:{user.username}", "release.withdraw", {})
+
+
+def results(request: ReleaseRequest) -> list[dict[str, Any]]:
+    """The released outputs (each stamped with the request id and its result hash);
+    refused before release."""
+    if request.state != "released":
+        raise Forbidden(
+            f"release request {request.id} is {request.state}: its results leave the hub only "
+            "once it is released."
+        )
+    return [
+        {
+            "position": o.position,
+            "kind": o.kind,
+            "purpose": o.purpose,
+            "result": json.loads(o.result) if o.result else None,
+            "result_hash": o.result_hash,
+            "refused": o.refused or None,
+        }
+        for o in request.outputs
+    ]
+
+
+def summary(request: ReleaseRequest, slug: str) -> dict[str, Any]:
+    """What the researcher sees before release: the request and its state, never a result."""
+    return {
+        "id": request.id,
+        "agreement": slug,
+        "title": request.title,
+        "state": request.state,
+        "revision": request.revision,
+        "reason": request.reason or None,
+        "approvals": len(approvals(request)),
+        "window_ends_at": request.window_ends_at.isoformat() if request.window_ends_at else None,
+        "released_at": request.released_at.isoformat() if request.released_at else None,
+        "outputs": [
+            {
+                "position": o.position,
+                "kind": o.kind,
+                "purpose": o.purpose,
+                "spec": json.loads(o.spec),
+                "computed": not o.refused,
+                "refused": o.refused or None,
+            }
+            for o in request.outputs
+        ],
+    }
+
+
+def get(db: Session, request_id: int) -> ReleaseRequest:
+    found = db.get(ReleaseRequest, request_id)
+    if found is None:
+        raise NotFound(f"no release request {request_id}.")
+    return found
+
+
+def of_researcher(db: Session, user: User) -> list[ReleaseRequest]:
+    return list(
+        db.scalars(
+            select(ReleaseRequest)
+            .where(ReleaseRequest.researcher_id == user.id)
+            .order_by(ReleaseRequest.id.desc())
+        )
+    )
+
+
+def _agreement(db: Session, slug: str, user: User) -> AgreementRecord:
+    stored = db.scalar(select(AgreementRecord).where(AgreementRecord.slug == slug))
+    if stored is None:
+        raise gateway_services.refusal("query", slug)
+    return stored
+
+
+def _log(
+    db: Session, request: ReleaseRequest, actor: str, action: str, detail: dict[str, Any]
+) -> None:
+    record(
+        db,
+        actor=actor,
+        action=action,
+        target=f"release:{request.id}",
+        detail={"agreement_id": request.agreement_id, **detail},
+    )

@@ -1,0 +1,313 @@
+"""Reviewed release (``hub.releases``): a request computed exactly on the pool, reviewed by
+two independent output checkers (never the author; a revision resets the reviews), open to
+the contributing institutions' objections, and released to the researcher only then."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from hub.accounts import services as accounts
+from hub.accounts.models import User
+from hub.audit.models import AuditEntry
+from hub.db import Database, utcnow
+from hub.errors import BadRequest, Conflict, Forbidden
+from hub.releases import services
+from hub.settings import Settings
+from tests.unit.hub.test_gateway_api import SITES, _activate, _batch, _terms, _token, pooled
+
+pytestmark = pytest.mark.db
+__all__ = ["pooled"]  # the fixture, shared with the gateway's tests
+
+TABLE = "SELECT platform, COUNT(*) AS n, AVG(viability) AS v FROM batch GROUP BY platform"
+FIT = {
+    "kind": "fit",
+    "table": "batch",
+    "model": "linear",
+    "features": ["culture_days"],
+    "target": "viability",
+    "purpose": "Table 2: viability by culture days",
+}
+DEFAULT_OUTPUTS = [{"sql": TABLE, "purpose": "Table 1: lots per platform"}, FIT]
+TERMS = "disclosure:\n  allow_model_fitting: true\n  review_window_days: 7\n"
+
+
+@pytest.fixture
+def world(pooled, users, database: Database, settings: Settings):
+    """The agreement active, rosa's sandbox token, two output checkers (one of them rosa's
+    colleague omar), and rosa an output checker too (she may still not review her own)."""
+    _activate(database, _terms(TERMS))
+    users.make("chris", "researcher", "kelvin")
+    with database.session() as s:
+        for name in ("chris", "omar", "rosa"):
+            accounts.get_user(s, name).is_output_checker = True
+    return {"rosa": _token(database, settings, "rosa")}
+
+
+def _ask(client: FlaskClient, headers, outputs=None, **extra):
+    body = {
+        "agreement": "v2v",
+        "title": "Paper 1",
+        "outputs": DEFAULT_OUTPUTS if outputs is None else outputs,
+        **extra,
+    }
+    return client.post("/api/v1/releases", json=body, headers=headers)
+
+
+def _user(s, name: str) -> User:
+    return accounts.get_user(s, name)
+
+
+def _review(database, settings, request_id, name, decision="approve", comment=""):
+    with database.session() as s:
+        return services.review(
+            s, settings, services.get(s, request_id), _user(s, name), decision, comment
+        ).state
+
+
+def test_the_whole_flow_exact_results_only_once_released(
+    client: FlaskClient, database: Database, settings: Settings, world
+) -> None:
+    resp = _ask(client, world["rosa"])
+    assert resp.status_code == 201, resp.get_json()
+    asked = resp.get_json()
+    rid = asked["id"]
+    assert asked["state"] == "in_review" and "results" not in asked
+    assert [o["computed"] for o in asked["outputs"]] == [True, True]
+    # Nothing exact leaves before release, by any route the researcher has.
+    shown = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    assert "results" not in shown and "result" not in json.dumps(shown["outputs"])
+    listed = client.get("/api/v1/releases", headers=world["rosa"]).get_json()["requests"]
+    assert [r["id"] for r in listed] == [rid] and "results" not in listed[0]
+
+    # Two independent approvals; the author cannot be one of them.
+    with pytest.raises(Forbidden, match="own"):
+        _review(database, settings, rid, "rosa")
+    assert _review(database, settings, rid, "chris") == "in_review"
+    with pytest.raises(Conflict, match="already"):
+        _review(database, settings, rid, "chris")
+    assert _review(database, settings, rid, "omar") == "approved"
+    assert client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()["state"] == (
+        "approved"
+    )
+
+    # The contributing institutions' window passes with no objection: released.
+    with database.session() as s:
+        request = services.get(s, rid)
+        assert request.window_ends_at is not None
+        assert not services.settle(s, request, request.window_ends_at - timedelta(seconds=1))
+        assert services.settle(s, request, request.window_ends_at + timedelta(seconds=1))
+    done = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    assert done["state"] == "released"
+    table, model = (r["result"] for r in done["results"])
+    assert table["request"] == rid and len(done["results"][0]["result_hash"]) == 64
+    # Exact (the disclosure rules of the exact path: counts rounded to 5), against pandas.
+    pool = pd.concat([_batch(n) for n in range(len(SITES))])
+    truth = pool.groupby("platform").size()
+    rows = {r[0]: r for r in table["rows"]}
+    for platform, n in truth.items():
+        assert rows[platform][1] == 5 * round(n / 5)
+        mean = pool[pool.platform == platform].viability.mean()
+        assert rows[platform][2] == pytest.approx(mean, abs=0.01)
+    assert model["n"] == len(pool) and "coefficients" in model
+    with database.session() as s:
+        actions = [
+            a
+            for a in s.scalars(select(AuditEntry.action).order_by(AuditEntry.id))
+            if a.startswith("release.")
+        ]
+    assert actions == ["release.request", "release.approve", "release.approve", "release.released"]
+
+
+def test_a_revision_resets_the_reviews(
+    client: FlaskClient, database: Database, settings: Settings, world
+) -> None:
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    _review(database, settings, rid, "chris")
+    changed = client.post(
+        f"/api/v1/releases/{rid}/revise",
+        json={"outputs": [{"sql": TABLE, "purpose": "Table 1, revised"}]},
+        headers=world["rosa"],
+    ).get_json()
+    assert changed["revision"] == 2 and changed["approvals"] == 0 and len(changed["outputs"]) == 1
+    assert _review(database, settings, rid, "chris") == "in_review"  # counts again, once
+    assert _review(database, settings, rid, "omar") == "approved"
+
+
+def test_an_objection_blocks_release_until_the_steward_resolves_it(
+    client: FlaskClient, database: Database, settings: Settings, world, users
+) -> None:
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    _review(database, settings, rid, "chris")
+    _review(database, settings, rid, "omar")
+    with database.session() as s:
+        request = services.get(s, rid)
+        with pytest.raises(Forbidden, match="admin of an institution"):
+            services.object_to(s, request, _user(s, "omar"), "no")
+        objection = services.object_to(s, request, _user(s, "kelvin-admin"), "Our lots show.")
+        after = request.window_ends_at + timedelta(days=1)
+        assert not services.settle(s, request, after)  # blocked
+        with pytest.raises(Forbidden):
+            services.resolve(s, request, objection, _user(s, "chris"), "dismissed", "fine")
+        services.resolve(s, request, objection, _user(s, "sam"), "dismissed", "Aggregated enough.")
+        assert services.settle(s, request, after)
+
+
+def test_an_upheld_objection_or_a_rejection_ends_the_request_with_its_reason(
+    client: FlaskClient, database: Database, settings: Settings, world, users
+) -> None:
+    first = _ask(client, world["rosa"]).get_json()["id"]
+    with database.session() as s:
+        request = services.get(s, first)
+        objection = services.object_to(s, request, _user(s, "acme-bio-admin"), "Too fine.")
+        services.resolve(s, request, objection, _user(s, "sam"), "upheld", "Cells of one site.")
+    shown = client.get(f"/api/v1/releases/{first}", headers=world["rosa"]).get_json()
+    assert shown["state"] == "rejected" and "Cells of one site" in shown["reason"]
+
+    second = _ask(client, world["rosa"]).get_json()["id"]
+    with pytest.raises(BadRequest, match="why"):
+        _review(database, settings, second, "chris", "reject")
+    assert _review(database, settings, second, "chris", "reject", "Table 1 too fine") == (
+        "rejected"
+    )
+    assert client.get(f"/api/v1/releases/{second}", headers=world["rosa"]).get_json()["reason"] == (
+        "Table 1 too fine"
+    )
+
+
+def test_only_output_checkers_review_and_only_the_author_reads(
+    client: FlaskClient, database: Database, settings: Settings, world
+) -> None:
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    with database.session() as s:
+        _user(s, "omar").is_output_checker = False
+    with pytest.raises(Forbidden, match="output checkers"):
+        _review(database, settings, rid, "omar")
+    omar = _token(database, settings, "omar")
+    assert client.get(f"/api/v1/releases/{rid}", headers=omar).status_code == 403
+    assert client.get("/api/v1/releases", headers=omar).get_json()["requests"] == []
+
+
+def test_bad_requests_say_what_is_wrong(client: FlaskClient, world) -> None:
+    for outputs, words in (
+        ([], "non-empty"),
+        ([{"sql": TABLE}], "purpose"),
+        ([{"kind": "table", "purpose": "x"}], "kind"),
+        ([{**FIT, "model": "forest"}], "model"),
+    ):
+        resp = _ask(client, world["rosa"], outputs=outputs)
+        assert resp.status_code == 400 and words in resp.get_json()["error"]["message"]
+    unknown = client.post(
+        "/api/v1/releases",
+        json={"agreement": "nope", "outputs": [{"sql": TABLE, "purpose": "x"}]},
+        headers=world["rosa"],
+    )
+    assert unknown.status_code == 403 and unknown.get_json()["error"]["code"] == "policy_denied"
+
+
+def test_a_query_the_rules_refuse_is_recorded_not_computed(
+    client: FlaskClient, database: Database, world
+) -> None:
+    resp = _ask(client, world["rosa"], outputs=[{"sql": "SELECT * FROM batch", "purpose": "x"}])
+    assert resp.status_code == 201
+    output = resp.get_json()["outputs"][0]
+    assert output["computed"] is False and output["refused"]
+    with database.session() as s:
+        assert services.get(s, resp.get_json()["id"]).outputs[0].result == ""
+
+
+def test_working_days_skip_the_weekend() -> None:
+    friday = utcnow().replace(year=2026, month=12, day=4, hour=12)
+    assert services.add_working_days(friday, 1).weekday() == 0  # Monday
+    assert (services.add_working_days(friday, 5) - friday).days == 7
+
+
+# The portal --------------------------------------------------------------------------------
+
+
+def _form(client: FlaskClient, path: str, data: dict) -> object:
+    from tests.conftest import csrf_from
+
+    token = csrf_from(
+        client, path.rsplit("/", 1)[0] if path.endswith(("review", "object")) else path
+    )
+    return client.post(path, data={**data, "csrf_token": token})
+
+
+def test_reviewers_decide_from_one_page_and_the_author_sees_no_result_before_release(
+    client: FlaskClient, auth, database: Database, settings: Settings, world, app
+) -> None:
+    from tests.conftest import AuthActions
+
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    page = f"/releases/{rid}"
+    # The author's page: the state, never the numbers.
+    auth.login("rosa")
+    own = client.get(page).get_data(as_text=True)
+    assert "in review" in own and "Nobody reviews their own request" in own
+    assert "review-form" not in own and "<td>central</td>" not in own
+    auth.logout()
+    # Two checkers approve from the page, which shows the table and its evidence.
+    for name in ("chris", "omar"):
+        browser = app.test_client()
+        AuthActions(browser).login(name)
+        shown = browser.get(page).get_data(as_text=True)
+        assert "<td>central</td>" in shown and "Rules applied" in shown
+        assert "review-form" in shown
+        assert _form(browser, f"{page}/review", {"decision": "approve"}).status_code == 302
+    # A contributing institution's admin sees the request and may object to it.
+    admin = app.test_client()
+    AuthActions(admin).login("kelvin-admin")
+    assert "object-form" in admin.get(page).get_data(as_text=True)
+    with database.session() as s:
+        request = services.get(s, rid)
+        assert request.state == "approved"
+        services.settle(s, request, request.window_ends_at + timedelta(seconds=1))
+    auth.login("rosa")
+    released = client.get(page).get_data(as_text=True)
+    assert "<td>central</td>" in released
+    csv = client.get(f"{page}/1.csv")
+    assert csv.status_code == 200 and "result hash" in csv.get_data(as_text=True)
+
+
+def test_the_steward_names_output_checkers(
+    client: FlaskClient, auth, database: Database, world
+) -> None:
+    from tests.conftest import csrf_from
+
+    with database.session() as s:
+        nadia = _user(s, "acme-bio-admin")
+        assert not nadia.is_output_checker
+        uid = nadia.id
+    auth.login("sam")
+    token = csrf_from(client, "/admin/users")
+    resp = client.post(f"/admin/users/{uid}/checker", data={"csrf_token": token})
+    assert resp.status_code == 302
+    with database.session() as s:
+        assert _user(s, "acme-bio-admin").is_output_checker
+        assert "user.output_checker" in s.scalars(select(AuditEntry.action)).all()
+
+
+def test_a_contributor_named_output_checker_reviews_from_the_page_with_withheld_cells(
+    client: FlaskClient, auth, database: Database, world, users
+) -> None:
+    """The checker role comes from the steward's naming, whatever the user's own role; the
+    page lists the cells withheld, groups left out included."""
+    rare = "SELECT platform, COUNT(*) AS n FROM batch WHERE viability > 95 GROUP BY platform"
+    rid = _ask(client, world["rosa"], outputs=[{"sql": rare, "purpose": "Rare lots"}]).get_json()[
+        "id"
+    ]
+    users.make("kelvin-data", "contributor", "kelvin")
+    with database.session() as s:
+        _user(s, "kelvin-data").is_output_checker = True
+    auth.login("kelvin-data")
+    page = client.get(f"/releases/{rid}")
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "withheld" in body and "review-form" in body
+    assert "Release requests" in client.get("/").get_data(as_text=True)  # in the menu
