@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 from flask import (
@@ -21,6 +22,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from hub.accounts.models import User
 from hub.agreements.models import AgreementRecord
@@ -213,75 +215,63 @@ def page(request_id: int) -> ResponseReturnValue:
     )
 
 
-@bp.route("/<int:request_id>/review", methods=["POST"])
-@guard("read", "releases")
-def review(request_id: int) -> ResponseReturnValue:
+def _decide(
+    request_id: int, act: Callable[[Session, ReleaseRequest, User], str]
+) -> ResponseReturnValue:
+    """Run one decision on the request (``act`` returns what to tell the user); a refusal
+    is shown on the page and changes nothing."""
     user = current_user()
     assert user is not None
     db = get_db()
     found = services.get(db, request_id)
     try:
-        services.review(
-            db,
-            app_settings(),
-            found,
-            user,
-            request.form.get("decision", ""),
-            request.form.get("comment", ""),
-        )
+        message = act(db, found, user)
     except CleanroomError as err:
         db.rollback()
         flash(err.message, "error")
     else:
         db.commit()
-        flash(f"Your review is recorded: the request is {found.state.replace('_', ' ')}.", "info")
+        flash(message, "info")
     return redirect(url_for("releases.page", request_id=request_id))
+
+
+@bp.route("/<int:request_id>/review", methods=["POST"])
+@guard("read", "releases")
+def review(request_id: int) -> ResponseReturnValue:
+    def act(db: Session, found: ReleaseRequest, user: User) -> str:
+        form = request.form
+        services.review(
+            db, app_settings(), found, user, form.get("decision", ""), form.get("comment", "")
+        )
+        return f"Your review is recorded: the request is {found.state.replace('_', ' ')}."
+
+    return _decide(request_id, act)
 
 
 @bp.route("/<int:request_id>/object", methods=["POST"])
 @guard("read", "releases")
 def object_(request_id: int) -> ResponseReturnValue:
-    user = current_user()
-    assert user is not None
-    db = get_db()
-    found = services.get(db, request_id)
-    try:
+    def act(db: Session, found: ReleaseRequest, user: User) -> str:
         services.object_to(db, found, user, request.form.get("text", ""))
-    except CleanroomError as err:
-        db.rollback()
-        flash(err.message, "error")
-    else:
-        db.commit()
-        flash("Your objection is recorded: nothing is released until the steward decides.", "info")
-    return redirect(url_for("releases.page", request_id=request_id))
+        return "Your objection is recorded: nothing is released until the steward decides."
+
+    return _decide(request_id, act)
 
 
 @bp.route("/<int:request_id>/objections/<int:objection_id>", methods=["POST"])
 @guard("read", "releases")
 def resolve(request_id: int, objection_id: int) -> ResponseReturnValue:
-    user = current_user()
-    assert user is not None
-    db = get_db()
-    found = services.get(db, request_id)
-    objection = db.get(ReleaseObjection, objection_id)
-    try:
+    def act(db: Session, found: ReleaseRequest, user: User) -> str:
+        objection = db.get(ReleaseObjection, objection_id)
         if objection is None:
             raise NotFound(f"no objection {objection_id}.")
+        form = request.form
         services.resolve(
-            db,
-            found,
-            objection,
-            user,
-            request.form.get("resolution", ""),
-            request.form.get("note", ""),
+            db, found, objection, user, form.get("resolution", ""), form.get("note", "")
         )
-    except CleanroomError as err:
-        db.rollback()
-        flash(err.message, "error")
-    else:
-        db.commit()
-        flash(f"The objection is {objection.resolution}.", "info")
-    return redirect(url_for("releases.page", request_id=request_id))
+        return f"The objection is {objection.resolution}."
+
+    return _decide(request_id, act)
 
 
 @bp.route("/<int:request_id>/<int:position>.csv")

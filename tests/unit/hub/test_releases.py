@@ -311,3 +311,34 @@ def test_a_contributor_named_output_checker_reviews_from_the_page_with_withheld_
     body = page.get_data(as_text=True)
     assert "withheld" in body and "review-form" in body
     assert "Release requests" in client.get("/").get_data(as_text=True)  # in the menu
+
+
+def test_an_institution_objects_and_the_steward_resolves_from_the_page(
+    client: FlaskClient, database: Database, world, app
+) -> None:
+    from tests.conftest import AuthActions
+
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    page = f"/releases/{rid}"
+    admin = app.test_client()
+    AuthActions(admin).login("kelvin-admin")
+    empty = _form(admin, f"{page}/object", {"text": " "})
+    assert empty.status_code == 302
+    assert "say what the objection is" in admin.get(page).get_data(as_text=True)
+    assert _form(admin, f"{page}/object", {"text": "Our lots are identifiable."}).status_code == 302
+    steward = app.test_client()
+    AuthActions(steward).login("sam")
+    shown = steward.get(page).get_data(as_text=True)
+    assert "Our lots are identifiable." in shown and "Uphold" in shown
+    with database.session() as s:
+        oid = services.get(s, rid).objections[0].id
+    from tests.conftest import csrf_from
+
+    token = csrf_from(steward, page)
+    steward.post(
+        f"{page}/objections/{oid}",
+        data={"resolution": "upheld", "note": "Agreed: too fine.", "csrf_token": token},
+    )
+    with database.session() as s:
+        request = services.get(s, rid)
+        assert request.state == "rejected" and "too fine" in request.reason
