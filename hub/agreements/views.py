@@ -30,6 +30,8 @@ from hub.audit.models import AuditEntry
 from hub.db import get_db
 from hub.errors import CleanroomError, NotFound
 from hub.gateway import services as gateway_services
+from hub.releases import services as releases
+from hub.releases.models import ReleaseRequest
 from hub.web import actor, agreement_domain, current_user, get_policy, guard
 from policies import store
 from policies.enforcer import user_subject
@@ -186,12 +188,25 @@ def transparency() -> ResponseReturnValue:
         detail = json.loads(entry.detail or "{}")
         if inst.slug in (detail.get("institutions") or []):
             queries.append((entry, detail))
+    # Reviewed releases computed on our data: what left (or may leave) and for whom.
+    slugs = {stored.id: stored.slug for stored, _ in included}
+    released = [
+        (found, slugs[found.agreement_id], db.get(User, found.researcher_id))
+        for found in db.scalars(
+            select(ReleaseRequest)
+            .where(ReleaseRequest.agreement_id.in_(list(slugs)))
+            .order_by(ReleaseRequest.id.desc())
+        )
+    ]
+    readable = {found.id for found, _, _ in released if releases.may_see(db, user, found)}
     return render_template(
         "agreements/transparency.html",
         institution=inst,
         included=included,
         queries=queries,
         spending=spending,
+        released=released,
+        readable=readable,
     )
 
 

@@ -28,7 +28,7 @@ from hub.accounts.models import User
 from hub.agreements.models import AgreementRecord
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, Forbidden, NotFound
-from hub.exports import SafeWriter
+from hub.exports import SafeWriter, csv_safe
 from hub.releases import services
 from hub.releases.models import ReleaseObjection, ReleaseRequest
 from hub.web import app_settings, current_user, get_policy, guard
@@ -274,29 +274,48 @@ def resolve(request_id: int, objection_id: int) -> ResponseReturnValue:
     return _decide(request_id, act)
 
 
-@bp.route("/<int:request_id>/<int:position>.csv")
+@bp.route("/<int:request_id>/<int:position>.<any(csv,xlsx):fmt>")
 @guard("read", "releases")
-def download(request_id: int, position: int) -> ResponseReturnValue:
-    """A released table as CSV (formula-safe), stamped with the request and its hash."""
+def download(request_id: int, position: int, fmt: str) -> ResponseReturnValue:
+    """A released table as CSV or XLSX (formula-safe), stamped with the request and its
+    result hash."""
     found = _page_request(request_id)
     for item in services.results(found):
         if item["position"] == position and item["kind"] == "query" and item["result"]:
             result = item["result"]
-            out = io.StringIO()
-            writer = SafeWriter(out)
-            writer.writerow(result["columns"])
-            for row in result["rows"]:
-                writer.writerow(row)
-            writer.writerow([])
-            writer.writerow([f"release request {request_id}, output {position}"])
-            writer.writerow([f"result hash {item['result_hash']}"])
+            stamp = [
+                [f"release request {request_id}, output {position}: {item['purpose']}"],
+                [f"result hash {item['result_hash']}"],
+            ]
+            name = f"release-{request_id}-{position}.{fmt}"
+            if fmt == "csv":
+                out = io.StringIO()
+                writer = SafeWriter(out)
+                for row in [result["columns"], *result["rows"], [], *stamp]:
+                    writer.writerow(row)
+                body: str | bytes = out.getvalue()
+                mimetype = "text/csv"
+            else:
+                body = _xlsx([result["columns"], *result["rows"], [], *stamp])
+                mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
             return Response(
-                out.getvalue(),
-                mimetype="text/csv",
-                headers={
-                    "Content-Disposition": (
-                        f'attachment; filename="release-{request_id}-{position}.csv"'
-                    )
-                },
+                body,
+                mimetype=mimetype,
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
             )
     raise NotFound(f"release request {request_id} has no released table {position}.")
+
+
+def _xlsx(rows: list[list[Any]]) -> bytes:
+    """A one-sheet workbook; text cells made formula-safe as in CSV (openpyxl would store
+    ``=…`` as a formula)."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    for row in rows:
+        sheet.append([csv_safe(v) if isinstance(v, str) else v for v in row])
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()

@@ -273,6 +273,21 @@ def test_reviewers_decide_from_one_page_and_the_author_sees_no_result_before_rel
     assert "<td>central</td>" in released
     csv = client.get(f"{page}/1.csv")
     assert csv.status_code == 200 and "result hash" in csv.get_data(as_text=True)
+    xlsx = client.get(f"{page}/1.xlsx")
+    assert xlsx.status_code == 200
+    import io
+
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(io.BytesIO(xlsx.data)).active
+    cells = [[c.value for c in row] for row in sheet.iter_rows()]
+    assert cells[0] == ["platform", "n", "v"] and cells[1][0] == "central"
+    assert any(str(row[0]).startswith("result hash") for row in cells if row[0])
+    # The institutions see on their transparency page what left from their data, for whom.
+    auth.logout()
+    auth.login("kelvin-admin")
+    listed = client.get("/institution/data").get_data(as_text=True)
+    assert "Paper 1" in listed and "released" in listed
 
 
 def test_the_steward_names_output_checkers(
