@@ -41,7 +41,7 @@ from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest,
 from hub.settings import Settings
 from hub.storage import Storage
 from policies.store import SyncedPolicy
-from sandbox.gateway import Gateway, GatewayError
+from sandbox.gateway import Gateway, GatewayError, dp
 from sandbox.gateway import fit as exact_fit
 
 MAX_OUTPUTS = 20
@@ -169,6 +169,7 @@ def _compute(
                     "suppressed": answer.get("suppressed", []),
                     "rounded": answer.get("rounded"),
                     "institutions": scope.institutions,
+                    "behind": _behind(ctx.gateway, views, spec.sql, answer.get("rows", [])),
                 }
             else:
                 fitted = exact_fit.fit(
@@ -199,6 +200,18 @@ def _compute(
             output.evidence = json.dumps(evidence, sort_keys=True, default=str)
         request.outputs.append(output)
     db.flush()
+
+
+def _behind(
+    gateway: Gateway, views: Any, sql: str, rows: Sequence[Sequence[Any]]
+) -> list[list[int] | None] | None:
+    """Per answer row: [patients, institutions] behind it, exactly; None where the query's
+    keys have no public domain (the page then says so)."""
+    try:
+        found = dp.patients_per_row(gateway, views, sql, rows)
+    except GatewayError:
+        return None
+    return [list(f) if f is not None else None for f in found]
 
 
 def submit(

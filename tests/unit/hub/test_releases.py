@@ -357,3 +357,18 @@ def test_an_institution_objects_and_the_steward_resolves_from_the_page(
     with database.session() as s:
         request = services.get(s, rid)
         assert request.state == "rejected" and "too fine" in request.reason
+
+
+def test_the_checkers_see_the_patients_and_institutions_behind_each_row(
+    client: FlaskClient, database: Database, world
+) -> None:
+    """Exact distinct patients and institutions per row (evidence, never released), checked
+    against pandas: each lot is its own patient here."""
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    with database.session() as s:
+        output = services.get(s, rid).outputs[0]
+        result, evidence = json.loads(output.result), json.loads(output.evidence)
+    pool = pd.concat([_batch(n).assign(site=site) for n, site in enumerate(SITES)])
+    for row, behind in zip(result["rows"], evidence["behind"], strict=True):
+        lots = pool[pool.platform == row[0]]
+        assert behind == [len(lots), lots.site.nunique()]
