@@ -29,7 +29,8 @@ api = Blueprint("sandbox_api", __name__, url_prefix="/api/v1/sandbox")
 MAX_SQL = 20_000
 
 
-def _gateway() -> Gateway:
+def app_gateway() -> Gateway:
+    """The app's one :class:`Gateway` (its views and caches), made on first use."""
     gateway = current_app.extensions.get("cleanroom.gateway")
     if gateway is None:
         settings = _settings()
@@ -158,7 +159,7 @@ def tables() -> ResponseReturnValue:
     scope = _scope(slug, "query")
     out = []
     held = {t: s for t, s in scope.tables.items() if s}
-    views = services.views(_gateway(), scope) if held else None
+    views = services.views(app_gateway(), scope) if held else None
     for table in sorted(scope.tables):
         columns: list[dict[str, Any]] = []
         if views is not None and table in held:
@@ -276,7 +277,7 @@ def query() -> ResponseReturnValue:
     scope = _scope(slug, "query")
     detail: dict[str, Any] = {"sql": sql}
     try:
-        views = services.views(_gateway(), scope)
+        views = services.views(app_gateway(), scope)
         epsilon = dp.check_epsilon(epsilon_asked, scope.agreement.disclosure)
         checked = dp.checked_query(sql, views)
         bound = dp.check_rows_per_patient(rows_asked, [v for _a, v in checked.tables])
@@ -288,7 +289,7 @@ def query() -> ResponseReturnValue:
 
     def compute() -> dict[str, Any]:
         return dp.answer(
-            _gateway(),
+            app_gateway(),
             views,
             scope.agreement.disclosure,
             sql,
@@ -316,7 +317,7 @@ def fit() -> ResponseReturnValue:
     scope = _scope(slug, "fit")
     detail = {k: body.get(k) for k in ("table", "kind", "features", "target", "filters")}
     try:
-        views = services.views(_gateway(), scope)
+        views = services.views(app_gateway(), scope)
         epsilon = dp.check_epsilon(epsilon_asked, scope.agreement.disclosure)
     except GatewayError as err:
         _refused(slug, "fit", err, detail)
@@ -327,7 +328,7 @@ def fit() -> ResponseReturnValue:
 
     def compute() -> dict[str, Any]:
         return dpfit.fit(
-            _gateway(),
+            app_gateway(),
             views,
             scope.agreement.disclosure,
             kind=body["kind"],

@@ -218,7 +218,7 @@ def submit(
     db: Session, ctx: Context, user: User, slug: str, title: str, specs: Sequence[OutputSpec]
 ) -> ReleaseRequest:
     """A new request under agreement ``slug``, computed and waiting for its reviews."""
-    stored = _agreement(db, slug, user)
+    stored = _agreement(db, slug)
     request = ReleaseRequest(
         agreement_id=stored.id,
         researcher_id=user.id,
@@ -539,7 +539,7 @@ def of_researcher(db: Session, user: User) -> list[ReleaseRequest]:
     )
 
 
-def _agreement(db: Session, slug: str, user: User) -> AgreementRecord:
+def _agreement(db: Session, slug: str) -> AgreementRecord:
     stored = db.scalar(select(AgreementRecord).where(AgreementRecord.slug == slug))
     if stored is None:
         raise gateway_services.refusal("query", slug)

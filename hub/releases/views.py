@@ -29,6 +29,7 @@ from hub.agreements.models import AgreementRecord
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, Forbidden, NotFound
 from hub.exports import SafeWriter, csv_safe
+from hub.gateway.views import app_gateway
 from hub.releases import services
 from hub.releases.models import ReleaseObjection, ReleaseRequest
 from hub.web import app_settings, current_user, get_policy, guard
@@ -37,10 +38,8 @@ api = Blueprint("releases_api", __name__, url_prefix="/api/v1/releases")
 
 
 def _context() -> services.Context:
-    from hub.gateway.views import _gateway
-
     return services.Context(
-        gateway=_gateway(),
+        gateway=app_gateway(),
         policy=get_policy(),
         settings=app_settings(),
         storage=current_app.extensions["cleanroom.storage"],

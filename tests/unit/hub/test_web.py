@@ -255,35 +255,18 @@ def test_a_password_the_steward_chose_is_replaced_at_the_first_sign_in(
         resp = client.get(path)
         assert resp.status_code == 302 and resp.headers["Location"].endswith("/account/password")
     token = csrf_from(client, "/account/password")
-    weak = client.post(
-        "/account/password",
-        data={
-            "current": "the stewards pick 2026",
-            "new": "password1234",
-            "again": "password1234",
-            "csrf_token": token,
-        },
-    )
+
+    def change(current: str, new: str):
+        return client.post(
+            "/account/password",
+            data={"current": current, "new": new, "again": new, "csrf_token": token},
+        )
+
+    weak = change("the stewards pick 2026", "password1234")
     assert weak.status_code == 400 and "common" in weak.get_data(as_text=True)
-    wrong = client.post(
-        "/account/password",
-        data={
-            "current": "not it",
-            "new": "my own long passphrase",
-            "again": "my own long passphrase",
-            "csrf_token": token,
-        },
-    )
+    wrong = change("not it", "my own long passphrase")
     assert wrong.status_code == 400 and "current password is wrong" in wrong.get_data(as_text=True)
-    done = client.post(
-        "/account/password",
-        data={
-            "current": "the stewards pick 2026",
-            "new": "my own long passphrase",
-            "again": "my own long passphrase",
-            "csrf_token": token,
-        },
-    )
+    done = change("the stewards pick 2026", "my own long passphrase")
     assert done.status_code == 302
     assert client.get("/").status_code == 200  # this browser stays signed in
     auth.logout()
