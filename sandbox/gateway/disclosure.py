@@ -1,29 +1,34 @@
 """Disclosure control over a rewritten query's result (ARCHITECTURE.md, "Disclosure control
 defaults"; the parameters are ``contracts.agreements.Disclosure``).
 
+Patients are the unit: every threshold counts the distinct patients behind the records
+(``__pid``: the episode's chain of identity), so ten release tests of one patient are one
+patient, not ten.
+
 Primary suppression, per group (row):
 
-- fewer than ``k`` records, or fewer than ``min_institutions`` distinct institutions in any
+- fewer than ``k`` patients, or fewer than ``min_institutions`` distinct institutions in any
   joined table: the group is dropped, key values included (a key shared by fewer than k
-  records is itself a record's value); the answer counts dropped groups per reason;
-- a ``WHERE`` conjunct that removes between 1 and k-1 records of the group: every cell of the
-  group is suppressed (the pair "WHERE x" / "WHERE x AND y" would difference them out).
+  patients is itself a patient's value); the answer counts dropped groups per reason;
+- a ``WHERE`` conjunct that removes the records of between 1 and k-1 patients of the group:
+  every cell of the group is suppressed (the pair "WHERE x" / "WHERE x AND y" would
+  difference them out).
 
 Primary suppression, per cell:
 
-- an aggregate computed from fewer than ``k`` non-null values;
+- an aggregate computed from the non-null values of fewer than ``k`` patients;
 - a ``CASE``/``IF`` branch or predicate inside an aggregate taken by between 1 and k-1
-  records (``SUM(CASE WHEN <one record> THEN x ELSE 0 END)``);
+  patients (``SUM(CASE WHEN <one patient> THEN x ELSE 0 END)``);
 - dominance: the largest ``dominance_n`` institutions of any joined table contribute more
   than ``dominance_percent`` % of the cell. A count's contribution is records; a sum's is the
   sum of absolute values; other aggregates' is the non-null values they were computed from.
 
 Secondary suppression: along every line of the answer (all groups that share the other keys,
 i.e. a row or column of a 1-D or 2-D table), the suppressed cells of an aggregate column,
-dropped groups included, must number at least two and hold at least ``k`` records together;
+dropped groups included, must number at least two and hold at least ``k`` patients together;
 otherwise the smallest visible cell of the line is suppressed too, until that holds or the
 line is all suppressed. So a total obtained elsewhere minus the visible cells of a line never
-yields one suppressed cell, nor a set of them from fewer than k records. It does not solve
+yields one suppressed cell, nor a set of them from fewer than k patients. It does not solve
 every linked-table problem (see docs/gateway.md).
 
 Counts are rounded to ``rounding_base`` inside the query (``rewrite``), so an expression over
@@ -68,8 +73,8 @@ def control(
     dropped_reasons: Counter[str] = Counter()
     for g, row in enumerate(groups):
         why = None
-        if row["__n"] < k:
-            why = f"fewer than k={k} records"
+        if (row["__np"] or 0) < k:
+            why = f"fewer than k={k} patients"
         else:
             for t, view in enumerate(tables):
                 if (row[f"__inst{t}"] or 0) < min_inst:
@@ -84,11 +89,11 @@ def control(
             continue
         row_why = None
         for i, conjunct in enumerate(checked.conjuncts):
-            removed = row[f"__w{i}"] or 0
+            removed = row[f"__wp{i}"] or 0
             if 0 < removed < k:
                 row_why = (
-                    f"WHERE condition `{conjunct.sql(dialect='duckdb')}` removes fewer than "
-                    f"k={k} records of this group (differencing)"
+                    f"WHERE condition `{conjunct.sql(dialect='duckdb')}` removes the records "
+                    f"of fewer than k={k} patients of this group (differencing)"
                 )
                 break
         j = 0
@@ -145,16 +150,16 @@ def _cell_reason(
     share: float,
 ) -> str | None:
     k = disclosure.k
-    contributors = row[f"__a{j}_n"] or 0
+    contributors = row[f"__a{j}_p"] or 0
     if 0 < contributors < k:
-        return f"{agg.func.upper()} computed from fewer than k={k} values"
+        return f"{agg.func.upper()} computed from the values of fewer than k={k} patients"
     for s, selector in enumerate(agg.selectors):
         for b in range(len(selector.branches)):
-            taken = row[f"__s{j}_{s}_{b}"] or 0
+            taken = row[f"__s{j}_{s}_p{b}"] or 0
             if 0 < taken < k:
                 return (
                     f"a condition inside the aggregate (`{selector.text}`) selects fewer than "
-                    f"k={k} records"
+                    f"k={k} patients"
                 )
     for t in range(n_tables):
         top, total = row[f"__top{t}_{j}"], row[f"__tot{t}_{j}"]
@@ -194,12 +199,12 @@ def _secondary(
                 hidden = [g for g in line if (g, x) in reasons]
                 if not hidden:
                     continue
-                if len(hidden) >= 2 and sum(groups[g]["__n"] for g in hidden) >= k:
+                if len(hidden) >= 2 and sum(groups[g]["__np"] for g in hidden) >= k:
                     continue
                 shown = [g for g in line if (g, x) not in reasons and not dropped[g]]
                 if not shown:
                     continue
-                smallest = min(shown, key=lambda g: groups[g]["__n"])
+                smallest = min(shown, key=lambda g: groups[g]["__np"])
                 reasons[(smallest, x)] = why
                 changed = True
 

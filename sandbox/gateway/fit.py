@@ -6,10 +6,12 @@ stay inside the gateway. The answer holds only coefficients, standard errors, n,
 degrees of freedom and fit metrics (R², adjusted R²; AUC and log-likelihood), and only when
 
 - the agreement allows model fitting;
-- n ≥ max(k, 10 × features) and the residual degrees of freedom n - features - 1 ≥ 10;
+- n ≥ max(k, 10 × features) and the residual degrees of freedom n - features - 1 ≥ 10, and
+  the rows come from at least k distinct patients (patients are the unit);
 - the rows come from at least ``min_institutions`` institutions and the largest
   ``dominance_n`` institutions hold no more than ``dominance_percent`` % of them;
-- for logistic regression, each outcome class has at least k records and the fit converges.
+- for logistic regression, each outcome class holds at least k patients and the fit
+  converges.
 
 Never predictions, residuals or fitted values.
 """
@@ -92,6 +94,7 @@ def data_sql(
     ]
     alias = checked.tables[0][0]
     columns.append(exp.alias_(exp.column(INSTITUTION, table=alias), "__inst"))
+    columns.append(exp.alias_(exp.column("__pid", table=alias), "__pid"))
     select = exp.Select(expressions=columns)
     select.set("from_", checked.tree.args["from_"].copy())
     if checked.conjuncts:
@@ -125,6 +128,8 @@ def fit(
             f"too few complete records: a fit on {p} feature(s) needs at least {need} records "
             f"and 10 residual degrees of freedom"
         )
+    if len({r[p + 2] for r in complete}) < disclosure.k:
+        raise FitRefused(f"the records come from fewer than k={disclosure.k} patients")
     institutions = Counter(r[p + 1] for r in complete)
     if len(institutions) < disclosure.min_institutions:
         raise FitRefused(
@@ -139,13 +144,14 @@ def fit(
     data = np.asarray([r[: p + 1] for r in complete], dtype=float)
     x = np.column_stack([np.ones(n), data[:, :p]])
     y = data[:, p]
+    patients = np.asarray([r[p + 2] for r in complete], dtype=object)
     names = ["intercept", *features]
     if np.linalg.matrix_rank(x) < p + 1:
         raise FitRefused("the features are collinear (or constant); drop one")
     if kind == "linear":
         beta, se, metrics = _ols(x, y)
     else:
-        beta, se, metrics = _logistic(x, y, disclosure.k)
+        beta, se, metrics = _logistic(x, y, patients, disclosure.k)
     return FitResult(
         kind,
         dict(zip(names, map(float, beta), strict=True)),
@@ -170,13 +176,12 @@ def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str
 
 
 def _logistic(
-    x: np.ndarray, y: np.ndarray, k: int
+    x: np.ndarray, y: np.ndarray, patients: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     if not np.isin(y, (0.0, 1.0)).all():
         raise FitRefused("logistic regression needs a 0/1 (or boolean) target")
-    positives = int(y.sum())
-    if min(positives, len(y) - positives) < k:
-        raise FitRefused(f"each outcome class needs at least k={k} records")
+    if min(len(set(patients[y == 1.0])), len(set(patients[y == 0.0]))) < k:
+        raise FitRefused(f"each outcome class needs the records of at least k={k} patients")
     beta = np.zeros(x.shape[1])
     for _ in range(100):
         eta = np.clip(x @ beta, -30, 30)

@@ -12,8 +12,10 @@ and each table's ``institution`` (a single scan) and then combines the partial a
 per group, carrying for every output cell what disclosure control needs: record count,
 distinct institutions per table, per-aggregate contributor counts, the records in each
 branch of every ``CASE`` or predicate inside an aggregate, the records each ``WHERE``
-conjunct removes, and the share of the largest institutions (dominance). The researcher's
-text is never executed: only SQL generated from the checked tree is.
+conjunct removes, and the share of the largest institutions (dominance). Beside each record
+count it carries the distinct patients (``__pid`` of the first table, counted per
+institution and summed), the unit the thresholds are judged in. The researcher's text is
+never executed: only SQL generated from the checked tree is.
 """
 
 from __future__ import annotations
@@ -735,6 +737,16 @@ def _count_if(*conditions: exp.Expr) -> exp.Expr:
     return exp.CountIf(this=exp.and_(*[c.copy() for c in conditions]))
 
 
+def _patients_if(pid: exp.Expr, *conditions: exp.Expr) -> exp.Expr:
+    """Distinct patients with a record meeting every condition (each never NULL)."""
+    count = exp.Count(this=exp.Distinct(expressions=[pid.copy()]), big_int=True)
+    return _filtered(count, exp.and_(*[c.copy() for c in conditions]) if conditions else None)
+
+
+def _not_null(node: exp.Expr) -> exp.Expr:
+    return exp.Not(this=exp.Is(this=exp.paren(node.copy()), expression=exp.Null()))
+
+
 def _total(terms: list[exp.Expr]) -> exp.Expr:
     total = terms[0].copy()
     for term in terms[1:]:
@@ -791,24 +803,33 @@ class _Inner:
 
 
 def _branch_counts(
-    inner: _Inner, prefix: str, selector: Selector, where: list[exp.Expr], n: exp.Expr
+    inner: _Inner,
+    prefix: str,
+    selector: Selector,
+    where: list[exp.Expr],
+    n: exp.Expr,
+    pid: exp.Expr,
 ) -> list[exp.Expr]:
-    """Records per branch; the branches part the cell, so the last is the rest."""
+    """Records per branch (the branches part the cell, so the last is the rest), and the
+    distinct patients taking each branch (``{prefix}_p{b}``)."""
     counts = [_count_if(*where, branch) for branch in selector.branches[:-1]]
     counts.append(exp.Sub(this=n.copy(), expression=exp.paren(_total(counts))) if counts else n)
     for b, count in enumerate(counts):
         inner.add(f"{prefix}_{b}", count.copy())
+    for b, branch in enumerate(selector.branches):
+        inner.add(f"{prefix}_p{b}", _patients_if(pid, *where, branch))
     return counts
 
 
 def _aggregate_partials(
-    inner: _Inner, j: int, agg: Aggregate, where: list[exp.Expr], n: exp.Expr
+    inner: _Inner, j: int, agg: Aggregate, where: list[exp.Expr], n: exp.Expr, pid: exp.Expr
 ) -> None:
     assert agg.arg is not None
     condition = exp.and_(*[c.copy() for c in where]) if where else None
     outcomes = _outcomes(agg.arg) if agg.func in _FOLDABLE else None
+    inner.add(f"__a{j}_p", _patients_if(pid, *where, _not_null(agg.arg)))
     for s, selector in enumerate(agg.selectors):
-        counts = _branch_counts(inner, f"__s{j}_{s}", selector, where, n)
+        counts = _branch_counts(inner, f"__s{j}_{s}", selector, where, n, pid)
         if s == 0 and outcomes is not None:
             # SUM(CASE WHEN c THEN 1 ELSE 0 END) = 1 × records taking the first branch …
             taken = [cnt for cnt, v in zip(counts, outcomes, strict=True) if v is not None]
@@ -909,13 +930,17 @@ def rewrite(checked: CheckedQuery, dominance_n: int = 2, rounding_base: int = 1)
     inner = _Inner()
     n = _count_if(*where)
     inner.add("__n", n)
+    pid = exp.column("__pid", table=_q(checked.tables[0][0]))
+    inner.add("__np", _patients_if(pid, *where))
     for j, agg in enumerate(checked.aggregates):
         if agg.arg is not None:
-            _aggregate_partials(inner, j, agg, where, n)
+            _aggregate_partials(inner, j, agg, where, n, pid)
     for i in range(len(conjuncts)):
         others = [c.copy() for k, c in enumerate(conjuncts) if k != i]
         kept = [_is_true(exp.and_(*others))] if others else []
-        inner.add(f"__w{i}", _count_if(*kept, exp.Not(this=_is_true(conjuncts[i]))))
+        removed = exp.Not(this=_is_true(conjuncts[i]))
+        inner.add(f"__w{i}", _count_if(*kept, removed))
+        inner.add(f"__wp{i}", _patients_if(pid, *kept, removed))
     select = exp.Select(expressions=keys + inner.columns)
     select.set("from_", checked.tree.args["from_"].copy())
     if checked.tree.args.get("joins"):
@@ -961,16 +986,21 @@ def rewrite(checked: CheckedQuery, dominance_n: int = 2, rounding_base: int = 1)
         cells.append(f'{expr.sql(dialect="duckdb")} AS "__o{x}"')
         outputs.append(f"__o{x}")
     cells.append(f'SUM({ref("__n")}) AS "__n"')
+    cells.append(f'SUM({ref("__np")}) AS "__np"')
     for t in range(nt):
         cells.append(f'COUNT(DISTINCT "__i{t}") FILTER (WHERE {ref("__n")} > 0) AS "__inst{t}"')
     for j, agg in enumerate(checked.aggregates):
         contributors = ref("__n") if agg.func == "count_star" else ref(f"__a{j}_c")
         cells.append(f'SUM({contributors}) AS "__a{j}_n"')
+        patients = ref("__np") if agg.func == "count_star" else ref(f"__a{j}_p")
+        cells.append(f'SUM({patients}) AS "__a{j}_p"')
         for s, selector in enumerate(agg.selectors):
             for b in range(len(selector.branches)):
                 cells.append(f'SUM({ref(f"__s{j}_{s}_{b}")}) AS "__s{j}_{s}_{b}"')
+                cells.append(f'SUM({ref(f"__s{j}_{s}_p{b}")}) AS "__s{j}_{s}_p{b}"')
     for i in range(len(conjuncts)):
         cells.append(f'SUM({ref(f"__w{i}")}) AS "__w{i}"')
+        cells.append(f'SUM({ref(f"__wp{i}")}) AS "__wp{i}"')
     group = f" GROUP BY {key_list}" if nk else ""
 
     def top(value: str) -> str:

@@ -70,3 +70,64 @@ def test_answer_carries_hashes(gateway, views, disclosure) -> None:
     assert len(first.query_hash) == 64
     assert (first.query_hash, first.result_hash) == (again.query_hash, again.result_hash)
     assert other.query_hash != first.query_hash and other.result_hash != first.result_hash
+
+
+# Patients are the unit. The secret patient (SCD, aged 97) has three custody events: three
+# records, one patient. With k = 3, a record count would let each of these answers out.
+_JOINED = "FROM custody_event c JOIN episode e ON c.coi_id = e.coi_id"
+
+
+def _secret_records(pool) -> tuple[int, int]:
+    """Records and distinct patients of the secret patient's custody events, from the
+    Parquet files alone (not the gateway's code)."""
+    import pandas as pd
+
+    custody = pd.concat(pd.read_parquet(s.path) for s in pool["custody_event"])
+    episode = pd.concat(pd.read_parquet(s.path) for s in pool["episode"])
+    joined = custody.merge(episode, on="coi_id")
+    secret = joined[joined["indication"] == "SCD"]
+    return len(secret), secret["coi_id"].nunique()
+
+
+def test_a_group_of_many_records_from_few_patients_is_dropped(gateway, views, pool) -> None:
+    records, patients = _secret_records(pool)
+    assert (records, patients) == (3, 1)  # the control: by records the group would pass k = 3
+    rules = Disclosure(k=3, min_institutions=1)
+    answer = gateway.run(
+        views, rules, f"SELECT e.indication, COUNT(*) AS n {_JOINED} GROUP BY e.indication"
+    )
+    assert "SCD" not in [row[0] for row in answer.rows]
+    assert any(s["reason"] == "fewer than k=3 patients" for s in answer.suppressed)
+    shown = gateway.run(
+        views,
+        Disclosure(k=1, min_institutions=1),
+        f"SELECT e.indication, COUNT(*) AS n {_JOINED} GROUP BY e.indication",
+    )
+    assert "SCD" in [row[0] for row in shown.rows]  # the same query sees it at k = 1
+
+
+def test_a_where_removing_one_patients_records_is_differencing(gateway, views) -> None:
+    rules = Disclosure(k=3, min_institutions=1)
+    answer = gateway.run(views, rules, f"SELECT AVG(c.temp_min) {_JOINED} WHERE e.age < 97")
+    assert answer.rows == [[None]]
+    assert "fewer than k=3 patients" in answer.suppressed[0]["reason"]
+
+
+def test_a_case_taken_by_one_patients_records_is_suppressed(gateway, views) -> None:
+    rules = Disclosure(k=3, min_institutions=1)
+    answer = gateway.run(
+        views, rules, f"SELECT SUM(CASE WHEN e.age = 97 THEN c.temp_min ELSE 0 END) {_JOINED}"
+    )
+    assert answer.rows == [[None]]
+    assert "selects fewer than k=3 patients" in answer.suppressed[0]["reason"]
+
+
+def test_an_aggregate_over_one_patients_values_is_suppressed(gateway, views) -> None:
+    rules = Disclosure(k=3, min_institutions=1)
+    answer = gateway.run(
+        views,
+        rules,
+        f"SELECT AVG(CASE WHEN e.age = 97 THEN c.temp_min END) AS t, COUNT(*) AS n {_JOINED}",
+    )
+    assert answer.rows[0][0] is None and answer.rows[0][1] is not None
+    assert any("fewer than k=3 patients" in s["reason"] for s in answer.suppressed)

@@ -101,3 +101,56 @@ def test_gates(gateway, views, disclosure) -> None:
             features=["age) FROM episode; SELECT MIN(age"],
             target="weight_kg",
         )
+
+
+def test_a_fit_on_many_records_of_few_patients_is_refused(gateway, tmp_path) -> None:
+    """Patients are the unit: 40 custody events of 8 patients are not enough at k = 10,
+    though 40 records are; the control with 40 patients fits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sandbox.gateway import Source
+
+    def pool(patients: int, per_patient: int) -> dict[str, list[Source]]:
+        rng = np.random.default_rng(3)
+        sources = []
+        for inst in ("inst_a", "inst_b", "inst_c"):
+            ids = [f"{inst}_{p}" for p in range(patients) for _ in range(per_patient)]
+            n = len(ids)
+            path = tmp_path / f"{patients}_{inst}.parquet"
+            pq.write_table(
+                pa.table(
+                    {
+                        "event_id": [f"E{inst}{i}" for i in range(n)],
+                        "coi_id": ids,
+                        "unit_id": [f"U{i}" for i in ids],
+                        "temp_min": rng.normal(4, 1, n).tolist(),
+                        "temp_max": rng.normal(8, 1, n).tolist(),
+                    }
+                ),
+                path,
+            )
+            sources.append(Source(str(path), inst))
+        return {"custody_event": sources}
+
+    rules = Disclosure(allow_model_fitting=True, min_institutions=1)
+    few = gateway.views(f"few-{tmp_path.name}", pool(patients=3, per_patient=5))
+    with pytest.raises(FitRefused, match="fewer than k=10 patients"):
+        gateway.fit(
+            few,
+            rules,
+            kind="linear",
+            table="custody_event",
+            features=["temp_min"],
+            target="temp_max",
+        )
+    many = gateway.views(f"many-{tmp_path.name}", pool(patients=15, per_patient=1))
+    result = gateway.fit(
+        many,
+        rules,
+        kind="linear",
+        table="custody_event",
+        features=["temp_min"],
+        target="temp_max",
+    )
+    assert result.n == 45

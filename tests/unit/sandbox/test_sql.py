@@ -72,14 +72,16 @@ def test_rewrite_runs_and_carries_disclosure_columns() -> None:
     rewritten = rewrite(checked, dominance_n=2, rounding_base=5)
     con = duckdb.connect()
     con.execute(
-        "CREATE VIEW episode AS SELECT * FROM (VALUES ('f', 30, 'a'), ('f', 40, 'b'), "
-        "('m', 50, 'a')) t(sex, age, institution)"
+        "CREATE VIEW episode AS SELECT * FROM (VALUES ('f', 30, 'a', 'p1'), ('f', 40, 'b', 'p2'), "
+        "('f', 45, 'b', 'p2'), ('m', 50, 'a', 'p3')) t(sex, age, institution, __pid)"
     )
     result = con.execute(rewritten.sql)
     names = [d[0] for d in result.description]
     rows = {r[0]: dict(zip(names, r, strict=True)) for r in result.fetchall()}
-    assert rows["f"]["__n"] == 2 and rows["f"]["__inst0"] == 2
-    assert rows["f"]["__o2"] == 70
-    assert rows["f"]["__o1"] == 0  # 2 rounded to the nearest 5
-    assert rows["f"]["__top0_1"] == rows["f"]["__tot0_1"] == 70
+    assert rows["f"]["__n"] == 3 and rows["f"]["__inst0"] == 2
+    assert rows["f"]["__np"] == 2  # patients: p2's two records are one patient
+    assert rows["f"]["__o2"] == 115
+    assert rows["f"]["__o1"] == 5  # 3 rounded to the nearest 5
+    assert rows["f"]["__a1_p"] == 2
+    assert rows["f"]["__top0_1"] == rows["f"]["__tot0_1"] == 115
     assert rows["m"]["__w0"] == 0
