@@ -41,7 +41,7 @@ from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest,
 from hub.settings import Settings
 from hub.storage import Storage
 from policies.store import SyncedPolicy
-from sandbox.gateway import Gateway, GatewayError, dp
+from sandbox.gateway import Gateway, GatewayError
 from sandbox.gateway import fit as exact_fit
 
 MAX_OUTPUTS = 20
@@ -147,6 +147,9 @@ def _compute(
     }
     request.outputs.clear()
     db.flush()
+    units: dict[int, list[tuple[int | None, frozenset[Any]]]] = {}
+    views = None
+    k = scopes["query"].agreement.disclosure.k
     for position, spec in enumerate(specs, start=1):
         scope = scopes[spec.kind]
         disclosure = scope.agreement.disclosure
@@ -163,14 +166,16 @@ def _compute(
             views = gateway_services.views(ctx.gateway, scope)
             if spec.kind == "query":
                 answer = ctx.gateway.run(views, disclosure, spec.sql).as_dict()
+                behind = ctx.gateway.patients_behind(views, spec.sql, answer.get("rows", []))
                 evidence = {
                     "rules": rules,
                     "cells": len(answer.get("rows", [])),
                     "suppressed": answer.get("suppressed", []),
                     "rounded": answer.get("rounded"),
                     "institutions": scope.institutions,
-                    "behind": _behind(ctx.gateway, views, spec.sql, answer.get("rows", [])),
+                    "behind": [[len(b[0]), len(b[1])] if b else None for b in behind],
                 }
+                units[position] = [(r, b[0]) for r, b in enumerate(behind) if b]
             else:
                 fitted = exact_fit.fit(
                     ctx.gateway,
@@ -183,6 +188,9 @@ def _compute(
                     filters=spec.fit.get("filters"),
                 )
                 answer = fitted.as_dict()
+                units[position] = [
+                    (None, exact_fit.patients(ctx.gateway, views, **_fit_args(spec)))
+                ]
                 n = int(answer.get("n", 0))
                 evidence = {
                     "rules": rules,
@@ -200,18 +208,124 @@ def _compute(
             output.evidence = json.dumps(evidence, sort_keys=True, default=str)
         request.outputs.append(output)
     db.flush()
+    if views is not None:
+        _note_overlaps(db, ctx.gateway, views, request, units, k)
+        db.flush()
 
 
-def _behind(
-    gateway: Gateway, views: Any, sql: str, rows: Sequence[Sequence[Any]]
-) -> list[list[int] | None] | None:
-    """Per answer row: [patients, institutions] behind it, exactly; None where the query's
-    keys have no public domain (the page then says so)."""
-    try:
-        found = dp.patients_per_row(gateway, views, sql, rows)
-    except GatewayError:
+def _fit_args(spec: OutputSpec) -> dict[str, Any]:
+    return {
+        "table": spec.fit["table"],
+        "features": spec.fit["features"],
+        "target": spec.fit["target"],
+        "filters": spec.fit.get("filters"),
+    }
+
+
+MAX_OVERLAP_ROWS = 500  # rows per output compared for differencing
+
+
+def singled_out(a: frozenset[Any], b: frozenset[Any], k: int) -> int | None:
+    """How many patients the difference of two overlapping cells singles out, when fewer
+    than ``k``: the smaller non-empty one-sided difference (``a - b`` or ``b - a``). None when
+    the cells share no patient, hold the same patients, or differ by k or more."""
+    if not a & b:
         return None
-    return [list(f) if f is not None else None for f in found]
+    small = [n for n in (len(a - b), len(b - a)) if 0 < n < k]
+    return min(small) if small else None
+
+
+def _earlier_units(
+    db: Session, gateway: Gateway, views: Any, request: ReleaseRequest
+) -> list[tuple[ReleaseOutput, list[tuple[int | None, frozenset[Any]]]]]:
+    """The patients behind every row of the researcher's outputs already approved or
+    released under the same agreement, recomputed on today's pool."""
+    earlier = db.scalars(
+        select(ReleaseOutput)
+        .join(ReleaseRequest, ReleaseOutput.request_id == ReleaseRequest.id)
+        .where(
+            ReleaseRequest.researcher_id == request.researcher_id,
+            ReleaseRequest.agreement_id == request.agreement_id,
+            ReleaseRequest.state.in_(("approved", "released")),
+            ReleaseRequest.id != request.id,
+            ReleaseOutput.refused == "",
+        )
+        .order_by(ReleaseOutput.id.desc())
+        .limit(100)
+    )
+    found: list[tuple[ReleaseOutput, list[tuple[int | None, frozenset[Any]]]]] = []
+    for output in earlier:
+        spec = json.loads(output.spec)
+        try:
+            if output.kind == "query":
+                rows = (json.loads(output.result) or {}).get("rows", [])[:MAX_OVERLAP_ROWS]
+                behind = gateway.patients_behind(views, spec["sql"], rows)
+                pairs: list[tuple[int | None, frozenset[Any]]] = [
+                    (r, b[0]) for r, b in enumerate(behind) if b
+                ]
+                found.append((output, pairs))
+            else:
+                fit_spec = OutputSpec("fit", "", fit=spec)
+                found.append(
+                    (output, [(None, exact_fit.patients(gateway, views, **_fit_args(fit_spec)))])
+                )
+        except GatewayError:
+            continue  # no longer computable on this agreement's pool: nothing to compare
+    return found
+
+
+def _note_overlaps(
+    db: Session,
+    gateway: Gateway,
+    views: Any,
+    request: ReleaseRequest,
+    units: dict[int, list[tuple[int | None, frozenset[Any]]]],
+    k: int,
+) -> None:
+    """Warn the checkers, in each output's evidence (``overlaps``), where a row's patients and
+    those of a row of another output (of this request, or approved or released earlier for the
+    same researcher under the same agreement) differ by fewer than k patients: subtracting
+    one from the other would single them out (differencing across releases)."""
+    others: list[tuple[int, int, list[tuple[int | None, frozenset[Any]]]]] = [
+        (request.id, position, rows) for position, rows in units.items()
+    ]
+    others += [
+        (o.request_id, o.position, rows) for o, rows in _earlier_units(db, gateway, views, request)
+    ]
+    for output in request.outputs:
+        mine = units.get(output.position, [])[:MAX_OVERLAP_ROWS]
+        found = []
+        for other_request, other_position, rows in others:
+            if other_request == request.id and other_position == output.position:
+                continue
+            for row, patients in mine:
+                for other_row, other_patients in rows[:MAX_OVERLAP_ROWS]:
+                    n = singled_out(patients, other_patients, k)
+                    if n is None:
+                        continue
+                    found.append(
+                        {
+                            "row": row,
+                            "request": other_request,
+                            "output": other_position,
+                            "earlier_row": other_row,
+                            "patients": n,
+                            "note": (
+                                f"{_cell(row)} and {_cell(other_row)} of output "
+                                f"{other_position} of request {other_request} differ by {n} "
+                                f"patient{'s' if n != 1 else ''} (fewer than k = {k}): their "
+                                "difference would single them out."
+                            ),
+                        }
+                    )
+        if found:
+            evidence = json.loads(output.evidence or "{}")
+            evidence["overlaps"] = found[:200]
+            output.evidence = json.dumps(evidence, sort_keys=True, default=str)
+
+
+def _cell(row: int | None) -> str:
+    return "the fit" if row is None else f"row {row + 1}"
 
 
 def submit(

@@ -697,40 +697,6 @@ def answer(
     return result
 
 
-def patients_per_row(
-    gateway: Gateway, views: AgreementViews, sql: str, rows: Sequence[Sequence[Any]]
-) -> list[tuple[int, int] | None]:
-    """For the rows of an exact answer to ``sql`` (reviewed release): the distinct patients
-    behind each row and the institutions they come from, exactly, every row of a patient
-    kept. Evidence for the output checkers, never shown to a researcher. None for a row
-    whose keys fall outside the public domain."""
-    checked = checked_query(sql, views)
-    resolver = Resolver(checked, views)
-    tables = [view for _alias, view in checked.tables]
-    most = math.prod(views.rows_per_patient(t, lambda q: gateway.execute(views, q)) for t in tables)
-    prepared = _prepare(gateway, views, checked, resolver, tables, max(1, most))
-    names, found = gateway.execute(views, prepared.sql)
-    counts: dict[tuple[Any, ...], list[float]] = {}
-    places: dict[tuple[Any, ...], set[Any]] = {}
-    for row in found:
-        record = dict(zip(names, row, strict=True))
-        if record["__g0"] != 0:  # a grouping set without the first table's institution
-            continue
-        cell = tuple(_plain(record[k]) for k in prepared.keys)
-        counts.setdefault(cell, [0.0])[0] += float(record["__np"] or 0)
-        if record["__np"]:
-            places.setdefault(cell, set()).add(record["__i0"])
-    key_at = {o.key: i for i, o in enumerate(checked.outputs) if o.key is not None}
-    out: list[tuple[int, int] | None] = []
-    for shown in rows:
-        cell = tuple(_plain(shown[key_at[k]]) for k in range(len(prepared.keys)))
-        if cell in counts:
-            out.append((int(counts[cell][0]), len(places.get(cell, ()))))
-        else:
-            out.append(None)
-    return out
-
-
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 

@@ -37,7 +37,7 @@ from contracts.agreements import Disclosure
 from sandbox.gateway import disclosure as control
 from sandbox.gateway.errors import QueryFailed, QueryTimeout
 from sandbox.gateway.facts import Facts, view_facts
-from sandbox.gateway.sql import INSTITUTION, check_query, rewrite
+from sandbox.gateway.sql import INSTITUTION, check_query, patients_sql, rewrite
 
 
 @dataclass(frozen=True)
@@ -526,6 +526,28 @@ class Gateway:
         )
         answer.result_hash = digest(answer.as_dict())
         return answer
+
+    def patients_behind(
+        self, views: AgreementViews, sql: str, rows: Sequence[Sequence[Any]]
+    ) -> list[tuple[frozenset[Any], frozenset[str]] | None]:
+        """For the rows of an exact answer to ``sql`` (reviewed release): the distinct
+        patients (pseudonymous units, never shown) and institutions behind each row, exactly,
+        every record counted; None for a row no group matches. Evidence for the output
+        checkers and for the differencing check across releases."""
+        checked = check_query(sql, views.names, views.identifiers)
+        names, found = self.execute(views, patients_sql(checked))
+        n = len(checked.keys)
+        groups = {
+            tuple(_plain(v) for v in row[:n]): (
+                frozenset(row[n] or ()),
+                frozenset(row[n + 1] or ()),
+            )
+            for row in found
+        }
+        key_at = {o.key: i for i, o in enumerate(checked.outputs) if o.key is not None}
+        if len(key_at) < n:  # a key the answer does not show: its rows cannot be matched
+            return [None] * len(rows)
+        return [groups.get(tuple(_plain(shown[key_at[k]]) for k in range(n))) for shown in rows]
 
     def _prepare(self, views: AgreementViews, disclosure: Disclosure, sql: str) -> Any:
         """``check_query`` + ``rewrite``, remembered for the last queries: both are pure

@@ -162,6 +162,24 @@ def fit(
     )
 
 
+def patients(
+    gateway: Gateway,
+    views: AgreementViews,
+    *,
+    table: str,
+    features: Sequence[str],
+    target: str,
+    filters: str | None = None,
+) -> frozenset[Any]:
+    """The distinct patients (pseudonymous units, never shown) behind a fit's complete rows:
+    evidence for reviewed release's differencing check."""
+    _columns, rows = gateway.execute(views, data_sql(views, table, features, target, filters))
+    p = len(features)
+    return frozenset(
+        r[p + 2] for r in rows if all(v is not None and np.isfinite(v) for v in r[: p + 1])
+    )
+
+
 def _ols(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     n, q = x.shape
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)

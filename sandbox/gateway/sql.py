@@ -915,6 +915,32 @@ def _aggregate_nodes(node: exp.Expr) -> list[exp.Expr]:
     return found
 
 
+def patients_sql(checked: CheckedQuery) -> str:
+    """For reviewed release's evidence (never for an answer): per group of ``checked``, the
+    distinct patients (``__pid`` of the first table) and institutions behind it, as lists,
+    keys named ``__k0``… like :func:`rewrite`'s."""
+    alias = _q(checked.tables[0][0])
+    columns = [exp.alias_(key.copy(), _q(f"__k{i}")) for i, key in enumerate(checked.keys)]
+    columns.append(exp.alias_(exp.column("__pid", table=alias), _q("__pid")))
+    columns.append(exp.alias_(exp.column(_q(INSTITUTION), table=alias), _q("__i")))
+    select = exp.Select(expressions=columns)
+    select.set("from_", checked.tree.args["from_"].copy())
+    if checked.tree.args.get("joins"):
+        select.set("joins", [j.copy() for j in checked.tree.args["joins"]])
+    if checked.conjuncts:
+        select = select.where(
+            _is_true(exp.and_(*[c.copy() for c in checked.conjuncts])), copy=False
+        )
+    keys = ", ".join(f'"__k{i}"' for i in range(len(checked.keys)))
+    group = f" GROUP BY {keys}" if keys else ""
+    # Only the rewrite's own names and SQL printed from the checked tree.
+    return (
+        f"SELECT {keys + ', ' if keys else ''}"  # noqa: S608
+        'list(DISTINCT "__pid") AS "__pids", list(DISTINCT "__i") AS "__insts" '
+        f'FROM ({select.sql(dialect="duckdb")}) AS "__r"{group}'
+    )
+
+
 def rewrite(checked: CheckedQuery, dominance_n: int = 2, rounding_base: int = 1) -> Rewritten:
     """One statement: pre-aggregate by keys and institutions, combine per group, attach the
     disclosure columns (see the module docstring and docs/gateway.md)."""

@@ -372,3 +372,77 @@ def test_the_checkers_see_the_patients_and_institutions_behind_each_row(
     for row, behind in zip(result["rows"], evidence["behind"], strict=True):
         lots = pool[pool.platform == row[0]]
         assert behind == [len(lots), lots.site.nunique()]
+
+
+def _under(threshold: float) -> str:
+    return (
+        f"SELECT platform, COUNT(*) AS n FROM batch WHERE viability < {threshold} GROUP BY platform"
+    )
+
+
+def _release(database, settings, rid: int) -> None:
+    _review(database, settings, rid, "chris")
+    _review(database, settings, rid, "omar")
+    with database.session() as s:
+        request = services.get(s, rid)
+        assert services.settle(s, request, request.window_ends_at + timedelta(seconds=1))
+
+
+def test_differencing_across_releases_is_flagged_for_the_checkers(
+    client: FlaskClient, database: Database, settings: Settings, world
+) -> None:
+    """Two tables that each pass the rules, whose difference is a handful of lots: the
+    second request's evidence names the earlier released output and how many patients the
+    difference singles out, as pandas counts them on the pool; a far threshold (a
+    difference of k or more) and an unrelated table are not flagged."""
+    pool = pd.concat([_batch(n) for n in range(len(SITES))])
+    near, wide = 90.0, 90.6
+    first = _ask(client, world["rosa"], [{"sql": _under(near), "purpose": "Table 1"}]).get_json()
+    _release(database, settings, first["id"])
+    second = _ask(
+        client,
+        world["rosa"],
+        [
+            {"sql": _under(wide), "purpose": "Table 1 again, a little wider"},
+            {"sql": _under(99.0), "purpose": "Table 1, much wider"},
+        ],
+    ).get_json()
+    with database.session() as s:
+        outputs = services.get(s, second["id"]).outputs
+        result = json.loads(outputs[0].result)
+        evidence = [json.loads(o.evidence) for o in outputs]
+    expected = {}
+    for platform, lots in pool.groupby("platform"):
+        n = int(((lots.viability >= near) & (lots.viability < wide)).sum())
+        if 0 < n < 10:
+            expected[platform] = n
+    assert expected  # the control: the pool holds a difference to find
+    found = {
+        result["rows"][o["row"]][0]: o["patients"]
+        for o in evidence[0].get("overlaps", [])
+        if o["request"] == first["id"]
+    }
+    assert found == expected
+    assert all(o["output"] == 1 and o["earlier_row"] is not None for o in evidence[0]["overlaps"])
+    # The much wider table differs from both by k or more lots per platform: no warning
+    # against the earlier release.
+    assert not [o for o in evidence[1].get("overlaps", []) if o["request"] == first["id"]]
+    # Within one request the same check runs between its own outputs.
+    within = _ask(
+        client,
+        world["rosa"],
+        [{"sql": _under(near), "purpose": "A"}, {"sql": _under(wide), "purpose": "B"}],
+    ).get_json()
+    with database.session() as s:
+        evidence_b = json.loads(services.get(s, within["id"]).outputs[1].evidence)
+    assert {o["request"] for o in evidence_b["overlaps"]} >= {within["id"]}
+
+
+def test_singled_out() -> None:
+    a, b = frozenset(range(20)), frozenset(range(23))
+    assert services.singled_out(a, b, 10) == 3
+    assert services.singled_out(b, a, 10) == 3
+    assert services.singled_out(a, a, 10) is None  # the same patients
+    assert services.singled_out(a, frozenset(range(100, 103)), 10) is None  # disjoint
+    assert services.singled_out(a, frozenset(range(40)), 10) is None  # differ by 20
+    assert services.singled_out(frozenset(range(15)), frozenset(range(5, 35)), 10) == 5
