@@ -29,6 +29,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.gateway.views import gateway_error
     from hub.ingest.views import api as uploads_api
     from hub.ingest.views import bp as datasets_bp
+    from hub.notices.views import api as notices_api
+    from hub.notices.views import bp as notices_bp
     from hub.portal.views import bp as portal_bp
     from hub.portal.views import health as health_bp
     from hub.releases.views import api as releases_api
@@ -84,6 +86,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         synthetic_api,
         releases_api,
         releases_bp,
+        notices_bp,
+        notices_api,
     ):
         app.register_blueprint(bp)
     for bp in (
@@ -94,6 +98,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         sandbox_service_api,
         synthetic_api,
         releases_api,
+        notices_api,
     ):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)
