@@ -7,7 +7,14 @@ from hub.db import Base
 from hub.gateway.models import GatewayAnswer, PrivacyBudget
 from hub.ingest.models import DatasetVersion, InstitutionMapping
 from hub.jobs.models import Job
-from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest, ReleaseReview
+from hub.notices.models import Notice
+from hub.releases.models import (
+    ReleaseComment,
+    ReleaseObjection,
+    ReleaseOutput,
+    ReleaseRequest,
+    ReleaseReview,
+)
 from hub.synth.models import SyntheticVersion
 from policies import store as _policy_store
 
@@ -30,7 +37,9 @@ __all__ = [
     "InstitutionMapping",
     "Job",
     "LoginAttempt",
+    "Notice",
     "PrivacyBudget",
+    "ReleaseComment",
     "ReleaseObjection",
     "ReleaseOutput",
     "ReleaseRequest",

@@ -303,6 +303,24 @@ class Client:
             rows, columns=["id", "agreement", "title", "state", "approvals", "reason"]
         )
 
+    def release_comments(self, request_id: int) -> pd.DataFrame:
+        """The comments on a release request: the checkers' notes per output, the
+        institutions' questions, your answers (``output`` empty: the whole request)."""
+        resp = self._http.get(f"{self.releases_url}/{int(request_id)}", timeout=self.timeout)
+        _raise_for(resp)
+        columns = ["output", "revision", "by", "at", "text"]
+        return pd.DataFrame(resp.json().get("comments", []), columns=columns)
+
+    def comment_on_release(self, request_id: int, text: str, output: int = 0) -> None:
+        """Answer the checkers or the institutions: a comment on output ``output`` of the
+        request (0: the whole request)."""
+        resp = self._http.post(
+            f"{self.releases_url}/{int(request_id)}/comments",
+            json={"output": int(output), "text": text},
+            timeout=self.timeout,
+        )
+        _raise_for(resp)
+
     def released(self, request_id: int) -> list[pd.DataFrame | dict[str, Any]]:
         """The outputs of a released request: a DataFrame per query (withheld cells
         missing, ``attrs`` with the request id, the purpose and the result hash), a dict

@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "hub.ingest.services",
     "hub.ingest.rotation",
     "hub.synth.services",
+    "hub.releases.services",
 )
 
 
@@ -49,6 +51,22 @@ def task(kind: str) -> Callable[[TaskFn], TaskFn]:
         if kind in TASKS and TASKS[kind] is not fn:
             raise ValueError(f"job kind {kind!r} is registered twice")
         TASKS[kind] = fn
+        return fn
+
+    return register
+
+
+PeriodicFn = Callable[[Database, Settings], object]
+# Housekeeping the workers run between jobs: name -> (every so many seconds, function).
+PERIODIC: dict[str, tuple[float, PeriodicFn]] = {}
+
+
+def periodic(name: str, seconds: float) -> Callable[[PeriodicFn], PeriodicFn]:
+    """Register ``fn(database, settings)`` for the workers to run every ``seconds`` (each
+    worker on its own clock: the function must be safe to run twice at once)."""
+
+    def register(fn: PeriodicFn) -> PeriodicFn:
+        PERIODIC[name] = (seconds, fn)
         return fn
 
     return register
@@ -344,6 +362,24 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stop_event = threading.Event()
+        self._last_run: dict[str, float] = {}
+
+    def run_periodic(self, now: float | None = None) -> list[str]:
+        """Run the housekeeping that is due (:func:`periodic`); the names run. A failure is
+        logged and retried at the next interval."""
+        now = time.monotonic() if now is None else now
+        ran = []
+        for name, (seconds, fn) in PERIODIC.items():
+            last = self._last_run.get(name)
+            if last is not None and now - last < seconds:
+                continue
+            self._last_run[name] = now
+            try:
+                fn(self.database, self.settings)
+            except Exception:
+                log.exception("worker: housekeeping %s failed", name)
+            ran.append(name)
+        return ran
 
     def run_once(self) -> str | None:
         ctx = claim(self.database, self.settings, self.worker_id)
@@ -362,6 +398,7 @@ class Worker:
 
     def run_forever(self) -> None:
         while not self.stop_event.is_set():
+            self.run_periodic()
             try:
                 state = self.run_once()
             except CleanroomError as err:

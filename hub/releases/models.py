@@ -37,6 +37,7 @@ class ReleaseRequest(Base):
     window_ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
+    researcher: Mapped[User] = relationship(foreign_keys=[researcher_id])
     outputs: Mapped[list[ReleaseOutput]] = relationship(
         order_by="ReleaseOutput.position", cascade="all, delete-orphan"
     )
@@ -45,6 +46,9 @@ class ReleaseRequest(Base):
     )
     objections: Mapped[list[ReleaseObjection]] = relationship(
         order_by="ReleaseObjection.id", cascade="all, delete-orphan"
+    )
+    comments: Mapped[list[ReleaseComment]] = relationship(
+        order_by="ReleaseComment.id", cascade="all, delete-orphan"
     )
 
 
@@ -103,3 +107,25 @@ class ReleaseObjection(Base):
     resolved_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     note: Mapped[str] = mapped_column(Text, default="")
+
+    raised_by: Mapped[User] = relationship(foreign_keys=[raised_by_id])
+
+
+class ReleaseComment(Base):
+    """A comment on one output of a request (``position``), or on the whole request
+    (position 0): a checker's remark with a review, an institution's question, the
+    researcher's answer. Kept across revisions, each marked with the revision it was about."""
+
+    __tablename__ = "release_comments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("release_requests.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    revision: Mapped[int] = mapped_column(Integer)
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    author: Mapped[User] = relationship()

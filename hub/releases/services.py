@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,14 +30,23 @@ from sqlalchemy.orm import Session
 
 import policies
 from contracts.agreements import contributing_institutions
-from hub.accounts.models import Role, User
+from hub.accounts.models import Institution, Role, User
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord
 from hub.audit.services import record
-from hub.db import utcnow
+from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound
 from hub.gateway import services as gateway_services
-from hub.releases.models import ReleaseObjection, ReleaseOutput, ReleaseRequest, ReleaseReview
+from hub.jobs.services import periodic
+from hub.notices.services import notify
+from hub.releases import acro_evidence
+from hub.releases.models import (
+    ReleaseComment,
+    ReleaseObjection,
+    ReleaseOutput,
+    ReleaseRequest,
+    ReleaseReview,
+)
 from hub.settings import Settings
 from hub.storage import Storage
 from policies.store import SyncedPolicy
@@ -176,6 +185,9 @@ def _compute(
                     "behind": [[len(b[0]), len(b[1])] if b else None for b in behind],
                 }
                 units[position] = [(r, b[0]) for r, b in enumerate(behind) if b]
+                evidence["acro"] = acro_evidence.check_query(
+                    ctx.gateway, views, spec.sql, disclosure
+                )
             else:
                 fitted = exact_fit.fit(
                     ctx.gateway,
@@ -198,6 +210,7 @@ def _compute(
                     "residual_df": n - len(spec.fit["features"]) - 1,
                     "institutions": scope.institutions,
                 }
+                evidence["acro"] = acro_evidence.check_fit(ctx.gateway, views, spec.fit, disclosure)
         except GatewayError as err:
             output.refused = err.message
             output.evidence = json.dumps({"rules": rules})
@@ -345,6 +358,22 @@ def submit(
     db.flush()
     _compute(db, ctx, request, user, slug, specs)
     _log(db, request, f"user:{user.username}", "release.request", {"outputs": len(specs)})
+    what = f"{request.title!r} by {user.username}, {len(specs)} output(s) under {slug}"
+    notify(
+        db,
+        _checkers(db, request),
+        f"Release request {request.id} to review",
+        f"{what}. Two independent approvals release it; you cannot review your own.",
+        _link(request),
+    )
+    notify(
+        db,
+        _admins(db, request),
+        f"Release request {request.id} computed on your data",
+        f"{what}. Read what would leave and object, if you must, before the review window "
+        "that follows its approval ends.",
+        _link(request),
+    )
     return request
 
 
@@ -369,6 +398,13 @@ def revise(
         f"user:{user.username}",
         "release.revise",
         {"revision": request.revision, "outputs": len(specs)},
+    )
+    notify(
+        db,
+        [*_checkers(db, request), *_admins(db, request)],
+        f"Release request {request.id} changed: revision {request.revision}",
+        "Its outputs were changed and computed anew; earlier reviews no longer count.",
+        _link(request),
     )
     return request
 
@@ -410,10 +446,11 @@ def review(
     reviewer: User,
     decision: str,
     comment: str = "",
+    notes: Mapping[int, str] | None = None,
 ) -> ReleaseRequest:
     """One independent review of the current revision. ``settings.release_approvals``
     approvals approve the request (its objection window starts); one rejection rejects it
-    (the comment says why)."""
+    (the comment says why). ``notes`` are the reviewer's comments per output position."""
     if reviewer.id == request.researcher_id:
         raise Forbidden("nobody reviews their own release request.")
     if not may_review(reviewer, request):
@@ -428,6 +465,10 @@ def review(
         r.reviewer_id == reviewer.id and r.revision == request.revision for r in request.reviews
     ):
         raise Conflict("you have reviewed this revision already.")
+    positions = {o.position for o in request.outputs}
+    for position in sorted(notes or {}):
+        if position not in positions:
+            raise BadRequest(f"there is no output {position} in request {request.id}.")
     request.reviews.append(
         ReleaseReview(
             reviewer_id=reviewer.id,
@@ -436,6 +477,9 @@ def review(
             comment=comment.strip()[:2000],
         )
     )
+    for position, text in sorted((notes or {}).items()):
+        if text.strip():
+            request.comments.append(_comment(request, reviewer, position, text))
     now = utcnow()
     request.updated_at = now
     if decision == "reject":
@@ -456,7 +500,57 @@ def review(
         f"release.{decision}",
         {"revision": request.revision, "state": request.state},
     )
+    if request.state == "rejected":
+        notify(
+            db,
+            [request.researcher],
+            f"Release request {request.id} rejected",
+            f"An output checker rejected it: {request.reason}",
+            _link(request),
+        )
+    elif request.state == "approved":
+        ends = f"{request.window_ends_at:%A %d %B %Y, %H:%M} UTC" if request.window_ends_at else ""
+        notify(
+            db,
+            [request.researcher],
+            f"Release request {request.id} approved",
+            f"It is released after the contributing institutions' review window ends ({ends}), "
+            "unless one of them objects.",
+            _link(request),
+        )
+        notify(
+            db,
+            _admins(db, request),
+            f"Release request {request.id} approved: object by {ends}",
+            "Its outputs leave Cleanroom when the window ends unless you object on its page.",
+            _link(request),
+        )
     return request
+
+
+def comment(
+    db: Session, request: ReleaseRequest, user: User, position: int, text: str
+) -> ReleaseComment:
+    """A comment on output ``position`` (0: the whole request) by anyone who may read the
+    request and comment, as :mod:`policies` decides: its researcher, the checkers, the
+    steward and the contributing institutions' admins."""
+    if not may_see(db, user, request, "comment"):
+        raise Forbidden("only those who take part in a release request comment on it.")
+    if position != 0 and position not in {o.position for o in request.outputs}:
+        raise BadRequest(f"there is no output {position} in request {request.id}.")
+    if not text.strip():
+        raise BadRequest("write the comment first.")
+    found = _comment(request, user, position, text)
+    request.comments.append(found)
+    db.flush()
+    _log(db, request, f"user:{user.username}", "release.comment", {"output": position})
+    return found
+
+
+def _comment(request: ReleaseRequest, user: User, position: int, text: str) -> ReleaseComment:
+    return ReleaseComment(
+        position=position, revision=request.revision, author_id=user.id, text=text.strip()[:4000]
+    )
 
 
 def approvals(request: ReleaseRequest) -> list[ReleaseReview]:
@@ -513,6 +607,20 @@ def object_to(db: Session, request: ReleaseRequest, admin: User, text: str) -> R
         "release.object",
         {"institution": institution.slug, "objection": objection.id},
     )
+    notify(
+        db,
+        _stewards(db),
+        f"Objection to release request {request.id}",
+        f"{institution.name} objects: {objection.text}",
+        _link(request),
+    )
+    notify(
+        db,
+        [request.researcher],
+        f"Release request {request.id}: an institution objects",
+        "Release waits until the steward decides on the objection.",
+        _link(request),
+    )
     return objection
 
 
@@ -555,6 +663,13 @@ def resolve(
         f"release.objection_{resolution}",
         {"objection": objection.id, "state": request.state},
     )
+    notify(
+        db,
+        [request.researcher, objection.raised_by],
+        f"Objection to release request {request.id} {resolution}",
+        f"The steward {resolution} the objection: {objection.note}",
+        _link(request),
+    )
     return request
 
 
@@ -574,7 +689,34 @@ def settle(db: Session, request: ReleaseRequest, now: datetime | None = None) ->
     request.updated_at = now
     db.flush()
     _log(db, request, "system", "release.released", {"revision": request.revision})
+    notify(
+        db,
+        [request.researcher],
+        f"Release request {request.id} released",
+        "Its outputs are ready: download them from its page, or `released()` in the client.",
+        _link(request),
+    )
+    notify(
+        db,
+        _admins(db, request),
+        f"Release request {request.id} released",
+        "Its outputs computed on your data have left Cleanroom.",
+        _link(request),
+    )
     return True
+
+
+@periodic("release.settle", seconds=60)
+def settle_due(database: Database, _settings: Settings | None = None) -> int:
+    """Release every approved request whose window has passed with no open objection (the
+    workers run this each minute; reading a request settles it too). How many were."""
+    with database.session() as s:
+        due = s.scalars(
+            select(ReleaseRequest)
+            .where(ReleaseRequest.state == "approved", ReleaseRequest.window_ends_at <= utcnow())
+            .with_for_update(skip_locked=True)
+        )
+        return sum(settle(s, request) for request in due)
 
 
 def withdraw(db: Session, request: ReleaseRequest, user: User, reason: str = "") -> None:
@@ -622,6 +764,16 @@ def summary(request: ReleaseRequest, slug: str) -> dict[str, Any]:
         "approvals": len(approvals(request)),
         "window_ends_at": request.window_ends_at.isoformat() if request.window_ends_at else None,
         "released_at": request.released_at.isoformat() if request.released_at else None,
+        "comments": [
+            {
+                "output": c.position or None,
+                "revision": c.revision,
+                "by": c.author.username,
+                "at": c.at.isoformat(),
+                "text": c.text,
+            }
+            for c in request.comments
+        ],
         "outputs": [
             {
                 "position": o.position,
@@ -658,6 +810,33 @@ def _agreement(db: Session, slug: str) -> AgreementRecord:
     if stored is None:
         raise gateway_services.refusal("query", slug)
     return stored
+
+
+def _link(request: ReleaseRequest) -> str:
+    return f"/releases/{request.id}"
+
+
+def _checkers(db: Session, request: ReleaseRequest) -> list[User]:
+    """The output checkers who may review ``request`` (never its author)."""
+    found = db.scalars(select(User).where(User.is_output_checker.is_(True)))
+    return [u for u in found if may_review(u, request)]
+
+
+def _admins(db: Session, request: ReleaseRequest) -> list[User]:
+    """The admins of the institutions whose data ``request`` was computed on."""
+    slugs = contributing(db, request)
+    found = db.scalars(
+        select(User)
+        .join(Institution, User.institution_id == Institution.id)
+        .where(Institution.slug.in_(slugs))
+    )
+    return [u for u in found if may_see(db, u, request, "object")]
+
+
+def _stewards(db: Session) -> list[User]:
+    return [
+        u for u in db.scalars(select(User)) if policies.allowed(u.role, "resolve", "releases/0")
+    ]
 
 
 def _log(

@@ -446,3 +446,130 @@ def test_singled_out() -> None:
     assert services.singled_out(a, frozenset(range(100, 103)), 10) is None  # disjoint
     assert services.singled_out(a, frozenset(range(40)), 10) is None  # differ by 20
     assert services.singled_out(frozenset(range(15)), frozenset(range(5, 35)), 10) == 5
+
+
+def test_comments_per_output_reach_the_researcher(
+    client: FlaskClient, database: Database, settings: Settings, world, users
+) -> None:
+    """A checker's notes per output come with the review; the institution's admin and the
+    researcher comment too; a stranger may not; the researcher's summary lists them all."""
+    users.make("zoe", "researcher", "kelvin")
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    with database.session() as s:
+        request = services.get(s, rid)
+        services.review(
+            s, settings, request, _user(s, "chris"), "approve", notes={2: "Fine: 115 lots."}
+        )
+        with pytest.raises(BadRequest, match="no output 9"):
+            services.review(s, settings, request, _user(s, "omar"), "approve", notes={9: "x"})
+        services.comment(s, request, _user(s, "kelvin-admin"), 1, "Which sites are central?")
+        services.comment(s, request, _user(s, "rosa"), 1, "All three have both platforms.")
+        with pytest.raises(BadRequest, match="write the comment"):
+            services.comment(s, request, _user(s, "sam"), 0, "   ")
+        with pytest.raises(Forbidden):
+            services.comment(s, request, _user(s, "zoe"), 0, "I am not part of this.")
+    shown = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    assert [(c["output"], c["by"]) for c in shown["comments"]] == [
+        (2, "chris"),
+        (1, "kelvin-admin"),
+        (1, "rosa"),
+    ]
+
+
+def _inbox(database, name: str) -> list[str]:
+    from hub.notices import services as notices
+
+    with database.session() as s:
+        return [n.subject for n in notices.of_user(s, _user(s, name))]
+
+
+def test_the_people_concerned_are_notified_at_every_step(
+    client: FlaskClient, database: Database, settings: Settings, world
+) -> None:
+    """Checkers (not the author) and every contributing institution's admin hear of a new
+    request; the admins again when it is approved (with the window's end); the steward of an
+    objection; the researcher of each decision and of the release."""
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    assert _inbox(database, "chris") == [f"Release request {rid} to review"]
+    assert _inbox(database, "omar") == [f"Release request {rid} to review"]
+    assert _inbox(database, "rosa") == []  # an output checker, but its author
+    for slug in SITES:
+        assert _inbox(database, f"{slug}-admin") == [f"Release request {rid} computed on your data"]
+    assert _inbox(database, "sam") == []
+    _review(database, settings, rid, "chris")
+    _review(database, settings, rid, "omar")
+    assert _inbox(database, "rosa") == [f"Release request {rid} approved"]
+    assert _inbox(database, "kelvin-admin")[0].startswith(
+        f"Release request {rid} approved: object by"
+    )
+    with database.session() as s:
+        services.object_to(s, services.get(s, rid), _user(s, "kelvin-admin"), "Too fine.")
+    assert _inbox(database, "sam") == [f"Objection to release request {rid}"]
+    with database.session() as s:
+        request = services.get(s, rid)
+        services.resolve(s, request, request.objections[0], _user(s, "sam"), "dismissed", "Fine.")
+    assert _inbox(database, "kelvin-admin")[0] == f"Objection to release request {rid} dismissed"
+    with database.session() as s:
+        request = services.get(s, rid)
+        request.window_ends_at = utcnow() - timedelta(seconds=1)
+    assert services.settle_due(database) == 1
+    assert services.settle_due(database) == 0  # once
+    assert _inbox(database, "rosa")[0] == f"Release request {rid} released"
+    assert _inbox(database, "acme-bio-admin")[0] == f"Release request {rid} released"
+
+
+def test_the_workers_settle_due_releases(database: Database, settings: Settings) -> None:
+    """The release check is the workers' housekeeping, run once per interval."""
+    from hub.jobs.services import PERIODIC, Worker, load_task_modules
+
+    load_task_modules()
+    assert "release.settle" in PERIODIC
+    worker = Worker(database, settings)
+    assert "release.settle" in worker.run_periodic(now=1000.0)
+    assert "release.settle" not in worker.run_periodic(now=1010.0)
+    assert "release.settle" in worker.run_periodic(now=1061.0)
+
+
+def test_notes_and_comments_in_the_portal_and_the_api(
+    client: FlaskClient, auth, database: Database, world, app
+) -> None:
+    """A checker's note on output 2 comes with the review; the institution's admin asks on
+    the page; the researcher answers through the API; everyone reads them under the
+    output they are about."""
+    from tests.conftest import AuthActions
+
+    rid = _ask(client, world["rosa"]).get_json()["id"]
+    page = f"/releases/{rid}"
+    checker = app.test_client()
+    AuthActions(checker).login("chris")
+    assert 'name="note-2"' in checker.get(page).get_data(as_text=True)
+    done = _form(checker, f"{page}/review", {"decision": "approve", "note-2": "Enough records."})
+    assert done.status_code == 302
+    admin = app.test_client()
+    AuthActions(admin).login("kelvin-admin")
+    from tests.conftest import csrf_from
+
+    token = csrf_from(admin, page)
+    asked = admin.post(
+        f"{page}/comment",
+        data={"output": "1", "text": "Are both platforms at every site?", "csrf_token": token},
+    )
+    assert asked.status_code == 302
+    answered = client.post(
+        f"/api/v1/releases/{rid}/comments",
+        json={"output": 1, "text": "Yes, all three."},
+        headers=world["rosa"],
+    )
+    assert answered.status_code == 201, answered.get_json()
+    assert [c["by"] for c in answered.get_json()["comments"]] == ["chris", "kelvin-admin", "rosa"]
+    bad = client.post(
+        f"/api/v1/releases/{rid}/comments", json={"output": "x", "text": "?"}, headers=world["rosa"]
+    )
+    assert bad.status_code == 400 and "position" in bad.get_json()["error"]["message"]
+    shown = checker.get(page).get_data(as_text=True)
+    first = shown[shown.index('data-testid="comments-1"') :]
+    assert "Are both platforms" in first and "Yes, all three." in first
+    assert "Enough records." in shown[shown.index('data-testid="comments-2"') :]
+    auth.login("rosa")
+    own = client.get(page).get_data(as_text=True)
+    assert "Enough records." in own and "comment-form" in own

@@ -96,6 +96,7 @@ NOT_ABOUT_A_DATASET = {
     "researcher's token only)",
     "releases.page": "a release request: aggregates of the pool under the disclosure rules",
     "releases.download": "a released table: aggregates of the pool under the disclosure rules",
+    "releases.change": "the form revising a researcher's own release request",
 }
 
 
