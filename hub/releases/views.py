@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from flask import (
@@ -25,14 +27,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.accounts.models import User
+from hub.agreements import services as agreement_services
 from hub.agreements.models import AgreementRecord
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, Forbidden, NotFound
 from hub.exports import SafeWriter, csv_safe
+from hub.gateway import services as gateway_services
 from hub.gateway.views import app_gateway
 from hub.releases import services
-from hub.releases.models import ReleaseObjection, ReleaseRequest
+from hub.releases.models import ReleaseComment, ReleaseObjection, ReleaseOutput, ReleaseRequest
 from hub.web import app_settings, current_user, get_policy, guard
+from sandbox.gateway import GatewayError
+from sandbox.gateway import fit as exact_fit
+from sandbox.gateway.sql import check_query
 
 api = Blueprint("releases_api", __name__, url_prefix="/api/v1/releases")
 
@@ -126,6 +133,24 @@ def revise(request_id: int) -> ResponseReturnValue:
     return jsonify(_summary(found))
 
 
+@api.route("/<int:request_id>/comments", methods=["POST"])
+@guard("comment", "releases/{request_id}", scope="sandbox", owner=_own)
+def add_comment(request_id: int) -> ResponseReturnValue:
+    """``{"output"?: position (0 or absent: the whole request), "text"}`` → the request,
+    its comments included."""
+    body = _body()
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    found = services.get(db, request_id)
+    position = body.get("output") or 0
+    if not isinstance(position, int) or isinstance(position, bool):
+        raise BadRequest("`output` is an output's position (a number), or 0 for the request.")
+    services.comment(db, found, user, position, str(body.get("text") or ""))
+    db.commit()
+    return jsonify(_summary(found)), 201
+
+
 @api.route("/<int:request_id>/withdraw", methods=["POST"])
 @guard("withdraw", "releases/{request_id}", scope="sandbox", owner=_own)
 def withdraw(request_id: int) -> ResponseReturnValue:
@@ -172,29 +197,361 @@ def index() -> ResponseReturnValue:
     )
 
 
+# The portal form: a researcher asks for outputs, or changes a request's outputs ----------
+
+FORM_BLOCKS = 3  # output blocks on a fresh form; "Add another output" adds more
+_BLOCK_KEY = re.compile(r"^outputs-(\d+)-")
+_WHERE = re.compile(r"^output (\d+): ")
+
+
+@dataclass
+class Block:
+    """One output block of the form, as the researcher typed it (kept when the form comes
+    back with a message)."""
+
+    index: int
+    kind: str = "query"
+    purpose: str = ""
+    sql: str = ""
+    table: str = ""
+    model: str = "linear"
+    features: str = ""
+    target: str = ""
+    filters: str = ""
+    error: str = ""
+
+    @property
+    def blank(self) -> bool:
+        typed = (self.purpose, self.sql, self.table, self.features, self.target, self.filters)
+        return not any(v.strip() for v in typed)
+
+    @property
+    def is_fit(self) -> bool:
+        # Without JavaScript both halves show: fit fields filled and no SQL mean a fit.
+        return self.kind == "fit" or (
+            not self.sql.strip() and bool(self.table.strip() or self.target.strip())
+        )
+
+    def raw(self) -> dict[str, Any]:
+        """The output as the API's JSON has it, for :func:`services.parse_outputs`."""
+        if not self.is_fit:
+            return {"kind": "query", "sql": self.sql, "purpose": self.purpose}
+        return {
+            "kind": "fit",
+            "table": self.table.strip(),
+            "model": self.model,
+            "features": [f.strip() for f in self.features.split(",") if f.strip()],
+            "target": self.target.strip(),
+            "filters": self.filters.strip() or None,
+            "purpose": self.purpose,
+        }
+
+    @classmethod
+    def of_output(cls, index: int, output: ReleaseOutput) -> Block:
+        spec = json.loads(output.spec)
+        if output.kind == "query":
+            return cls(index, "query", output.purpose, sql=spec.get("sql") or "")
+        return cls(
+            index,
+            "fit",
+            output.purpose,
+            table=spec.get("table") or "",
+            model=spec.get("model") or "linear",
+            features=", ".join(spec.get("features") or []),
+            target=spec.get("target") or "",
+            filters=spec.get("filters") or "",
+        )
+
+    @classmethod
+    def of_form(cls) -> list[Block]:
+        indices = sorted({int(m.group(1)) for k in request.form if (m := _BLOCK_KEY.match(k))})
+        names = [f.name for f in fields(cls) if f.name not in ("index", "error")]
+        return [
+            cls(i, **{n: request.form.get(f"outputs-{i}-{n}", "") for n in names})
+            for i in indices[: services.MAX_OUTPUTS * 2]
+        ]
+
+
+class FormProblem(BadRequest):
+    """What is wrong with the form, placed next to the outputs it concerns."""
+
+
+def _agreements_of(user: User) -> list[dict[str, Any]]:
+    """The agreements ``user`` may query now, as the sandbox's agreement list decides:
+    each with its title, the tables and whether model fits are allowed."""
+    found = []
+    for stored in agreement_services.all_records(get_db()):
+        agreement = agreement_services.contract_of(stored)
+        tables = [
+            c.table
+            for c in agreement.tables
+            if agreement_services.may_query(get_policy(), user, stored.slug, c.table, refresh=False)
+        ]
+        if tables:
+            found.append(
+                {
+                    "slug": stored.slug,
+                    "title": stored.title,
+                    "tables": tables,
+                    "fits": agreement.disclosure.allow_model_fitting,
+                    "k": agreement.disclosure.k,
+                }
+            )
+    return found
+
+
+def _checked_specs(
+    ctx: services.Context, user: User, slug: str, blocks: list[Block]
+) -> list[services.OutputSpec]:
+    """The outputs of the filled blocks, each parsed as the API parses it and put through
+    the gateway's own checkers before anything runs: a query that does not parse or asks
+    what real data never answers comes back to the form, next to its output, instead of
+    reaching the checkers as "not computed". Every block's problem is said at once.
+    Raises :class:`FormProblem`."""
+    filled = [b for b in blocks if not b.blank]
+    if not filled:
+        raise FormProblem("Fill in at least one output: a query or a model fit, with its purpose.")
+    parsed: list[tuple[Block, services.OutputSpec]] = []
+    for block in filled:
+        if block.is_fit and not (block.table.strip() and block.target.strip()):
+            block.error = "A model fit needs its table and its target column."
+            continue
+        try:
+            (spec,) = services.parse_outputs([block.raw()])
+        except BadRequest as err:
+            block.error = _sentence(_WHERE.sub("", err.message))
+        else:
+            parsed.append((block, spec))
+    db = get_db()
+    for action in sorted({spec.kind for _, spec in parsed}):
+        scope = gateway_services.scope(
+            db, ctx.policy, ctx.settings, ctx.storage, user, slug, action=action
+        )
+        views = gateway_services.views(ctx.gateway, scope)
+        for block, spec in parsed:
+            if spec.kind != action:
+                continue
+            try:
+                if spec.kind == "query":
+                    check_query(spec.sql, views.names, views.identifiers)
+                else:
+                    exact_fit.check_request(
+                        views,
+                        spec.fit["table"],
+                        spec.fit["features"],
+                        spec.fit["target"],
+                        spec.fit.get("filters"),
+                    )
+            except GatewayError as err:
+                block.error = f"Cleanroom cannot compute this: {err.message}."
+    if any(b.error for b in filled):
+        raise FormProblem("Some outputs need mending: see the messages beside them.")
+    try:  # all together: what holds for the request as a whole (how many outputs)
+        return services.parse_outputs([b.raw() for b in filled])
+    except BadRequest as err:
+        raise _placed(err.message, filled) from None
+
+
+def _placed(message: str, filled: list[Block]) -> FormProblem:
+    """A service's "output N: …" message put beside the Nth filled block."""
+    found = _WHERE.match(message)
+    if found and 1 <= int(found.group(1)) <= len(filled):
+        filled[int(found.group(1)) - 1].error = _sentence(message[found.end() :])
+        return FormProblem("Some outputs need mending: see the messages beside them.")
+    return FormProblem(_sentence(message))
+
+
+# The API's field names, as the form labels them.
+_LABELS = {
+    "`purpose`": "the Purpose field",
+    "`sql`": "the Query field",
+    "`table`": "the Table field",
+    "`target`": "the Target column field",
+    "`model`": "the Model field",
+    "`features`": "the Features field",
+    "`filters`": "the condition field",
+    "`kind`": "the kind of output",
+}
+
+
+def _sentence(message: str) -> str:
+    """A service's message as the form says it: the form's labels for the API's names."""
+    for name, label in _LABELS.items():
+        message = message.replace(name, label)
+    return message[:1].upper() + message[1:]
+
+
+def _form(
+    blocks: list[Block],
+    *,
+    found: ReleaseRequest | None = None,
+    slug: str = "",
+    title: str = "",
+    problem: str = "",
+) -> ResponseReturnValue:
+    """The form page; a refusal shows it again with 200 like the portal's other forms (a
+    4xx page would read as a broken resource in the browser's console)."""
+    user = current_user()
+    assert user is not None
+    choices = _agreements_of(user)
+    if found is None and not slug and len(choices) == 1:
+        slug = choices[0]["slug"]
+    chosen = [c for c in choices if c["slug"] == slug] if found is not None else choices
+    return render_template(
+        "releases/form.html",
+        request_=found,
+        blocks=blocks,
+        choices=choices,
+        tables=sorted({t for c in chosen for t in c["tables"]}),
+        models=exact_fit.KINDS,
+        slug=slug,
+        title=title,
+        problem=problem,
+        max_outputs=services.MAX_OUTPUTS,
+    )
+
+
+def _more(blocks: list[Block]) -> list[Block]:
+    """The blocks and one more, blank (the form's "Add another output" without JavaScript)."""
+    if len(blocks) >= services.MAX_OUTPUTS:
+        return blocks
+    return [*blocks, Block(max((b.index for b in blocks), default=0) + 1)]
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@guard("create", "releases")
+def new() -> ResponseReturnValue:
+    """The researcher's form: an agreement, a title, and outputs (queries or model fits,
+    each with its purpose). A refusal shows the form again, input kept, each message beside
+    the output it concerns."""
+    if request.method == "GET":
+        blocks = [Block(i) for i in range(1, FORM_BLOCKS + 1)]
+        return _form(blocks, slug=request.args.get("agreement", ""))
+    user = current_user()
+    assert user is not None
+    form = request.form
+    blocks = Block.of_form() or [Block(1)]
+    slug, title = form.get("agreement", "").strip(), form.get("title", "").strip()
+    if form.get("action") == "more":
+        return _form(_more(blocks), slug=slug, title=title)
+    db = get_db()
+    try:
+        if not slug:
+            raise FormProblem("Choose the agreement the outputs are computed under.")
+        ctx = _context()
+        specs = _checked_specs(ctx, user, slug, blocks)
+        found = services.submit(db, ctx, user, slug, title, specs)
+    except CleanroomError as err:
+        db.rollback()
+        problem = err.message if isinstance(err, FormProblem) else _sentence(err.message)
+        return _form(blocks, slug=slug, title=title, problem=problem)
+    db.commit()
+    flash(
+        f"Release request {found.id} is sent to the output checkers. Its results appear here "
+        "once it is released.",
+        "info",
+    )
+    return redirect(url_for("releases.page", request_id=found.id))
+
+
+@bp.route("/<int:request_id>/revise", methods=["GET", "POST"])
+@guard("revise", "releases/{request_id}", owner=_own)
+def change(request_id: int) -> ResponseReturnValue:
+    """The author changes the outputs: the same form, filled with the current ones. The
+    change starts a new revision; earlier reviews no longer count."""
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    found = services.get(db, request_id)
+    if found.state not in services.OPEN:
+        flash(f"Release request {request_id} is {found.state}: it can no longer change.", "error")
+        return redirect(url_for("releases.page", request_id=request_id))
+    stored = db.get(AgreementRecord, found.agreement_id)
+    slug = stored.slug if stored else ""
+    if request.method == "GET":
+        blocks = [Block.of_output(o.position, o) for o in found.outputs]
+        return _form(blocks, found=found, slug=slug)
+    blocks = Block.of_form() or [Block(1)]
+    if request.form.get("action") == "more":
+        return _form(_more(blocks), found=found, slug=slug)
+    try:
+        ctx = _context()
+        specs = _checked_specs(ctx, user, slug, blocks)
+        services.revise(db, ctx, found, user, specs)
+    except CleanroomError as err:
+        db.rollback()
+        problem = err.message if isinstance(err, FormProblem) else _sentence(err.message)
+        return _form(blocks, found=found, slug=slug, problem=problem)
+    db.commit()
+    flash(
+        f"Revision {found.revision} is sent to the output checkers: earlier reviews no longer "
+        "count.",
+        "info",
+    )
+    return redirect(url_for("releases.page", request_id=request_id))
+
+
+@bp.route("/form.js")
+@guard("create", "releases")
+def form_script() -> ResponseReturnValue:
+    """The form's small progressive script (the portal's CSP allows scripts from the hub
+    only): it shows the half of each output block its kind needs and adds blocks in place."""
+    return Response(render_template("releases/form.js"), mimetype="text/javascript")
+
+
+@bp.route("/releases.css")
+@guard("read", "releases")
+def stylesheet() -> ResponseReturnValue:
+    """The release pages' few styles beyond the portal's (badges, flagged cells, warnings);
+    the CSP allows stylesheets from the hub only."""
+    return Response(render_template("releases/releases.css"), mimetype="text/css")
+
+
 @bp.route("/<int:request_id>")
 @guard("read", "releases")
 def page(request_id: int) -> ResponseReturnValue:
     """One request: each output with its table or coefficients, the rules applied, the
-    cells withheld, the institutions behind it; the reviews, objections and decisions."""
+    cells withheld, ACRO's findings, overlaps with earlier releases, the institutions behind
+    it; the reviews, objections and decisions."""
     user = current_user()
     assert user is not None
     db = get_db()
     found = _settled(_page_request(request_id))
     stored = db.get(AgreementRecord, found.agreement_id)
     author = db.get(User, found.researcher_id)
+    is_author = user.id == found.researcher_id
     # The researcher sees results only once released; reviewers, institutions and the
     # steward see them to decide.
-    shows_results = found.state == "released" or user.id != found.researcher_id
-    outputs = [
-        {
-            "output": o,
-            "spec": json.loads(o.spec),
-            "result": json.loads(o.result) if (o.result and shows_results) else None,
-            "evidence": json.loads(o.evidence or "{}"),
-        }
-        for o in found.outputs
-    ]
+    shows_results = found.state == "released" or not is_author
+    evidences = {o.position: json.loads(o.evidence or "{}") for o in found.outputs}
+    # The states of the requests the differencing check compares with, to name them.
+    named = {
+        item["request"]
+        for evidence in evidences.values()
+        for item in evidence.get("overlaps") or []
+        if isinstance(item, dict) and isinstance(item.get("request"), int)
+    }
+    states: dict[int, str] = {}
+    if named and not is_author:
+        picked = select(ReleaseRequest.id, ReleaseRequest.state)
+        states = {i: state for i, state in db.execute(picked.where(ReleaseRequest.id.in_(named)))}
+    outputs = []
+    for o in found.outputs:
+        result = json.loads(o.result) if (o.result and shows_results) else None
+        evidence = evidences[o.position]
+        outputs.append(
+            {
+                "output": o,
+                "spec": json.loads(o.spec),
+                "result": result,
+                "evidence": evidence,
+                # What the checkers weigh; the researcher never sees it (it speaks of the
+                # patients behind cells and of other researchers' releases).
+                "acro": None if is_author else acro_findings(evidence, o.kind, result),
+                "overlaps": [] if is_author else overlaps_in_words(evidence, found.id, states),
+                "withheld": _withheld(evidence),
+            }
+        )
     return render_template(
         "releases/show.html",
         request_=found,
@@ -209,9 +566,177 @@ def page(request_id: int) -> ResponseReturnValue:
         ),
         may_object=found.state in services.OPEN and services.may_see(db, user, found, "object"),
         may_resolve=services.may_see(db, user, found, "resolve"),
-        is_author=user.id == found.researcher_id,
+        may_change=is_author
+        and found.state in services.OPEN
+        and services.may_see(db, user, found, "revise"),
+        is_author=is_author,
+        may_comment=services.may_see(db, user, found, "comment"),
+        comments=_comments_by_output(found),
+        open_objections=services.open_objections(found),
         users={u.id: u for u in db.scalars(select(User))},
     )
+
+
+# What the checkers read: ACRO's findings and overlaps with earlier releases, in words -----
+
+ACRO_STATUS = {
+    # status -> (badge class of releases.css, what it means in words)
+    "fail": ("fail", "fail: ACRO found disclosive cells"),
+    "review": ("review", "review: ACRO asks a checker to judge"),
+    "pass": ("pass", "pass: ACRO found nothing to flag"),
+    "not checked": ("not-checked", "not checked"),
+}
+
+
+def _plain(value: Any) -> str:
+    """A key value as text, so that ACRO's ``7.0`` or ``"7"`` meets the table's ``7``."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float) or (isinstance(value, str) and value.strip()):
+        try:
+            number = float(value)
+        except ValueError:
+            return str(value).strip()
+        return str(int(number)) if number.is_integer() else repr(number)
+    return "" if value is None else str(value)
+
+
+def _matching_row(keys: Any, rows: Sequence[Sequence[Any]]) -> int | None:
+    """The one table row whose key values ACRO names: the leading cells first (GROUP BY
+    keys come first), else any cells; None when no single row matches."""
+    if not isinstance(keys, list | tuple) or not keys:
+        return None
+    wanted = [_plain(k) for k in keys]
+    leading = [i for i, r in enumerate(rows) if [_plain(v) for v in r[: len(wanted)]] == wanted]
+    if len(leading) == 1:
+        return leading[0]
+    anywhere = [i for i, r in enumerate(rows) if set(wanted) <= {_plain(v) for v in r}]
+    return anywhere[0] if len(anywhere) == 1 else None
+
+
+def acro_findings(
+    evidence: dict[str, Any], kind: str, result: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """``evidence["acro"]`` ready for the page: the status as a badge, the summary lines,
+    and each flagged cell placed on the table shown (``marks`` by ``"row:column"``,
+    ``rows`` by row) or, when no single row matches, listed in words. None for a request
+    computed before ACRO's check."""
+    found = evidence.get("acro")
+    if not isinstance(found, dict):
+        return None
+    status = str(found.get("status") or ("review" if found.get("checked") else "not checked"))
+    badge, words = ACRO_STATUS.get(status, ("review", status))
+    if result and kind == "query":
+        columns = [str(c) for c in result.get("columns", [])]
+        rows: list[list[Any]] = result.get("rows", [])
+    elif result:
+        columns = ["term"]
+        rows = [[name] for name in (result.get("coefficients") or {})]
+    else:
+        columns, rows = [], []
+    marks: dict[str, list[str]] = {}
+    by_row: dict[int, list[str]] = {}
+    cells = []
+    for cell in found.get("cells") or []:
+        if not isinstance(cell, dict):
+            continue
+        names = [str(f) for f in cell.get("findings") or []] or ["flagged"]
+        keys: list[Any] = cell["row"] if isinstance(cell.get("row"), list) else []
+        column = str(cell.get("column") or "")
+        at = _matching_row(keys, rows)
+        if at is not None:
+            by_row.setdefault(at, []).extend(
+                f"{column}: {n}" if column and kind == "query" else n for n in names
+            )
+            if column in columns:
+                marks.setdefault(f"{at}:{columns.index(column)}", []).extend(names)
+            elif kind != "query":
+                marks.setdefault(f"{at}:0", []).extend(names)
+        key = ", ".join(_plain(k) for k in keys)
+        where = (f"Row {at + 1}" + (f" ({key})" if key else "")) if at is not None else "The row"
+        if at is None and key:
+            where += f" {key}"
+        where += f", column {column}" if column else ""
+        cells.append(
+            {
+                "where": where if at is not None else f"{where} (not in the table above)",
+                "findings": names,
+                "detail": str(cell.get("detail") or ""),
+                "placed": at is not None,
+            }
+        )
+    return {
+        "tool": str(found.get("tool") or "ACRO"),
+        "status": status,
+        "badge": badge,
+        "words": words,
+        "note": str(found.get("note") or ""),
+        "summary": [str(line) for line in found.get("summary") or []],
+        "cells": cells,
+        "marks": marks,
+        "rows": by_row,
+    }
+
+
+def _patients(n: int) -> str:
+    return f"{n} patient" if n == 1 else f"{n} patients"
+
+
+def overlaps_in_words(
+    evidence: dict[str, Any], this: int, states: dict[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """``evidence["overlaps"]`` as sentences a data manager reads, each with the request it
+    names (``this`` one's own other outputs, or an earlier one, called by its ``states``):
+    "Row 3 differs from row 2 of output 1 of released request #4 by 3 patients (fewer than
+    k = 10): their difference would single them out." Empty for a request computed before
+    the check."""
+    found = evidence.get("overlaps")
+    if not isinstance(found, list):
+        return []
+    k = (evidence.get("rules") or {}).get("k")
+    said = []
+    for item in found:
+        if not isinstance(item, dict) or not isinstance(item.get("request"), int):
+            continue
+        row, earlier, other = item.get("row"), item.get("earlier_row"), item["request"]
+        patients = int(item.get("patients") or 0)
+        mine = f"Row {row + 1}" if isinstance(row, int) else "This output"
+        that = f"row {earlier + 1} of " if isinstance(earlier, int) else ""
+        state = (states or {}).get(other, "")
+        whose = (
+            "of this request"
+            if other == this
+            else f"of {state.replace('_', ' ') + ' ' if state else ''}request #{other}"
+        )
+        few = f" (fewer than k = {k})" if isinstance(k, int) and patients < k else ""
+        said.append(
+            {
+                "text": f"{mine} differs from {that}output {item.get('output')} {whose} by "
+                f"{_patients(patients)}{few}: their difference would single them out.",
+                "request": other,
+                "output": item.get("output"),
+                "same": other == this,
+                "note": str(item.get("note") or ""),
+            }
+        )
+    return said
+
+
+def _comments_by_output(found: ReleaseRequest) -> dict[int, list[ReleaseComment]]:
+    """The request's comments by output position (0: the whole request), oldest first."""
+    by: dict[int, list[ReleaseComment]] = {}
+    for c in found.comments:
+        by.setdefault(c.position, []).append(c)
+    return by
+
+
+def _withheld(evidence: dict[str, Any]) -> dict[str, str]:
+    """The reason each withheld cell carries, by ``"row:column name"`` (shown on the cell)."""
+    return {
+        f"{s.get('row')}:{s.get('column')}": str(s.get("reason") or "")
+        for s in evidence.get("suppressed") or []
+        if isinstance(s, dict) and s.get("row") is not None
+    }
 
 
 def _decide(
@@ -239,10 +764,35 @@ def _decide(
 def review(request_id: int) -> ResponseReturnValue:
     def act(db: Session, found: ReleaseRequest, user: User) -> str:
         form = request.form
+        notes = {
+            o.position: form.get(f"note-{o.position}", "")
+            for o in found.outputs
+            if form.get(f"note-{o.position}", "").strip()
+        }
         services.review(
-            db, app_settings(), found, user, form.get("decision", ""), form.get("comment", "")
+            db,
+            app_settings(),
+            found,
+            user,
+            form.get("decision", ""),
+            form.get("comment", ""),
+            notes=notes,
         )
         return f"Your review is recorded: the request is {found.state.replace('_', ' ')}."
+
+    return _decide(request_id, act)
+
+
+@bp.route("/<int:request_id>/comment", methods=["POST"])
+@guard("read", "releases")
+def comment(request_id: int) -> ResponseReturnValue:
+    def act(db: Session, found: ReleaseRequest, user: User) -> str:
+        try:
+            position = int(request.form.get("output", "0"))
+        except ValueError:
+            raise BadRequest("choose what the comment is about.") from None
+        services.comment(db, found, user, position, request.form.get("text", ""))
+        return "Your comment is added."
 
     return _decide(request_id, act)
 
