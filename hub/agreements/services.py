@@ -395,6 +395,31 @@ def process_policy(database: Database) -> SyncedPolicy:
     return policies[key]
 
 
+@dataclass(frozen=True)
+class Queryable:
+    """An agreement ``user`` may query now, with the tables they may query under it."""
+
+    stored: AgreementRecord
+    agreement: Agreement
+    tables: list[str]
+
+
+def queryable(session: Session, policy: SyncedPolicy, user: User) -> list[Queryable]:
+    """The agreements under which ``user`` may query at least one table now, by slug (the
+    sandbox's agreement list, the release form and the notebook's token all ask this)."""
+    found = []
+    for stored in all_records(session):
+        agreement = contract_of(stored)
+        tables = [
+            c.table
+            for c in agreement.tables
+            if may_query(policy, user, stored.slug, c.table, refresh=False)
+        ]
+        if tables:
+            found.append(Queryable(stored, agreement, tables))
+    return found
+
+
 def may_query(
     policy: SyncedPolicy,
     user: User,

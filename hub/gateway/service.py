@@ -92,15 +92,7 @@ def sandbox_agreements(session: Session, policy: SyncedPolicy, user: User) -> li
 
     if user.role != Role.RESEARCHER or not user.is_active:
         return []
-    found = []
-    for stored in agreements.all_records(session):
-        contract = agreements.contract_of(stored)
-        if any(
-            agreements.may_query(policy, user, stored.slug, c.table, refresh=False)
-            for c in contract.tables
-        ):
-            found.append(stored.slug)
-    return found
+    return [q.stored.slug for q in agreements.queryable(session, policy, user)]
 
 
 def issue_token(session: Session, settings: Settings, user: User) -> tuple[str, Any]:

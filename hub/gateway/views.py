@@ -121,30 +121,23 @@ def agreements() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     found = []
-    for stored in agreement_services.all_records(get_db()):
-        agreement = agreement_services.contract_of(stored)
-        tables = [
-            c.table
-            for c in agreement.tables
-            if agreement_services.may_query(get_policy(), user, stored.slug, c.table, refresh=False)
-        ]
-        if tables:
-            d = agreement.disclosure
-            found.append(
-                {
-                    "agreement": stored.slug,
-                    "title": stored.title,
-                    "tables": tables,
-                    "disclosure": {
-                        "k": d.k,
-                        "min_institutions": d.min_institutions,
-                        "epsilon_per_answer": d.epsilon_per_answer,
-                        "epsilon_total": d.epsilon_total,
-                        "synthetic_rows": d.allow_synthetic,
-                        "model_fitting": d.allow_model_fitting,
-                    },
-                }
-            )
+    for q in agreement_services.queryable(get_db(), get_policy(), user):
+        d = q.agreement.disclosure
+        found.append(
+            {
+                "agreement": q.stored.slug,
+                "title": q.stored.title,
+                "tables": q.tables,
+                "disclosure": {
+                    "k": d.k,
+                    "min_institutions": d.min_institutions,
+                    "epsilon_per_answer": d.epsilon_per_answer,
+                    "epsilon_total": d.epsilon_total,
+                    "synthetic_rows": d.allow_synthetic,
+                    "model_fitting": d.allow_model_fitting,
+                },
+            }
+        )
     return jsonify({"agreements": found})
 
 

@@ -279,25 +279,16 @@ class FormProblem(BadRequest):
 def _agreements_of(user: User) -> list[dict[str, Any]]:
     """The agreements ``user`` may query now, as the sandbox's agreement list decides:
     each with its title, the tables and whether model fits are allowed."""
-    found = []
-    for stored in agreement_services.all_records(get_db()):
-        agreement = agreement_services.contract_of(stored)
-        tables = [
-            c.table
-            for c in agreement.tables
-            if agreement_services.may_query(get_policy(), user, stored.slug, c.table, refresh=False)
-        ]
-        if tables:
-            found.append(
-                {
-                    "slug": stored.slug,
-                    "title": stored.title,
-                    "tables": tables,
-                    "fits": agreement.disclosure.allow_model_fitting,
-                    "k": agreement.disclosure.k,
-                }
-            )
-    return found
+    return [
+        {
+            "slug": q.stored.slug,
+            "title": q.stored.title,
+            "tables": q.tables,
+            "fits": q.agreement.disclosure.allow_model_fitting,
+            "k": q.agreement.disclosure.k,
+        }
+        for q in agreement_services.queryable(get_db(), get_policy(), user)
+    ]
 
 
 def _checked_specs(
