@@ -1,6 +1,7 @@
 """Fixtures shared by the hub's tests.
 
 - ``token``: an upload token of a contributor (nadia).
+- ``served``: the app on loopback over real HTTP (waitress), for the researcher client.
 - ``release_world``: a :class:`ReleaseWorld` (three sites pooling ``batch`` under an active
   agreement naming rosa, output checkers, contributors and admins in and out of the request's
   institutions, the steward) that makes release requests in each state.
@@ -8,6 +9,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from flask import Flask
+from waitress import create_server
 
 from hub.accounts import services as accounts
 from hub.db import Database
@@ -37,11 +42,26 @@ def token(users: Users, database: Database, settings: Settings) -> str:
         ).secret
 
 
+@pytest.fixture
+def served(app: Flask) -> Iterator[str]:
+    """The app on loopback over real HTTP, for the researcher client."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server(app, host="127.0.0.1", port=port, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
 # Reviewed release: a pooled world to ask in, and requests in each state -------------------
 
 RELEASE_SITES = ("acme-bio", "st-aurelia", "kelvin")
 RELEASE_ROWS = (1701, 1689, 1712)  # lots per site: every group count has four digits
-RELEASE_TERMS = """\
+V2V_TERMS = """\
 id: v2v
 title: Vein-to-vein benchmarking
 purpose:
@@ -59,9 +79,8 @@ tables:
 researchers: [rosa]
 valid_from: 2026-01-01
 valid_until: 2099-12-31
-disclosure:
-  allow_model_fitting: true
 """
+RELEASE_TERMS = V2V_TERMS + "disclosure:\n  allow_model_fitting: true\n"
 RELEASE_OUTPUTS = [
     {
         "sql": "SELECT platform, COUNT(*) AS n, AVG(viability) AS v FROM batch GROUP BY platform",

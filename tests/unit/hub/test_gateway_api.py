@@ -4,7 +4,6 @@ an agreement; policy per table, ledger entries, rate limits, refusals."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from hub.db import Database
 from hub.gateway.models import PrivacyBudget
 from hub.settings import Settings
 from tests.conftest import Users, release_into_pool
+from tests.unit.hub.conftest import V2V_TERMS
 
 pytestmark = pytest.mark.db
 
@@ -26,28 +26,7 @@ SITES = ("acme-bio", "st-aurelia", "kelvin")
 
 
 def _terms(disclosure: str = "") -> str:
-    return (
-        textwrap.dedent("""\
-        id: v2v
-        title: Vein-to-vein benchmarking
-        purpose:
-          code: vein_to_vein_benchmarking
-          text: Compare manufacturing across sites.
-        parties:
-          - institution: acme-bio
-            roles: [contributor]
-          - institution: st-aurelia
-            roles: [contributor, recipient]
-          - institution: kelvin
-            roles: [contributor]
-        tables:
-          batch: all
-        researchers: [rosa]
-        valid_from: 2026-01-01
-        valid_until: 2099-12-31
-        """)
-        + disclosure
-    )
+    return V2V_TERMS + disclosure
 
 
 def _batch(seed: int, rows: int = 40) -> pd.DataFrame:

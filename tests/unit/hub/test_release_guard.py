@@ -14,9 +14,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -26,7 +23,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from openpyxl import load_workbook
-from waitress import create_server
 
 from hub.accounts import services as accounts
 from hub.db import utcnow
@@ -117,21 +113,6 @@ def secrets(pool: pd.DataFrame) -> dict[int, list[Secret]]:
 
 
 # What the researcher reaches -------------------------------------------------------------
-
-
-@pytest.fixture
-def served(app: Flask) -> Iterator[str]:
-    """The app on loopback, for the researcher client."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = create_server(app, host="127.0.0.1", port=port, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
 
 
 def _parameterless_gets(app: Flask) -> list[str]:

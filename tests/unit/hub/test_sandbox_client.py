@@ -3,13 +3,8 @@ HTTP (waitress on loopback): DataFrames, suppression reasons, specific exception
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
-
 import pandas as pd
 import pytest
-from waitress import create_server
 
 from hub.db import Database
 from hub.settings import Settings
@@ -17,20 +12,6 @@ from sandbox import PolicyDenied, QueryRejected, SandboxError, connect
 from tests.unit.hub.test_gateway_api import QUERY, _activate, _terms, _token, pooled  # noqa: F401
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def served(app) -> Iterator[str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = create_server(app, host="127.0.0.1", port=port, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
 
 
 def test_client_tour(
