@@ -19,6 +19,9 @@ Primary suppression, per cell:
 - an aggregate computed from the non-null values of fewer than ``k`` patients;
 - a ``CASE``/``IF`` branch or predicate inside an aggregate taken by between 1 and k-1
   patients (``SUM(CASE WHEN <one patient> THEN x ELSE 0 END)``);
+- spread: a ``SUM``, ``AVG``, variance or standard deviation whose values differ from the
+  cell's most common value for between 1 and k-1 patients (an indicator times a value, a
+  constant offset): the aggregate is a function of those patients' values;
 - dominance: the largest ``dominance_n`` institutions of any joined table contribute more
   than ``dominance_percent`` % of the cell. A count's contribution is records; a sum's is the
   sum of absolute values; other aggregates' is the non-null values they were computed from.
@@ -161,6 +164,12 @@ def _cell_reason(
                     f"a condition inside the aggregate (`{selector.text}`) selects fewer than "
                     f"k={k} patients"
                 )
+    differing = row.get(f"__d{j}")
+    if differing is not None and 0 < differing < k:
+        return (
+            f"{agg.func.upper()} reveals the values of fewer than k={k} patients: every other "
+            "patient of the cell holds the same value"
+        )
     for t in range(n_tables):
         top, total = row[f"__top{t}_{j}"], row[f"__tot{t}_{j}"]
         if total and top is not None and float(top) > share * float(total):

@@ -37,7 +37,7 @@ from contracts.agreements import Disclosure
 from sandbox.gateway import disclosure as control
 from sandbox.gateway.errors import QueryFailed, QueryTimeout
 from sandbox.gateway.facts import Facts, view_facts
-from sandbox.gateway.sql import INSTITUTION, check_query, patients_sql, rewrite
+from sandbox.gateway.sql import INSTITUTION, check_query, patients_sql, rewrite, spread_sql
 
 
 @dataclass(frozen=True)
@@ -169,6 +169,11 @@ class AgreementViews:
         }
         for table in self.names:
             self.facts[table][INSTITUTION] = Facts("category", values=self.institutions[table])
+        # CLAMP(x, low, high), the gateway's grammar for bounding a value, on the exact path.
+        con.execute(
+            "CREATE MACRO clamp(x, low, high) AS "
+            "CASE WHEN x IS NULL THEN NULL ELSE least(greatest(x, low), high) END"
+        )
         con.execute("SET python_enable_replacements = false")
         con.execute(f"SET memory_limit = {_literal(memory_limit)}")
         con.execute(f"SET threads = {int(threads)}")
@@ -510,6 +515,13 @@ class Gateway:
         checked, rewritten = self._prepare(views, disclosure, sql)
         columns, rows = self.execute(views, rewritten.sql)
         results = [dict(zip(columns, row, strict=True)) for row in rows]
+        spread = spread_sql(checked)
+        if spread is not None:
+            names, found = self.execute(views, spread)
+            n = len(checked.keys)
+            by_key = {tuple(r[:n]): dict(zip(names[n:], r[n:], strict=True)) for r in found}
+            for result in results:
+                result.update(by_key.get(tuple(result[k] for k in rewritten.keys), {}))
         if not checked.order:  # no ORDER BY: groups in key order, the same on every run
             results.sort(key=lambda r: tuple(_sortable(r[k]) for k in rewritten.keys))
         controlled = control.control(checked, rewritten, results, disclosure)

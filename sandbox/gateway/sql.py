@@ -915,15 +915,16 @@ def _aggregate_nodes(node: exp.Expr) -> list[exp.Expr]:
     return found
 
 
-def patients_sql(checked: CheckedQuery) -> str:
-    """For reviewed release's evidence (never for an answer): per group of ``checked``, the
-    distinct patients (``__pid`` of the first table) and institutions behind it, as lists,
-    keys named ``__k0``… like :func:`rewrite`'s."""
+SPREAD = {"sum", "avg", "var_samp", "var_pop", "stddev_samp", "stddev_pop"}
+
+
+def _rows_select(checked: CheckedQuery, columns: list[exp.Expr]) -> str:
+    """``SELECT columns`` over the checked query's FROM, joins and WHERE (every row the
+    query reads, keys named ``__k0``…, the first table's patient as ``__pid``)."""
     alias = _q(checked.tables[0][0])
-    columns = [exp.alias_(key.copy(), _q(f"__k{i}")) for i, key in enumerate(checked.keys)]
-    columns.append(exp.alias_(exp.column("__pid", table=alias), _q("__pid")))
-    columns.append(exp.alias_(exp.column(_q(INSTITUTION), table=alias), _q("__i")))
-    select = exp.Select(expressions=columns)
+    found = [exp.alias_(key.copy(), _q(f"__k{i}")) for i, key in enumerate(checked.keys)]
+    found.append(exp.alias_(exp.column("__pid", table=alias), _q("__pid")))
+    select = exp.Select(expressions=found + columns)
     select.set("from_", checked.tree.args["from_"].copy())
     if checked.tree.args.get("joins"):
         select.set("joins", [j.copy() for j in checked.tree.args["joins"]])
@@ -931,13 +932,56 @@ def patients_sql(checked: CheckedQuery) -> str:
         select = select.where(
             _is_true(exp.and_(*[c.copy() for c in checked.conjuncts])), copy=False
         )
+    return select.sql(dialect="duckdb")
+
+
+def spread_sql(checked: CheckedQuery) -> str | None:
+    """For the exact path's ``spread`` rule: per group, for each SUM, AVG, variance or
+    standard deviation, the distinct patients whose value differs from the group's most
+    common value (``__d{j}``). When all but a few patients share one value (an indicator
+    times a weight, a constant offset), the aggregate is a function of those few patients'
+    values. None when the query has no such aggregate."""
+    picked = [j for j, a in enumerate(checked.aggregates) if a.arg is not None and a.func in SPREAD]
+    if not picked:
+        return None
+    values = [
+        exp.alias_(arg.copy(), _q(f"__x{j}"))
+        for j in picked
+        if (arg := checked.aggregates[j].arg) is not None
+    ]
+    rows = _rows_select(checked, values)
+    keys = [f'"__k{i}"' for i in range(len(checked.keys))]
+    modes = ", ".join(f'mode("__x{j}") AS "__m{j}"' for j in picked)
+    group = f" GROUP BY {', '.join(keys)}" if keys else ""
+    on = " AND ".join(f'"__r".{k} IS NOT DISTINCT FROM "__g".{k}' for k in keys) or "TRUE"
+    counts = ", ".join(
+        f'COUNT(DISTINCT "__r"."__pid") FILTER (WHERE "__r"."__x{j}" IS NOT NULL AND '
+        f'"__r"."__x{j}" IS DISTINCT FROM "__g"."__m{j}") AS "__d{j}"'
+        for j in picked
+    )
+    shown = ", ".join(f'"__r".{k}' for k in keys)
+    rgroup = f" GROUP BY {shown}" if keys else ""
+    # Only the rewrite's own names and SQL printed from the checked tree.
+    return (
+        f'WITH "__r" AS ({rows}), "__g" AS (SELECT {", ".join([*keys, modes])} '  # noqa: S608
+        f'FROM "__r"{group}) SELECT {shown + ", " if keys else ""}{counts} '
+        f'FROM "__r" JOIN "__g" ON {on}{rgroup}'
+    )
+
+
+def patients_sql(checked: CheckedQuery) -> str:
+    """For reviewed release's evidence (never for an answer): per group of ``checked``, the
+    distinct patients (``__pid`` of the first table) and institutions behind it, as lists,
+    keys named ``__k0``… like :func:`rewrite`'s."""
+    alias = _q(checked.tables[0][0])
+    rows = _rows_select(checked, [exp.alias_(exp.column(_q(INSTITUTION), table=alias), _q("__i"))])
     keys = ", ".join(f'"__k{i}"' for i in range(len(checked.keys)))
     group = f" GROUP BY {keys}" if keys else ""
     # Only the rewrite's own names and SQL printed from the checked tree.
     return (
         f"SELECT {keys + ', ' if keys else ''}"  # noqa: S608
         'list(DISTINCT "__pid") AS "__pids", list(DISTINCT "__i") AS "__insts" '
-        f'FROM ({select.sql(dialect="duckdb")}) AS "__r"{group}'
+        f'FROM ({rows}) AS "__r"{group}'
     )
 
 

@@ -91,6 +91,11 @@ def asker_covered_without(gateway, views_covered_without, disclosure) -> Asker:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if tally.ATTACKS:
         terminalreporter.write_line(f"{tally.ATTACKS} attacks, {tally.LEAKS} leaks")
+    if tally.RELEASE_ATTACKS:
+        terminalreporter.write_line(
+            f"through release: {tally.RELEASE_ATTACKS} attacks, {tally.RELEASE_WARNED} "
+            f"recovered but warned of, {tally.RELEASE_SILENT} silent leaks"
+        )
     if tally.CONTROL_ATTACKS:
         terminalreporter.write_line(
             f"control (noise off): {tally.CONTROL_LEAKS} of {tally.CONTROL_ATTACKS} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from contracts.agreements import Disclosure
 
 
@@ -131,3 +133,38 @@ def test_an_aggregate_over_one_patients_values_is_suppressed(gateway, views) -> 
     )
     assert answer.rows[0][0] is None and answer.rows[0][1] is not None
     assert any("fewer than k=3 patients" in s["reason"] for s in answer.suppressed)
+
+
+def test_an_indicator_times_a_value_is_suppressed_by_the_spread_rule(
+    gateway, views, pool, disclosure
+) -> None:
+    """``AVG(weight * FLOOR(1 / (1 + ABS(age - 97))))`` takes no CASE, no WHERE, and every
+    patient's value; but all patients but the singled-out one hold 0, so the average times
+    the count is their weight. Suppressed; the control, plain pandas on the pool, shows the
+    leak the rule stops. A plain average, where values differ, is answered."""
+    import pandas as pd
+
+    episode = pd.concat(pd.read_parquet(s.path) for s in pool["episode"])
+    values = episode.weight_kg * (1 / (1 + (episode.age - 97).abs())).apply(int)
+    assert (values != 0).sum() == 1  # the control: one patient's value, all others 0
+    assert values.mean() * len(values) == pytest.approx(123.456)
+    indicator = "SELECT AVG(weight_kg * FLOOR(1 / (1 + ABS(age - 97)))) AS w FROM episode"
+    answer = gateway.run(views, disclosure, indicator)
+    assert answer.rows == [[None]]
+    assert "every other patient of the cell holds the same value" in answer.suppressed[0]["reason"]
+    offset = "SELECT AVG(weight_kg * FLOOR(1 / (1 + ABS(age - 97))) + 10) AS w FROM episode"
+    assert gateway.run(views, disclosure, offset).rows == [[None]]
+    plain = gateway.run(views, disclosure, "SELECT AVG(weight_kg) AS w FROM episode")
+    assert plain.rows[0][0] == pytest.approx(episode.weight_kg.mean())
+
+
+def test_clamp_is_part_of_the_exact_grammar(gateway, views, pool, disclosure) -> None:
+    """``CLAMP(x, low, high)``, the gateway's grammar for bounds, runs on the exact path too
+    (NULL stays NULL), against pandas."""
+    import pandas as pd
+
+    episode = pd.concat(pd.read_parquet(s.path) for s in pool["episode"])
+    answer = gateway.run(
+        views, disclosure, "SELECT AVG(CLAMP(weight_kg, 60, 90)) AS w FROM episode"
+    )
+    assert answer.rows[0][0] == pytest.approx(episode.weight_kg.clip(60, 90).mean())
