@@ -19,7 +19,6 @@ from hub.settings import Settings
 from sandbox.jupyterhub.access import hub_allows, sweep
 from tests.conftest import PASSWORD, Users
 from tests.unit.hub.test_gateway_api import SITES, _activate, _terms
-from tests.unit.hub.test_sandbox_client import served  # noqa: F401 - the hub over HTTP
 
 pytestmark = pytest.mark.db
 
