@@ -49,7 +49,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     data_dir.mkdir(mode=0o700)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = server_env(data_dir, port)
+    # One address signs in as every role of the demo, many times a minute across the
+    # session's tests: the per-address sign-in rate would answer 429 (a unit test covers it).
+    env = server_env(data_dir, port, login_rate_per_minute=1000)
     command = cleanroom_command()
 
     seeded = subprocess.run(  # noqa: S603
