@@ -149,6 +149,24 @@ def login() -> ResponseReturnValue:
         raise
     # A password someone else chose must first be replaced in the portal.
     allowed = [] if user.must_change_password else sandbox_agreements(db, get_policy(), user)
+    reason = None
+    if not allowed:
+        # Said only after the password was right: it tells the user nothing about others.
+        if user.must_change_password:
+            reason = (
+                "Your password was set by someone else: sign in to the Cleanroom portal, "
+                "choose your own, then come back."
+            )
+        elif user.role != Role.RESEARCHER:
+            reason = (
+                "The notebook sandbox is for researchers. Your Cleanroom account is a "
+                f"{user.role.replace('_', ' ')} account: use the portal instead."
+            )
+        else:
+            reason = (
+                "You are not named in an active data-sharing agreement yet, so there is no "
+                "data for your notebooks. Ask the steward, or see Agreements in the portal."
+            )
     record(
         db,
         actor=f"user:{user.username}",
@@ -157,7 +175,9 @@ def login() -> ResponseReturnValue:
         detail={"allowed": bool(allowed), "agreements": allowed},
     )
     db.commit()
-    return jsonify({"name": user.username, "allowed": bool(allowed), "agreements": allowed})
+    return jsonify(
+        {"name": user.username, "allowed": bool(allowed), "agreements": allowed, "reason": reason}
+    )
 
 
 @service_api.route("/check", methods=["POST"])

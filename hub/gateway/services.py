@@ -91,11 +91,20 @@ def _source(storage: Storage, settings: Settings, key: str, institution: str) ->
     return Source(f"{settings.s3_bucket}/{key}", institution, filesystem=s3)
 
 
+# What each action is called in a sentence, and the agreement term that allows it.
+ACTION_WORDS = {"query": "query", "synthetic": "read synthetic rows", "fit": "fit models"}
+ALLOWED_BY = {
+    "synthetic": ("allow_synthetic", "synthetic rows"),
+    "fit": ("allow_model_fitting", "model fits on real data"),
+}
+
+
 def refusal(action: str, slug: str) -> Forbidden:
     """The one answer to a request under an agreement the caller may not use, whether or
     not it exists."""
+    words = ACTION_WORDS.get(action, action)
     return Forbidden(
-        f"you may not {action} under agreement {slug!r} now: there is no such agreement for "
+        f"you may not {words} under agreement {slug!r} now: there is no such agreement for "
         "you, you are not one of its researchers, or it is not active (awaiting signatures, "
         "suspended, expired or terminated).",
         code="policy_denied",
@@ -136,6 +145,18 @@ def scope(
         if agreements.may_query(policy, user, slug, cover.table, action=action, refresh=False)
     ]
     if not covers:
+        if action in ALLOWED_BY and any(
+            agreements.may_query(policy, user, slug, cover.table, refresh=False)
+            for cover in agreement.tables
+        ):
+            # The caller may query under it, so it exists for them: say the real reason.
+            term, what = ALLOWED_BY[action]
+            raise Forbidden(
+                f"agreement {slug!r} does not allow {what} (its terms set `{term}: false`). "
+                "Aggregate queries are open to you under it; to change its terms, ask the "
+                "steward.",
+                code="not_allowed",
+            )
         raise refusal(action, slug)
     # One query for the covered tables and those that link a lot or a DIN to its patient
     # (read only for that link).

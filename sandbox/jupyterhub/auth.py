@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from jupyterhub.auth import Authenticator
+from tornado import web
 from traitlets import Unicode, default
 
 from sandbox.jupyterhub.hubapi import HubUnavailable, ask
@@ -65,8 +66,11 @@ class CleanroomAuthenticator(Authenticator):
             )
             return None
         if not body.get("allowed"):
-            self.log.warning("%s signed in but is named in no active agreement", body["name"])
-            return None
+            self.log.warning("%s signed in but may not use the sandbox", body["name"])
+            # The password was right: say why (JupyterHub shows it on its login form)
+            # instead of "Invalid username or password".
+            reason = body.get("reason") or "Your account may not use the notebook sandbox."
+            raise web.HTTPError(403, "%s", str(reason))
         return {"name": body["name"], "admin": False}
 
     async def refresh_user(self, user: Any, handler: Any = None) -> Any:

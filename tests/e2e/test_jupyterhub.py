@@ -230,12 +230,16 @@ def test_only_researchers_in_an_active_agreement_sign_in(sandbox: Sandbox) -> No
     for username in ("steward", "northbridge-data"):
         _, resp = _login(sandbox, username)
         assert resp.status_code == 403 and "/hub/login" in resp.url, username
+        # The password was right: the form says why, not "Invalid username or password".
+        assert "The notebook sandbox is for researchers" in resp.text, username
+        assert "Invalid username or password" not in resp.text
     http = requests.Session()
     resp = http.post(
         f"{sandbox.jupyterhub}/hub/login",
         data={"username": "researcher", "password": "not the password"},
     )
     assert resp.status_code == 403
+    assert "for researchers" not in resp.text  # a wrong password learns nothing more
 
 
 def test_a_researchers_notebook_runs_isolated_and_follows_the_agreement(

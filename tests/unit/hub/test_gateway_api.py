@@ -193,10 +193,16 @@ def test_policy_decides_per_request(
     read_only = _token(database, settings, "rosa", ("read",))
     resp = client.post("/api/v1/sandbox/query", json=body, headers=read_only)
     assert resp.status_code == 403
-    # Synthetic rows and fitting are not allowed by these terms.
-    assert (
-        client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa).status_code == 403
-    )
+    # Synthetic rows and fitting are not allowed by these terms: the researcher is told so
+    # (she may query, so the agreement is no secret to her); omar gets the one refusal.
+    synthetic = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
+    error = synthetic.get_json()["error"]
+    assert synthetic.status_code == 403 and error["code"] == "not_allowed"
+    assert "does not allow synthetic rows" in error["message"]
+    assert "allow_synthetic: false" in error["message"]
+    other = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=omar).get_json()
+    assert other["error"]["code"] == "policy_denied"
+    assert other["error"]["message"].startswith("you may not read synthetic rows under")
     fit = {
         "agreement": "v2v",
         "table": "batch",
@@ -204,7 +210,9 @@ def test_policy_decides_per_request(
         "features": ["culture_days"],
         "target": "viability",
     }
-    assert client.post("/api/v1/sandbox/fit", json=fit, headers=rosa).status_code == 403
+    fitted = client.post("/api/v1/sandbox/fit", json=fit, headers=rosa)
+    assert fitted.status_code == 403 and fitted.get_json()["error"]["code"] == "not_allowed"
+    assert "does not allow model fits" in fitted.get_json()["error"]["message"]
     # Suspension takes effect on the next request.
     with database.session() as s:
         services.transition(s, services.get(s, "v2v"), "suspend", actor="user:sam")

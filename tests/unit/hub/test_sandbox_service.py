@@ -79,9 +79,11 @@ def test_login_checks_the_password_and_the_agreements(
 
     ok = login("Rosa")
     assert ok.status_code == 200
-    assert ok.json == {"name": "rosa", "allowed": True, "agreements": ["v2v"]}
-    assert login("omar").json["allowed"] is False  # a researcher named nowhere
-    assert login("sam").json["allowed"] is False  # stewards are not researchers
+    assert ok.json == {"name": "rosa", "allowed": True, "agreements": ["v2v"], "reason": None}
+    nowhere = login("omar").json  # a researcher named nowhere
+    assert nowhere["allowed"] is False and "not named in an active" in nowhere["reason"]
+    steward = login("sam").json  # stewards are not researchers
+    assert steward["allowed"] is False and "is for researchers" in steward["reason"]
     bad = login("rosa", "not the password")
     assert bad.status_code == 401 and bad.json["error"]["code"] == "login_failed"
 
@@ -121,6 +123,7 @@ def test_a_password_set_by_someone_else_opens_no_sandbox(
         json={"username": "rosa", "password": "the stewards choice 2026"},
     )
     assert resp.status_code == 200 and resp.json["allowed"] is False
+    assert "choose your own" in resp.json["reason"]
 
 
 def test_check_follows_a_suspension(
