@@ -42,6 +42,7 @@ from contracts.agreements import Disclosure
 from sandbox.gateway import AgreementViews, Gateway, GatewayError
 from sandbox.gateway import fit as exact_fit
 from sandbox.gateway import sql as gateway_sql
+from sandbox.gateway.engine import plain
 from sandbox.gateway.sql import Aggregate, CheckedQuery
 
 logger = logging.getLogger(__name__)
@@ -174,18 +175,6 @@ def _tool() -> str:
         return f"acro {_acro().version}"
     except Exception:  # a broken install is reported as not checked, never raised
         return "acro"
-
-
-def _shown(value: Any) -> Any:
-    """A group key value as the exact answer shows it (``sandbox.gateway.engine``:
-    JSON-friendly, floats to 12 significant digits)."""
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return float(f"{number:.12g}") if math.isfinite(number) else number
 
 
 @dataclass
@@ -404,7 +393,7 @@ def _check_table(
     frame = pd.DataFrame(index=raw.index)
     for i, name in enumerate(names):
         # Plain lists: a pandas map would turn the values into numpy scalars.
-        shown = [_shown(v) for v in raw[f"__k{i}"].tolist()]
+        shown = [plain(v) for v in raw[f"__k{i}"].tolist()]
         labels.append({_key_label(v): v for v in shown})
         frame[name] = pd.Series([_key_label(v) for v in shown], index=raw.index, dtype=object)
     if not names:
@@ -437,14 +426,7 @@ def _check_table(
         note += " Some GROUP BY keys are not in the answer; cells name only the keys shown."
     if any(a.func in ("var_samp", "var_pop") for _c, a in aggregated):
         note += " ACRO has no variance: a variance is checked as a standard deviation."
-    return {
-        "tool": tool,
-        "checked": True,
-        "note": note,
-        "status": report.status(),
-        "summary": report.summary,
-        "cells": report.as_cells(),
-    }
+    return _checked(tool, note, report)
 
 
 def _check_aggregate(
@@ -581,6 +563,11 @@ def check_fit(
     )
     if dropped:
         note += f" {dropped} record(s) with a missing value are left out, as the fit does."
+    return _checked(tool, note, report)
+
+
+def _checked(tool: str, note: str, report: Any) -> dict[str, Any]:
+    """The evidence of an output ACRO checked: its status, summary and flagged cells."""
     return {
         "tool": tool,
         "checked": True,

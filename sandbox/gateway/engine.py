@@ -531,7 +531,7 @@ class Gateway:
         }
         answer = Answer(
             columns=[o.name for o in checked.outputs],
-            rows=[[_plain(v) for v in row] for row in controlled.rows],
+            rows=[[plain(v) for v in row] for row in controlled.rows],
             suppressed=controlled.suppressed,
             rounded=rounded,
             query_hash=checked.hash,
@@ -550,7 +550,7 @@ class Gateway:
         names, found = self.execute(views, patients_sql(checked))
         n = len(checked.keys)
         groups = {
-            tuple(_plain(v) for v in row[:n]): (
+            tuple(plain(v) for v in row[:n]): (
                 frozenset(row[n] or ()),
                 frozenset(row[n + 1] or ()),
             )
@@ -559,7 +559,7 @@ class Gateway:
         key_at = {o.key: i for i, o in enumerate(checked.outputs) if o.key is not None}
         if len(key_at) < n:  # a key the answer does not show: its rows cannot be matched
             return [None] * len(rows)
-        return [groups.get(tuple(_plain(shown[key_at[k]]) for k in range(n))) for shown in rows]
+        return [groups.get(tuple(plain(shown[key_at[k]]) for k in range(n))) for shown in rows]
 
     def _prepare(self, views: AgreementViews, disclosure: Disclosure, sql: str) -> Any:
         """``check_query`` + ``rewrite``, remembered for the last queries: both are pure
@@ -598,7 +598,7 @@ def _sortable(value: Any) -> tuple[bool, str, Any]:
     return (value is None, type(value).__name__, value if value is not None else 0)
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-friendly cell values (Decimal and HUGEINT results become float and int).
     Floats keep 12 significant digits: DuckDB sums in parallel, in no fixed order, so the
     last bits of an average vary from run to run; rounded, the same question gives the same
