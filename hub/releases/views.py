@@ -409,40 +409,59 @@ def _more(blocks: list[Block]) -> list[Block]:
     return [*blocks, Block(max((b.index for b in blocks), default=0) + 1)]
 
 
-@bp.route("/new", methods=["GET", "POST"])
-@guard("create", "releases")
-def new() -> ResponseReturnValue:
-    """The researcher's form: an agreement, a title, and outputs (queries or model fits,
-    each with its purpose). A refusal shows the form again, input kept, each message beside
-    the output it concerns."""
-    if request.method == "GET":
-        blocks = [Block(i) for i in range(1, FORM_BLOCKS + 1)]
-        return _form(blocks, slug=request.args.get("agreement", ""))
-    user = current_user()
-    assert user is not None
-    form = request.form
-    blocks = Block.of_form() or [Block(1)]
-    slug, title = form.get("agreement", "").strip(), form.get("title", "").strip()
-    if form.get("action") == "more":
-        return _form(_more(blocks), slug=slug, title=title)
+def _send(
+    user: User,
+    blocks: list[Block],
+    slug: str,
+    *,
+    title: str = "",
+    found: ReleaseRequest | None = None,
+) -> ResponseReturnValue:
+    """The form posted: one more blank output, or the outputs checked and sent as a new
+    request (``found`` None) or as a revision of ``found``. A refusal shows the form again,
+    input kept, each message beside the output it concerns."""
+    if request.form.get("action") == "more":
+        return _form(_more(blocks), found=found, slug=slug, title=title)
     db = get_db()
     try:
         if not slug:
             raise FormProblem("Choose the agreement the outputs are computed under.")
         ctx = _context()
         specs = _checked_specs(ctx, user, slug, blocks)
-        found = services.submit(db, ctx, user, slug, title, specs)
+        if found is None:
+            found = services.submit(db, ctx, user, slug, title, specs)
+            sent = (
+                f"Release request {found.id} is sent to the output checkers. Its results "
+                "appear here once it is released."
+            )
+        else:
+            services.revise(db, ctx, found, user, specs)
+            sent = (
+                f"Revision {found.revision} is sent to the output checkers: earlier reviews "
+                "no longer count."
+            )
     except CleanroomError as err:
         db.rollback()
         problem = err.message if isinstance(err, FormProblem) else _sentence(err.message)
-        return _form(blocks, slug=slug, title=title, problem=problem)
+        return _form(blocks, found=found, slug=slug, title=title, problem=problem)
     db.commit()
-    flash(
-        f"Release request {found.id} is sent to the output checkers. Its results appear here "
-        "once it is released.",
-        "info",
-    )
+    flash(sent, "info")
     return redirect(url_for("releases.page", request_id=found.id))
+
+
+@bp.route("/new", methods=["GET", "POST"])
+@guard("create", "releases")
+def new() -> ResponseReturnValue:
+    """The researcher's form: an agreement, a title, and outputs (queries or model fits,
+    each with its purpose)."""
+    if request.method == "GET":
+        blocks = [Block(i) for i in range(1, FORM_BLOCKS + 1)]
+        return _form(blocks, slug=request.args.get("agreement", ""))
+    user = current_user()
+    assert user is not None
+    form = request.form
+    slug, title = form.get("agreement", "").strip(), form.get("title", "").strip()
+    return _send(user, Block.of_form() or [Block(1)], slug, title=title)
 
 
 @bp.route("/<int:request_id>/revise", methods=["GET", "POST"])
@@ -462,24 +481,7 @@ def change(request_id: int) -> ResponseReturnValue:
     if request.method == "GET":
         blocks = [Block.of_output(o.position, o) for o in found.outputs]
         return _form(blocks, found=found, slug=slug)
-    blocks = Block.of_form() or [Block(1)]
-    if request.form.get("action") == "more":
-        return _form(_more(blocks), found=found, slug=slug)
-    try:
-        ctx = _context()
-        specs = _checked_specs(ctx, user, slug, blocks)
-        services.revise(db, ctx, found, user, specs)
-    except CleanroomError as err:
-        db.rollback()
-        problem = err.message if isinstance(err, FormProblem) else _sentence(err.message)
-        return _form(blocks, found=found, slug=slug, problem=problem)
-    db.commit()
-    flash(
-        f"Revision {found.revision} is sent to the output checkers: earlier reviews no longer "
-        "count.",
-        "info",
-    )
-    return redirect(url_for("releases.page", request_id=request_id))
+    return _send(user, Block.of_form() or [Block(1)], slug, found=found)
 
 
 @bp.route("/form.js")
