@@ -24,6 +24,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.agreements.views import api as agreements_api
     from hub.agreements.views import bp as agreements_bp
     from hub.api.views import bp as api_bp
+    from hub.catalogue.views import api as catalogue_api
+    from hub.catalogue.views import bp as catalogue_bp
     from hub.gateway.service import service_api as sandbox_service_api
     from hub.gateway.views import api as sandbox_api
     from hub.gateway.views import gateway_error
@@ -88,6 +90,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         releases_bp,
         notices_bp,
         notices_api,
+        catalogue_bp,
+        catalogue_api,
     ):
         app.register_blueprint(bp)
     for bp in (
@@ -99,6 +103,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         synthetic_api,
         releases_api,
         notices_api,
+        catalogue_api,
     ):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
     app.register_error_handler(GatewayError, gateway_error)

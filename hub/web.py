@@ -55,9 +55,10 @@ SERVICE_ENDPOINTS = frozenset(
 #: What a user whose password someone else chose may reach before choosing their own.
 PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.password", "auth.logout"})
 
-#: Blueprints whose every request leaves its own ledger entry, naming the caller and the
-#: token (``hub.gateway.views``): a bearer token's use there is not recorded a second time.
-SELF_RECORDING = frozenset({"sandbox_api"})
+#: Blueprints (and single endpoints) whose every request leaves its own ledger entry, naming
+#: the caller and the token (``hub.gateway.views``, the sandbox's catalogue): a bearer
+#: token's use there is not recorded a second time.
+SELF_RECORDING = frozenset({"sandbox_api", "catalogue_api.sandbox_catalogue"})
 
 
 def is_api_request() -> bool:
@@ -86,7 +87,7 @@ def current_user() -> User | None:
             db = get_db()
             token = verify_token(db, value)
             g.user, g.token = token.user, token
-            if request.blueprint not in SELF_RECORDING:
+            if not SELF_RECORDING & {request.blueprint, request.endpoint}:
                 record(
                     db,
                     actor=f"user:{token.user.username}",
