@@ -306,6 +306,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("sandbox_host", "127.0.0.1", "Address JupyterHub's proxy listens on."),
     Setting("sandbox_port", 8001, "Port researchers reach JupyterHub at (its proxy)."),
+    Setting(
+        "sandbox_public_url",
+        "",
+        "URL researchers reach the sandbox (JupyterHub) at, linked from the portal as "
+        '"Open the sandbox". Empty: `http://<sandbox_host>:<sandbox_port>/` while '
+        "`sandbox_enabled` is true, else no link.",
+    ),
     Setting("sandbox_hub_port", 8081, "Port of JupyterHub's internal hub API (loopback)."),
     Setting("sandbox_proxy_api_port", 8002, "Port of the proxy's REST API (loopback)."),
     Setting(

@@ -139,6 +139,8 @@ def prepare(
         "proxy_api_port": settings.sandbox_proxy_api_port,
         "proxy_command": str(PROXY),
         "hub_url": hub_url,
+        # Where people reach the portal: JupyterHub's pages link back to it.
+        "portal_url": str(settings.public_url or f"http://{_loopback(hub_host)}:{hub_port}"),
         "gateway_url": str(settings.sandbox_gateway_url or hub_url),
         "service_secret": service_secret(settings),
         "isolation": mode,

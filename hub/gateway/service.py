@@ -214,6 +214,28 @@ def token() -> ResponseReturnValue:
     )
 
 
+def sandbox_url(settings: Settings) -> str:
+    """Where researchers open the sandbox (JupyterHub): ``sandbox_public_url``, else its
+    proxy's address while the sandbox is enabled, else "" (no sandbox to link to)."""
+    if settings.sandbox_public_url:
+        return str(settings.sandbox_public_url).rstrip("/") + "/"
+    if not settings.sandbox_enabled:
+        return ""
+    host = str(settings.sandbox_host)
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+    return f"http://{host}:{int(settings.sandbox_port)}/"
+
+
+@service_api.app_context_processor
+def _sandbox_link() -> dict[str, Any]:
+    """``sandbox_url()`` in every portal template (the "Open the sandbox" link)."""
+
+    def link() -> str:
+        return sandbox_url(current_app.config["CLEANROOM_SETTINGS"])
+
+    return {"sandbox_url": link}
+
+
 def gateway_url(settings: Settings) -> str:
     """Where notebooks reach the gateway: the setting, else the hub's own address."""
     if settings.sandbox_gateway_url:

@@ -51,6 +51,7 @@ from sandbox.gateway.sql import (
     CheckedQuery,
     check_query,
 )
+from sandbox.gateway.typecheck import check_types
 
 if TYPE_CHECKING:
     from sandbox.gateway.engine import AgreementViews, Gateway
@@ -569,6 +570,8 @@ def checked_query(sql: str, views: AgreementViews) -> CheckedQuery:
             if len(_CHECKED) >= _CHECKED_MAX:
                 _CHECKED.pop(next(iter(_CHECKED)))
             _CHECKED[key] = found
+    # Outside the cache: the views' column types decide, and they are the views' own.
+    check_types(found, views.columns, views.facts)
     return found
 
 

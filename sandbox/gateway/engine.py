@@ -38,6 +38,7 @@ from sandbox.gateway import disclosure as control
 from sandbox.gateway.errors import QueryFailed, QueryTimeout
 from sandbox.gateway.facts import Facts, view_facts
 from sandbox.gateway.sql import INSTITUTION, check_query, patients_sql, rewrite, spread_sql
+from sandbox.gateway.typecheck import check_types
 
 
 @dataclass(frozen=True)
@@ -494,7 +495,12 @@ class Gateway:
                 f"the query ran longer than {self.timeout:g} s and was stopped"
             ) from None
         except (duckdb.BinderException, duckdb.CatalogException) as error:
-            raise QueryFailed(_first_line(str(error))) from None
+            # Types and names are checked before (typecheck.py); what is left is said
+            # without the engine's vocabulary where it can be.
+            raise QueryFailed(
+                f"the query cannot be run as written ({_plain_error(str(error))}); check "
+                "the columns' names and types with cr.schema(table)"
+            ) from None
         except duckdb.OutOfMemoryException:
             raise QueryFailed("the query needs more memory than the gateway allows") from None
         except duckdb.Error as error:
@@ -547,6 +553,7 @@ class Gateway:
         every record counted; None for a row no group matches. Evidence for the output
         checkers and for the differencing check across releases."""
         checked = check_query(sql, views.names, views.identifiers)
+        check_types(checked, views.columns, views.facts)
         names, found = self.execute(views, patients_sql(checked))
         n = len(checked.keys)
         groups = {
@@ -580,6 +587,8 @@ class Gateway:
                 if len(self._prepared) >= PREPARED_CACHE:
                     self._prepared.pop(next(iter(self._prepared)))
                 self._prepared[key] = found
+        # Outside the cache: the views' column types decide, and they are the views' own.
+        check_types(found[0], views.columns, views.facts)
         return found
 
     def fit(self, views: AgreementViews, disclosure: Disclosure, **request: Any) -> Any:
@@ -591,6 +600,13 @@ class Gateway:
 
 def _first_line(message: str) -> str:
     return message.strip().splitlines()[0] if message.strip() else "the query failed"
+
+
+def _plain_error(message: str) -> str:
+    """DuckDB's first line without its error-class prefix ("Binder Error: ")."""
+    line = _first_line(message)
+    head, sep, rest = line.partition(" Error: ")
+    return rest if sep and " " not in head else line
 
 
 def _sortable(value: Any) -> tuple[bool, str, Any]:

@@ -47,7 +47,7 @@ _NUMERIC_TYPES = (
 class Facts:
     """What is publicly known about one column's values."""
 
-    kind: str  # number, integer, boolean, category, string
+    kind: str  # number, integer, boolean, category, band, string
     lower: float | None = None
     upper: float | None = None
     values: tuple[Any, ...] | None = None  # the public domain, where there is one
@@ -67,6 +67,29 @@ class Facts:
         ):
             return tuple(range(int(self.lower), int(self.upper) + 1))  # type: ignore[arg-type]
         return None
+
+
+AGE_BAND_WIDTHS = (5, 10, 20)
+AGE_TOP = 90
+
+
+def age_bands(widths: tuple[int, ...] = AGE_BAND_WIDTHS, top: int = AGE_TOP) -> tuple[str, ...]:
+    """Every band de-identification can give an age (``"35-39"``, ``"30-39"``, ``"20-39"``,
+    ``"90+"``): its public generalisation ladder (``anonymisation.generalise``: bands of 5,
+    then 10, then 20 years, top-coded at 90), so the domain of a banded age is known before
+    any data is read."""
+    found: list[str] = []
+    for width in widths:
+        for low in range(0, top, width):
+            band = f"{low}-{min(low + width - 1, top - 1)}"
+            if band not in found:
+                found.append(band)
+    found.append(f"{top}+")
+    return tuple(found)
+
+
+def _is_age(column: str) -> bool:
+    return column == "age" or column.endswith("_age")
 
 
 @lru_cache(maxsize=1)
@@ -122,6 +145,9 @@ def view_facts(
                 found[column] = Facts("number")
         elif fact is not None and fact.kind == "category":
             found[column] = fact
+        elif fact is not None and fact.kind in ("number", "integer") and base == "VARCHAR":
+            # Generalised into bands: text such as '40-49', never a number to compute with.
+            found[column] = Facts("band", values=age_bands() if _is_age(column) else None)
         else:
             found[column] = Facts("string")
     return found

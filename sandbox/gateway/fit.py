@@ -29,6 +29,7 @@ from sqlglot import exp
 from contracts.agreements import Disclosure
 from sandbox.gateway.errors import FitRefused, QueryRejected
 from sandbox.gateway.sql import INSTITUTION, CheckedQuery, check_query
+from sandbox.gateway.typecheck import check_types
 
 if TYPE_CHECKING:
     from sandbox.gateway.engine import AgreementViews, Gateway
@@ -70,6 +71,7 @@ def check_request(
     # Only a probe: check_query parses and allow-lists all of it before anything runs.
     sql = f"SELECT {probe} FROM {table}" + (f" WHERE {filters}" if filters else "")  # noqa: S608
     checked = check_query(sql, views.names, views.identifiers)
+    check_types(checked, views.columns, views.facts, fit=True)
     sums = [o.expr for o in checked.outputs]
     if (
         len(checked.tables) != 1

@@ -366,7 +366,11 @@ class _Checker:
         name = inner.name.lower()
         if name not in self.views:
             what = "system catalog" if name.startswith(_SYSTEM_PREFIXES) else "table"
-            raise _reject(f"{what} `{inner.name}`", "not a view of this agreement")
+            known = ", ".join(sorted(self.views))
+            raise _reject(
+                f"{what} `{inner.name}`",
+                f"not a view of this agreement (its tables: {known})",
+            )
         alias_node = node.args.get("alias")
         if alias_node is not None and alias_node.args.get("columns"):
             raise _reject("column aliases", "rename columns in the SELECT list instead")

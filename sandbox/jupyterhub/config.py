@@ -15,6 +15,7 @@ from typing import Any
 
 CONFIG_ENV = "CLEANROOM_SANDBOX_CONFIG"
 ACCESS_SERVICE = "cleanroom-access"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def load_run_config(path: str | None = None) -> dict[str, Any]:
@@ -41,6 +42,9 @@ def configure(c: Any, path: str | None = None) -> dict[str, Any]:
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = True  # Ctrl-C stops the researchers' servers too
     c.JupyterHub.log_level = run.get("log_level", "INFO")
+    # Cleanroom's name, who may sign in, and a link back to the portal on every hub page.
+    c.JupyterHub.template_paths = [str(TEMPLATES)]
+    c.JupyterHub.template_vars = {"cleanroom_portal_url": run.get("portal_url", "")}
 
     c.ConfigurableHTTPProxy.command = [run["proxy_command"]]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{int(run['proxy_api_port'])}"

@@ -6,6 +6,10 @@ locale and ``PATH``, and the two the researcher's client needs, ``CLEANROOM_GATE
 and a short-lived ``sandbox``-scoped ``CLEANROOM_TOKEN`` issued by the hub at spawn. No
 database URL, object-store key, HMAC key or secret key can reach it.
 
+Each start copies the example notebooks (``sandbox/notebooks/*.ipynb``) into
+``~/examples/`` where they are missing; a researcher's own copy, edited or not, is never
+overwritten (delete it to get the original back on the next start).
+
 ``isolate = False`` is the developer mode: same user as the hub, and it says so loudly.
 """
 
@@ -17,6 +21,7 @@ import pwd
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
@@ -28,6 +33,7 @@ from sandbox.jupyterhub.hubapi import ask
 ENV_ALLOWED = ("PATH", "LANG", "LC_ALL", "HOME", "USER", "SHELL", "JPY_API_TOKEN")
 ENV_PREFIXES_ALLOWED = ("JUPYTERHUB_",)
 SYSTEM_NAME_MAX = 32
+EXAMPLES = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def system_name(prefix: str, username: str) -> str:
@@ -73,6 +79,61 @@ def ensure_system_user(name: str, home_root: str) -> pwd.struct_passwd:
     return entry
 
 
+def copy_examples(
+    source: str | os.PathLike[str],
+    home: str | os.PathLike[str],
+    *,
+    folder: str = "examples",
+    owner: tuple[int, int] | None = None,
+) -> list[str]:
+    """Copy the ``*.ipynb`` of ``source`` into ``<home>/<folder>/`` where missing; the names
+    copied. A file already there (the researcher's copy, edited or not) is kept. Files are
+    0600 and the folder 0700, owned by ``owner`` (uid, gid) when given.
+
+    Run as root into a home its researcher controls, so nothing follows a symbolic link: the
+    folder is opened with ``O_NOFOLLOW`` and each file created with ``O_EXCL`` (which also
+    makes "never overwrite" hold against a file appearing meanwhile)."""
+    notebooks = sorted(Path(source).glob("*.ipynb"))
+    if not notebooks:
+        return []
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    home_fd = os.open(home, flags)
+    try:
+        try:
+            os.mkdir(folder, 0o700, dir_fd=home_fd)
+        except FileExistsError:
+            pass
+        else:
+            if owner is not None:
+                os.chown(folder, *owner, dir_fd=home_fd, follow_symlinks=False)
+        try:
+            folder_fd = os.open(folder, flags, dir_fd=home_fd)
+        except OSError:  # not a directory (a file or a link the researcher put there)
+            return []
+    finally:
+        os.close(home_fd)
+    copied = []
+    try:
+        for notebook in notebooks:
+            try:
+                fd = os.open(
+                    notebook.name,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                    0o600,
+                    dir_fd=folder_fd,
+                )
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as out:
+                out.write(notebook.read_bytes())
+                if owner is not None:
+                    os.fchown(out.fileno(), *owner)
+            copied.append(notebook.name)
+    finally:
+        os.close(folder_fd)
+    return copied
+
+
 def clean_env(env: dict[str, str]) -> dict[str, str]:
     """Only the allow-listed variables survive."""
     return {k: v for k, v in env.items() if k in ENV_ALLOWED or k.startswith(ENV_PREFIXES_ALLOWED)}
@@ -95,6 +156,15 @@ class CleanroomSpawner(LocalProcessSpawner):
     home_root = Unicode("/home", config=True, help="Where system users' homes are created.")
     dev_home_root = Unicode(
         config=True, help="Same-user mode: parent of the researchers' working directories."
+    )
+    examples_dir = Unicode(
+        str(EXAMPLES),
+        config=True,
+        help="Folder of example notebooks copied into each researcher's home where missing "
+        "(empty: none).",
+    )
+    examples_folder = Unicode(
+        "examples", config=True, help="Folder of the researcher's home the examples go to."
     )
 
     @default("dev_home_root")
@@ -129,8 +199,10 @@ class CleanroomSpawner(LocalProcessSpawner):
             "CLEANROOM_GATEWAY_URL": self.gateway_url or str(body["gateway_url"]),
             "CLEANROOM_TOKEN": str(body["token"]),
         }
+        owner: tuple[int, int] | None = None
         if self.isolate:
             entry = ensure_system_user(self.system_user, self.home_root)
+            owner = (entry.pw_uid, entry.pw_gid)
             self.log.info(
                 "spawning %s as system user %s (uid %d)",
                 self.user.name,
@@ -142,7 +214,23 @@ class CleanroomSpawner(LocalProcessSpawner):
             self.log.warning(
                 "ISOLATION OFF: %s's notebook server runs as the hub's own user", self.user.name
             )
+        self._copy_examples(owner)
         return await super().start()
+
+    def _copy_examples(self, owner: tuple[int, int] | None) -> None:
+        if not self.examples_dir:
+            return
+        try:
+            copied = copy_examples(
+                self.examples_dir, self._home(), folder=self.examples_folder, owner=owner
+            )
+        except OSError as err:  # a missing example must not keep the server from starting
+            self.log.error("could not copy the example notebooks for %s: %s", self.user.name, err)
+            return
+        if copied:
+            self.log.info(
+                "copied %s into %s's ~/%s", ", ".join(copied), self.user.name, self.examples_folder
+            )
 
     def make_preexec_fn(self, name: str) -> Any:
         if self.isolate:

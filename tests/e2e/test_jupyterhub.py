@@ -226,6 +226,17 @@ def _server(http: requests.Session, sandbox: Sandbox, name: str) -> str:
     pytest.fail(f"the notebook server of {name} did not start in {DEADLINE:.0f} s")
 
 
+def test_the_sign_in_page_is_cleanrooms_and_links_back_to_the_portal(sandbox: Sandbox) -> None:
+    page = requests.get(f"{sandbox.jupyterhub}/hub/login", timeout=10)
+    assert page.status_code == 200
+    text = page.text
+    assert "<title>Cleanroom sandbox</title>" in text
+    assert "Researchers named in an active data-sharing agreement sign in here" in text
+    assert "Cleanroom portal username and password" in text
+    assert f'href="{sandbox.hub}"' in text  # back to the portal
+    assert "JupyterHub logo" not in text
+
+
 def test_only_researchers_in_an_active_agreement_sign_in(sandbox: Sandbox) -> None:
     for username in ("steward", "northbridge-data"):
         _, resp = _login(sandbox, username)
@@ -248,6 +259,15 @@ def test_a_researchers_notebook_runs_isolated_and_follows_the_agreement(
     http, resp = _login(sandbox, "researcher")
     assert resp.status_code == 200, resp.text[-500:]
     base = _server(http, sandbox, "researcher")
+    # The first start put the example notebooks into the researcher's home.
+    listing = http.get(f"{base}/api/contents/examples", timeout=30)
+    assert listing.status_code == 200, listing.text[-500:]
+    shipped = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert sorted(c["name"] for c in listing.json()["content"]) == shipped
+    # Every hub page links back to the portal.
+    home = http.get(f"{sandbox.jupyterhub}/hub/home", timeout=30)
+    assert home.status_code == 200 and 'id="cleanroom-portal-link"' in home.text
+    assert f'href="{sandbox.hub}"' in home.text
     kernel = Kernel(http, base)
     try:
         # The tour notebook, top to bottom, in the researcher's kernel.
@@ -283,6 +303,11 @@ for label, path in [("database", {str(data / "cleanroom.db")!r}),
         result[label] = "PermissionError"
     except Exception as err:
         result[label] = type(err).__name__
+examples = os.path.expanduser("~/examples")
+result["examples"] = sorted(
+    (name, pwd.getpwuid(os.stat(os.path.join(examples, name)).st_uid).pw_name,
+     oct(os.stat(os.path.join(examples, name)).st_mode & 0o777))
+    for name in os.listdir(examples))
 result["env"] = sorted(os.environ)
 result["env_values"] = "".join(os.environ.values())
 print(json.dumps(result))
@@ -292,6 +317,9 @@ print(json.dumps(result))
         seen = json.loads(out)
         assert seen["user"] == f"{PREFIX}researcher"
         assert seen["home_mode"] == "0o700"
+        assert [tuple(e) for e in seen["examples"]] == [
+            (name, f"{PREFIX}researcher", "0o600") for name in shipped
+        ]
         for label in ("database", "quarantine", "pool", "secret"):
             assert seen[label] == "PermissionError", (label, seen[label])
         assert data.stat().st_mode & 0o777 == 0o700
@@ -330,8 +358,19 @@ print(json.dumps(result))
     finally:
         kernel.close()
 
-    # The last agreement goes too: the access sweep stops the server.
-    suspend("demo-v2v")
+    # The last agreements go too (demo-v2v, and any other the demo names the researcher
+    # in): the access sweep stops the server.
+    from sqlalchemy import select
+
+    from hub.agreements.models import AgreementRecord
+
+    with database.session() as s:
+        active = s.scalars(
+            select(AgreementRecord.slug).where(AgreementRecord.state == "active")
+        ).all()
+    assert "demo-v2v" in active
+    for slug in active:
+        suspend(slug)
     database.engine.dispose()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

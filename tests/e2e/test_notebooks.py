@@ -1,9 +1,18 @@
 """The example notebooks (``sandbox/notebooks/``) run top to bottom against the demo
-consortium, in a real kernel, as a researcher would run them in the sandbox."""
+consortium, in a real kernel, as a researcher would run them in the sandbox.
+
+``live_server`` here is the module's own demo hub (``notebook_server``): the notebooks run
+nine times within a couple of minutes, more sandbox requests than the default per-minute
+allowance (``gateway_rate_per_minute``, covered by its own unit test), and their budgets
+must start unspent whatever other tests asked before."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -11,10 +20,48 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.e2e.conftest import LiveServer
+from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "sandbox" / "notebooks").glob("*.ipynb"))
+DEADLINE = 60.0
+IMAGE = "<image/png>"  # stands for a drawn chart in the text _run returns
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A demo hub of this module's own (``cleanroom demo seed`` + ``cleanroom serve``)."""
+    root = tmp_path_factory.mktemp("notebook-server")
+    data_dir = root / "data"
+    data_dir.mkdir(mode=0o700)
+    port = free_port()
+    env = server_env(data_dir, port, gateway_rate_per_minute=1000, login_rate_per_minute=1000)
+    command = cleanroom_command()
+    seeded = subprocess.run(  # noqa: S603
+        [*command, "demo", "seed"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    logins = json.loads((data_dir / "demo-logins.json").read_text())
+    log = root / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"`cleanroom serve` did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield LiveServer(url=url, data_dir=data_dir, logins=logins)
+    finally:
+        stop(proc)
 
 
 def test_there_are_the_three_example_notebooks() -> None:
@@ -39,7 +86,10 @@ def _run(path: Path, live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     return "".join(
-        str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs
+        str(o.get("text", ""))
+        + str(o.get("data", {}).get("text/plain", ""))
+        + (IMAGE if "image/png" in o.get("data", {}) else "")
+        for o in outputs
     )
 
 
@@ -50,6 +100,12 @@ def test_notebook_runs_top_to_bottom(
     text = _run(path, live_server, monkeypatch)
     assert "demo-" in text or "mean_v2v_days" in text or "coefficient" in text
     assert "epsilon_left" in text  # every notebook shows the budget it leaves
+    if path.name == "01_pooled_data_tour.ipynb":
+        assert "withheld [1]" in text and "] withheld: fewer than" in text  # marked cells
+        assert "GROUP BY age instead of AVG(age)" in text  # a refusal's one line
+        assert IMAGE in text  # the chart was drawn (matplotlib in the kernel)
+    if path.name == "03_vein_to_vein.ipynb":
+        assert IMAGE in text
 
 
 def test_the_three_notebooks_run_within_the_default_budget_and_again_for_free(

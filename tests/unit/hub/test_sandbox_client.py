@@ -61,3 +61,37 @@ def test_client_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
         connect()
     with pytest.raises(SandboxError, match="CLEANROOM_TOKEN"):
         connect("http://127.0.0.1:9")
+
+
+def test_describe_reads_the_catalogue_under_the_agreement(
+    served: str,
+    database: Database,
+    settings: Settings,
+    pooled,  # noqa: F811
+) -> None:
+    from contracts.cdm import IdentifierClass, load_cdm
+
+    _activate(database, _terms(""))
+    token = _token(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
+    cr = connect(served, token)
+    tables = cr.describe()
+    cdm = load_cdm()
+    assert set(tables["table"]) == {t.name for t in cdm.tables}
+    assert tables.set_index("table")["covered"].to_dict()["batch"] is True
+    assert tables.attrs["agreement"] == "v2v" and tables.attrs["patients"]
+
+    batch = cr.describe("batch")
+    truth = cdm.table("batch")
+    assert list(batch["column"]) == [c.name for c in truth.columns]
+    described = batch.set_index("column")
+    assert described.loc["viability", "description"] == truth.column("viability").description
+    # Every column the gateway's view holds is one the catalogue says may be queried
+    # (`batch: all` covers the CDM's columns; the pool here holds five of them).
+    covered = set(batch.loc[batch["covered"], "column"])
+    assert set(cr.schema("batch")["name"]) - {"institution"} <= covered
+    assert not covered & {c.name for c in truth.columns if c.identifier is IdentifierClass.DIRECT}
+    assert batch.attrs["table"] == "batch"
+    with pytest.raises(SandboxError, match="no table 'batches'"):
+        cr.describe("batches")
+    with pytest.raises(PolicyDenied):
+        cr.describe("batch", agreement="someone-elses")
