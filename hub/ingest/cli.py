@@ -53,15 +53,30 @@ def _error(resp: requests.Response) -> str:
     required=True,
     help="API token with the upload scope (or set CLEANROOM_TOKEN).",
 )
+@click.option(
+    "--additional-rows",
+    is_flag=True,
+    help="Add these rows beside the released version of the table instead of replacing it.",
+)
 @click.option("--wait/--no-wait", default=True, help="Follow the processing job.")
 @pass_hub
 def upload(
-    hub: Hub, file: Path, table: str, sheet: str, url: str | None, token: str, wait: bool
+    hub: Hub,
+    file: Path,
+    table: str,
+    sheet: str,
+    url: str | None,
+    token: str,
+    additional_rows: bool,
+    wait: bool,
 ) -> None:
-    """Upload FILE into quarantine over the JSON API and follow its processing."""
+    """Upload FILE into quarantine over the JSON API and follow its processing. Released,
+    it replaces the institution's released version of the table unless --additional-rows."""
     base = (url or hub.settings.public_url).rstrip("/")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
     params = {"table": table, "filename": file.name, "sheet": sheet}
+    if additional_rows:
+        params["additional_rows"] = "true"
     size = os.path.getsize(file)
     try:
         with click.progressbar(length=size, label=f"uploading {file.name}", file=sys.stderr) as bar:
@@ -83,6 +98,8 @@ def upload(
             f"uploaded: dataset version {version['id']} ({table} v{version['version']},"
             f" sha256 {version['sha256'][:12]}…)"
         )
+        for gap in version.get("upload_first") or []:
+            click.echo(f"warning: {gap['message'].replace('`', '')}", err=True)
         if not wait:
             return
         _follow(base, headers, version["id"])

@@ -310,3 +310,118 @@ def run(
         report["attention"] = [*anchors.notes, *report.get("attention", [])]
     report["choices"] = choices.to_dict()
     return result
+
+
+# Plain words for the review page -----------------------------------------------------------
+#
+# The engine's report is written for auditors ("cdm hint — CDM class safe"); the review page
+# says the same to a lab data manager and keeps the technical line as a tooltip.
+
+_CLASS_WORDS = {
+    "direct_identifier": "identifies a person directly",
+    "linkable_identifier": "an identifier (linked across tables under a pseudonym)",
+    "quasi_identifier": "could identify someone together with other columns",
+    "sensitive": "sensitive information",
+    "free_text": "free text",
+    "safe": "not identifying",
+}
+_ACTION_WORDS = {
+    "keep": "kept as is",
+    "generalise": "generalised (made coarser)",
+    "pseudonymise": "replaced by a pseudonym",
+    "scrub": "identifiers inside the text removed",
+    "drop": "removed",
+}
+_KIND_WORDS = {
+    "measurement": "decimal measurements: no names or ID numbers to look for",
+    "numeric": "whole numbers: checked only against number-shaped identifiers",
+    "numeric-text": "numbers written as text: checked only against number-shaped identifiers",
+    "datetime": "dates and times: handled as dates",
+    "boolean": "yes/no values: nothing identifying to look for",
+}
+_NOTE_WORDS = {
+    "labels the column": "so the column is treated as such",
+    "needs attention: below the labelling rate": "too few to be sure, please check the column",
+    "found inside free text": "found inside the text",
+    "weak pattern: counts only in a lot/batch column": (
+        "a weak pattern, which counts only in a lot or batch column"
+    ),
+    "reagent/equipment column: shared lots and serials are safe": (
+        "a reagent or equipment column, whose shared lot and serial numbers are safe"
+    ),
+}
+
+
+def class_words(klass: str | None) -> str:
+    """An identifier class in words (``quasi_identifier`` → "could identify someone …")."""
+    return _CLASS_WORDS.get(str(klass or ""), str(klass or "").replace("_", " "))
+
+
+def action_words(action: str | None) -> str:
+    """One of :data:`ACTIONS` in words."""
+    return _ACTION_WORDS.get(short_action(str(action or "")), str(action or ""))
+
+
+def _entity_words(entity: str | None) -> str:
+    return {
+        "PERSON": "person names",
+        "AGE": "ages",
+        "UK_NHS": "NHS numbers",
+        "US_SSN": "social security numbers",
+        "NATIONAL_ID": "national ID numbers",
+        "MRN": "medical record numbers",
+        "EMAIL_ADDRESS": "email addresses",
+        "PHONE_NUMBER": "phone numbers",
+        "IP_ADDRESS": "IP addresses",
+        "LOCATION": "places",
+        "UK_POSTCODE": "postcodes",
+        "DATE_TIME": "dates",
+        "ISBT_DIN": "donation identification numbers (DINs)",
+        "COI_ID": "chain-of-identity IDs",
+        "LOT_ID": "lot numbers",
+        "DEVICE_SERIAL": "device serial numbers",
+        "ISBT_PRODUCT_CODE": "product codes",
+    }.get(str(entity or ""), str(entity or "identifiers").replace("_", " ").lower())
+
+
+def evidence_words(evidence: Mapping[str, Any]) -> dict[str, str]:
+    """One piece of a column's evidence as ``{"text": plain words, "detail": the technical
+    line}`` (the page shows the text and puts the detail in a tooltip)."""
+    source = str(evidence.get("source") or "")
+    entity = evidence.get("entity")
+    rate = evidence.get("hit_rate")
+    size = evidence.get("sample_size")
+    note = str(evidence.get("note") or "")
+    detail = source + (f" {entity}" if entity else "")
+    if rate is not None:
+        detail += f": {100 * float(rate):.0f}% of {size}"
+    if note:
+        detail += f" — {note}"
+    if source == "cdm hint":
+        if "contradict" in note:
+            text = (
+                f"The values look like {_entity_words(entity)}, more identifying than the data "
+                "model expects: treated as the stronger class."
+            )
+        else:
+            hinted = note.removeprefix("CDM class ").strip()
+            text = f"The common data model says this column is {class_words(hinted)}."
+    elif source == "column name":
+        if entity:
+            text = f"Its name suggests {_entity_words(entity)}."
+        else:
+            named = note.removeprefix("name suggests ").strip()
+            text = f"Going by its name: {class_words(named)}."
+    elif source == "dtype":
+        kind = note.split(" ", 1)[0]
+        if note.startswith("free-text"):
+            text = "Free text (long values of several words): searched for names and IDs inside."
+        else:
+            text = "Values are " + _KIND_WORDS.get(kind, kind) + "."
+    elif rate is not None:
+        share = f"{100 * float(rate):.0f}% of {size} sampled values"
+        extra = _NOTE_WORDS.get(note, note)
+        text = f"{share} look like {_entity_words(entity)}" + (f", {extra}" if extra else "") + "."
+    else:
+        text = _NOTE_WORDS.get(note, note) or source
+    return {"text": text, "detail": detail}

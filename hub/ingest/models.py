@@ -79,6 +79,9 @@ class DatasetVersion(Base):
     # "Share synthetic only": the contributor shares this version's synthetic equivalent and
     # keeps its real rows out of every agreement's views (pool_versions skips it).
     synthetic_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # "Additional rows": released beside the institution's released versions of the table.
+    # Without it a release supersedes them (they are withdrawn), so counts never double.
+    additional_rows: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

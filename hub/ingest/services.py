@@ -33,7 +33,7 @@ from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, NotFound
-from hub.exports import SafeWriter
+from hub.exports import SafeWriter, formula_cells
 from hub.ingest import deid
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
@@ -94,9 +94,12 @@ def start_upload(
     filename: str,
     stream: BinaryIO,
     sheet: str = "",
+    additional: bool = False,
 ) -> DatasetVersion:
     """Stream an upload into quarantine, sniff it, record the version and queue profiling.
 
+    ``additional``: the file holds rows to add beside the institution's released version of
+    the table; without it, releasing this version replaces (withdraws) that one.
     The caller must not hold a database transaction open while the bytes stream (SQLite
     serialises writers); this function begins its own after the object is stored."""
     if user.institution is None:
@@ -121,6 +124,7 @@ def start_upload(
             size=info.size,
             sha256=info.sha256 or "",
             raw_key=key,
+            additional_rows=additional,
             created_by=f"user:{user.username}",
         )
         session.add(version)
@@ -144,6 +148,7 @@ def start_upload(
                 "size": info.size,
                 "sha256": info.sha256,
                 "institution": slug,
+                "additional_rows": additional,
             },
         )
         session.commit()
@@ -268,6 +273,8 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
     with ctx.database.session() as s:
         remembered = _remembered(s, version)
     proposal = propose_mapping(parsed.frame, table, remembered)
+    ctx.progress(85, "checking which table the file looks like")
+    looks_like = guess_other_table(parsed.frame, table, proposal)
     with ctx.database.session() as s:
         v = get_version(s, version_id)
         v.sheet = sheet or ""
@@ -280,11 +287,130 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
                 "rows": parsed.rows,
                 "columns": parsed.columns,
                 "warnings": parsed.warnings,
+                "samples": sample_values(parsed.frame),
+                "looks_like": looks_like,
             }
         )
         v.mapping = json.dumps(proposal.to_dict())
         v.state = VersionState.AWAITING_MAPPING
     return {"state": VersionState.AWAITING_MAPPING, "rows": parsed.rows}
+
+
+SAMPLES = 3
+"""Distinct example values per column shown on the mapping page."""
+_GUESS_ROWS = 200
+
+
+def sample_values(frame: pd.DataFrame, n: int = SAMPLES) -> dict[str, list[str]]:
+    """A few distinct non-empty values of each column, as uploaded (the mapping page shows
+    them to the uploading institution only, like every part of the profile)."""
+    out: dict[str, list[str]] = {}
+    for name in frame.columns:
+        values = frame[name].dropna().astype(str).str.strip()
+        values = values[values != ""]
+        shown = list(dict.fromkeys(values.head(200)))[:n]
+        out[str(name)] = [v if len(v) <= 40 else v[:39] + "…" for v in shown]
+    return out
+
+
+def _own_matches(proposal: MappingProposal, table: Table) -> int:
+    """Columns matched by name to a column of ``table`` that is its own, not a link to
+    another table (``coi_id`` is in most tables, so it says nothing about which one)."""
+    links = {c.name for c in table.columns if c.references}
+    return sum(
+        1 for m in proposal.columns if m.target and m.target not in links and m.confidence >= _NAMED
+    )
+
+
+_NAMED = 0.85  # a match by name or synonym (value-based guesses score lower)
+
+
+def guess_other_table(
+    frame: pd.DataFrame, table: Table, proposal: MappingProposal
+) -> dict[str, Any] | None:
+    """Another CDM table that clearly fits the file better than ``table`` (a ``collection``
+    file uploaded as ``batch``): ``{"table", "matched", "matched_here", "columns"}``,
+    counting the columns matched by name to each table's own columns."""
+    here = _own_matches(proposal, table)
+    head = frame.head(_GUESS_ROWS)
+    best: tuple[int, str] | None = None
+    for other in cdm().tables:
+        if other.name == table.name:
+            continue
+        matched = _own_matches(propose_mapping(head, other, {}), other)
+        if best is None or matched > best[0]:
+            best = (matched, other.name)
+    if best is None:
+        return None
+    matched, name = best
+    if matched >= 2 and matched > 2 * here:
+        return {
+            "table": name,
+            "matched": matched,
+            "matched_here": here,
+            "columns": len(proposal.columns),
+        }
+    return None
+
+
+# Upload order and versions ------------------------------------------------------------------
+
+PENDING_STATES = (
+    VersionState.UPLOADED,
+    VersionState.PROFILING,
+    VersionState.AWAITING_SHEET,
+    VersionState.AWAITING_MAPPING,
+    VersionState.PROCESSING,
+    VersionState.AWAITING_REVIEW,
+)
+
+
+def upload_order(session: Session, institution_id: int | None, table: str) -> list[dict[str, Any]]:
+    """The tables ``table`` links to that the institution has not released yet, in CDM order:
+    ``{"table", "columns", "pending": version number or None}`` (``pending``: uploaded but
+    not released). Their links cannot be checked until they are released."""
+    wanted: dict[str, list[str]] = {}
+    for col in cdm_table(table).columns:
+        if col.references:
+            ref_table = col.references.split(".", 1)[0]
+            if ref_table != table:
+                wanted.setdefault(ref_table, []).append(col.name)
+    out = []
+    for ref_table, columns in wanted.items():
+        states = dict(
+            session.execute(
+                select(DatasetVersion.state, func.max(DatasetVersion.version))
+                .where(
+                    DatasetVersion.institution_id == institution_id,
+                    DatasetVersion.cdm_table == ref_table,
+                )
+                .group_by(DatasetVersion.state)
+            ).all()
+        )
+        if VersionState.RELEASED in states:
+            continue
+        pending = [states[st] for st in PENDING_STATES if st in states]
+        out.append({"table": ref_table, "columns": columns, "pending": max(pending, default=None)})
+    return out
+
+
+def superseded_by(session: Session, version: DatasetVersion) -> list[DatasetVersion]:
+    """The released versions that releasing ``version`` withdraws: every released version
+    of the same table from the same institution, unless ``version`` is additional rows."""
+    if version.additional_rows:
+        return []
+    return list(
+        session.scalars(
+            select(DatasetVersion)
+            .where(
+                DatasetVersion.institution_id == version.institution_id,
+                DatasetVersion.cdm_table == version.cdm_table,
+                DatasetVersion.state == VersionState.RELEASED,
+                DatasetVersion.id != version.id,
+            )
+            .order_by(DatasetVersion.version)
+        )
+    )
 
 
 # Sheet and mapping choices -------------------------------------------------------------------
@@ -429,6 +555,93 @@ def _known_keys(
     return known
 
 
+def _formulas(raw: pd.DataFrame, proposal: MappingProposal) -> list[dict[str, Any]]:
+    """Cells of the upload a spreadsheet would run, per source column (named with the CDM
+    column it maps to, if any). Every file the hub writes neutralises them."""
+    targets = proposal.as_mapping()
+    return [{**f, "target": targets.get(f["column"])} for f in formula_cells(raw)]
+
+
+def _overlaps(
+    database: Database,
+    storage: Storage,
+    version: DatasetVersion,
+    table: Table,
+    valid: pd.DataFrame,
+    chain: KeyChain,
+) -> list[dict[str, Any]]:
+    """Keys of this upload's valid rows already in another released version of the same
+    table from the same institution: ``{"column", "count", "versions", "examples"}``. The
+    pool holds pseudonyms (or, for a column kept as is, the value), so both are compared."""
+    key = table.primary_key[0] if table.primary_key else None
+    if key is None or key not in valid or valid[key].notna().sum() == 0:
+        return []
+    with database.session() as s:
+        rows = s.execute(
+            select(DatasetVersion.version, DatasetVersion.keys_key, DatasetVersion.pool_key).where(
+                DatasetVersion.institution_id == version.institution_id,
+                DatasetVersion.cdm_table == version.cdm_table,
+                DatasetVersion.state == VersionState.RELEASED,
+                DatasetVersion.id != version.id,
+            )
+        ).all()
+    values = valid[key].dropna().astype(str)
+    if not rows or values.empty:
+        return []
+    pseudonyms = pseudonymise(values, chain)
+    hit = pd.Series(False, index=values.index)
+    versions: list[int] = []
+    for number, keys_key, pool_key in rows:
+        found = None
+        for object_key in (keys_key, pool_key):
+            if not object_key or not storage.exists(object_key):
+                continue
+            with storage.open(object_key) as fh:
+                parquet = pq.ParquetFile(pa.BufferReader(fh.read()))
+            if key in parquet.schema_arrow.names:  # read that one column only
+                column = parquet.read(columns=[key]).column(0)
+                found = {str(x) for x in column.to_pylist() if x is not None}
+                break
+        if not found:
+            continue
+        here = pseudonyms.isin(found) | values.isin(found)
+        if here.any():
+            versions.append(int(number))
+            hit |= here
+    if not hit.any():
+        return []
+    examples = list(dict.fromkeys(values[hit]))[:3]
+    return [
+        {
+            "column": key,
+            "count": int(hit.sum()),
+            "versions": sorted(versions),
+            "examples": examples,
+        }
+    ]
+
+
+def _reference_gaps(result: Any) -> list[dict[str, Any]]:
+    """Links held back because the linked record is not in the institution's released
+    table: ``{"column", "table", "count", "examples"}``, so the page can say which table to
+    upload first."""
+    gaps = []
+    for report in result.column_reports:
+        error = report.by_rule.get(Rule.REFERENCE)
+        if error is None:
+            continue
+        ref = cdm_table(result.table).column(report.column).references or ""
+        gaps.append(
+            {
+                "column": report.column,
+                "table": ref.split(".", 1)[0],
+                "count": error.count,
+                "examples": list(error.examples[:3]),
+            }
+        )
+    return gaps
+
+
 @task("ingest.process")
 def process_job(ctx: JobContext) -> dict[str, Any]:
     """Apply the confirmed mapping, validate, de-identify the valid rows and stage them.
@@ -454,9 +667,18 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     mapped = apply_mapping(parsed.frame, proposal, table)
     ctx.progress(40, "validating")
     known = _known_keys(ctx.database, storage, version, table, chain)
-    result = validate(mapped, table, factors=proposal.factors(), known_keys=known)
-    ctx.progress(60, "de-identifying")
+    # Examples in full: the report is read by the uploading institution only (its own data).
+    result = validate(
+        mapped, table, factors=proposal.factors(), known_keys=known, mask_identifiers=False
+    )
     valid = result.frame[result.valid_mask]
+    ctx.progress(55, "comparing with your released versions")
+    checks = {
+        "formulas": _formulas(parsed.frame, proposal),
+        "overlaps": _overlaps(ctx.database, storage, version, table, valid, chain),
+        "reference_gaps": _reference_gaps(result),
+    }
+    ctx.progress(60, "de-identifying")
     anchors = deid.resolve_anchors(ctx.database, storage, table, valid, chain)
     steps = max(1, len(valid.columns) + 2)
     engine = deid.run(
@@ -496,7 +718,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
         v.keys_key = index_key
         v.rows = int(len(result.frame))
         v.valid_rows = int(result.valid_mask.sum())
-        v.validation = json.dumps(result.to_dict())
+        v.validation = json.dumps({**result.to_dict(), **checks})
         v.deid = json.dumps(report)
         if not choices.columns and choices.k is None:
             v.deid_floor = json.dumps(deid.floor_of(report))
@@ -596,6 +818,12 @@ def release(
     version.state = VersionState.RELEASED
     version.released_at = utcnow()
     version.released_by = actor
+    # The versions it replaces leave the pool in the same transaction, through the
+    # withdrawal path (synthetic versions made from them and the ledger included).
+    replaced = superseded_by(session, version)
+    doomed: list[str] = []
+    for old in replaced:
+        doomed += _mark_withdrawn(session, old, actor=actor, replaced_by=version)
     if version.synthetic_only:  # shared as synthetic only: make it now
         from hub.synth.services import request_for_version
 
@@ -623,9 +851,12 @@ def release(
             "pool_key": pool_key,
             "deidentification_approved": True,
             "report_sha256": hashlib.sha256((version.deid or "").encode()).hexdigest(),
+            "additional_rows": version.additional_rows,
+            "replaces": [old.version for old in replaced],
         },
     )
     session.commit()
+    _delete_objects(session, storage, doomed)
     _drop_quarantine(session, storage, version, keep_raw=settings.raw_retention_days > 0)
 
 
@@ -682,23 +913,37 @@ def withdraw(session: Session, storage: Storage, version: DatasetVersion, *, act
     """Take a released version out of the pool: no query after this sees it, and every
     synthetic version trained on it is withdrawn too (its rows and plots deleted)."""
     _require_state(version, VersionState.RELEASED, doing="withdrawn")
+    doomed = _mark_withdrawn(session, version, actor=actor)
+    session.commit()
+    _delete_objects(session, storage, doomed)
+
+
+def _mark_withdrawn(
+    session: Session,
+    version: DatasetVersion,
+    *,
+    actor: str,
+    replaced_by: DatasetVersion | None = None,
+) -> list[str]:
+    """Mark ``version`` withdrawn, with its ledger entry and every synthetic version made
+    from it; the caller commits, then deletes the returned objects."""
     version.state = VersionState.WITHDRAWN
     version.withdrawn_at = utcnow()
     version.withdrawn_by = actor
-    record(
-        session,
-        actor=actor,
-        action="withdrawal",
-        target=f"dataset:{version.id}",
-        detail={"table": version.cdm_table, "version": version.version},
-    )
+    detail: dict[str, Any] = {"table": version.cdm_table, "version": version.version}
+    if replaced_by is not None:
+        detail["replaced_by"] = replaced_by.version
+    record(session, actor=actor, action="withdrawal", target=f"dataset:{version.id}", detail=detail)
     from hub.synth.services import withdraw_made_from
 
     synthetic_objects = withdraw_made_from(session, version, actor=actor)
-    session.commit()
-    for key in (version.pool_key, version.keys_key, *synthetic_objects):
-        if key:
-            storage.delete(key)
+    return [k for k in (version.pool_key, version.keys_key, *synthetic_objects) if k]
+
+
+def _delete_objects(session: Session, storage: Storage, keys: list[str]) -> None:
+    """Delete objects no committed state points at any more."""
+    for key in keys:
+        storage.delete(key)
     session.commit()
 
 
@@ -736,6 +981,7 @@ def version_dict(version: DatasetVersion, *, content: bool) -> dict[str, Any]:
         "job_id": version.job_id,
         "key_epoch": version.key_epoch,
         "synthetic_only": version.synthetic_only,
+        "additional_rows": version.additional_rows,
         "created_at": version.created_at.isoformat() if version.created_at else None,
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,

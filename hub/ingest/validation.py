@@ -97,6 +97,11 @@ def _clip(value: str, width: int = 40) -> str:
     return value if len(value) <= width else value[: width - 1] + "…"
 
 
+def _code(value: str) -> str:
+    """``value`` marked as code in a message (pages show it as code, never the marks)."""
+    return "`" + value.replace("`", "'") + "`"
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
@@ -613,7 +618,7 @@ class _Collector:
         seen[positions] = True
         rows = self.rows[positions]
         examples = list(dict.fromkeys(_clip(str(v)) for v in shown[:EXAMPLES] if v != ""))
-        eg = f" (e.g. {', '.join(repr(v) for v in examples[:3])})" if examples else ""
+        eg = f" (e.g. {', '.join(_code(v) for v in examples[:3])})" if examples else ""
         what = lead.replace("{count}", str(count)).replace("{s}", "" if count == 1 else "s")
         message = f"{what}{eg}; {_rows_text(rows, count)}; {hint}"
         report.errors.append(
@@ -641,13 +646,14 @@ class _Collector:
         return errors.sort_values("row", kind="stable", ignore_index=True)
 
 
-def _shown(work: _Work, codes: np.ndarray) -> np.ndarray:
+def _shown(work: _Work, codes: np.ndarray, mask: bool = True) -> np.ndarray:
     """The values behind ``codes`` as a report may show them: as uploaded, masked for
-    identifiers, "" for a missing cell. Only the distinct values needed are masked."""
+    identifiers (unless not ``mask``), "" for a missing cell. Only the distinct values
+    needed are masked."""
     wanted, inverse = np.unique(codes, return_inverse=True)
     raw = work.raw.to_numpy(dtype=object)
     texts = np.where(wanted >= 0, raw[np.maximum(wanted, 0)] if len(raw) else "", "")
-    if work.col.identifier in MASKED_CLASSES:
+    if mask and work.col.identifier in MASKED_CLASSES:
         filled = texts != ""
         texts[filled] = _mask_series(pd.Series(texts[filled], dtype=object)).to_numpy()
     return texts.astype(object)[inverse.ravel()]
@@ -696,6 +702,7 @@ def validate(
     known_keys: Mapping[str, Any] | None = None,
     sources: Mapping[str, str] | None = None,
     first_row: int = FIRST_DATA_ROW,
+    mask_identifiers: bool = True,
 ) -> ValidationResult:
     """Parse, convert and check ``frame`` (CDM column names, raw strings) against ``table``.
 
@@ -704,7 +711,9 @@ def validate(
     ``known_keys["episode.coi_id"]`` holds the keys already validated for the institution:
     a set, or any object with an ``isin(pd.Series) -> pd.Series[bool]`` method; a reference
     without such an entry is reported "not checked". ``first_row`` is the file row of the
-    frame's first row (header is row 1). Invalid rows are kept in ``frame`` and named."""
+    frame's first row (header is row 1). Invalid rows are kept in ``frame`` and named.
+    ``mask_identifiers=False`` quotes identifiers in full: for reports only the uploading
+    institution reads (its own data)."""
     if frame.columns.duplicated().any():
         raise ValueError("frame has duplicate column names")
     n = len(frame)
@@ -744,8 +753,9 @@ def validate(
             report.reference = "checked" if checked else "not checked"
             if not checked:
                 report.warnings.append(
-                    f"links to `{col.references}` not checked: no validated "
-                    f"`{col.references.split('.')[0]}` table is known yet"
+                    f"links to `{col.references}` not checked: your institution has not "
+                    f"released any `{col.references.split('.')[0]}` rows yet; upload and "
+                    f"release `{col.references.split('.')[0]}` first so they can be checked"
                 )
         reports.append(report)
         counts = np.bincount(np.append(work.status, _EMPTY)[work.codes], minlength=7)
@@ -783,14 +793,14 @@ def validate(
                 report,
                 _STATUS_RULES[status],
                 mask,
-                _shown(work, work.codes[mask]),
+                _shown(work, work.codes[mask], mask_identifiers),
                 col.name,
                 f"column `{col.name}`: {{count}} value{{s}} {lead}",
                 f"column `{col.name}`: {row_message}",
                 hint,
             )
     result_frame = pd.DataFrame(typed, index=frame.index)
-    _check_keys(table, works, reports, collect, result_frame)
+    _check_keys(table, works, reports, collect, result_frame, mask_identifiers)
     row_errors = collect.row_errors()
     valid = pd.Series(~collect.invalid, index=frame.index, name="valid")
     extra = [str(c) for c in frame.columns if c not in set(table.column_names)]
@@ -811,6 +821,7 @@ def _check_keys(
     reports: list[ColumnReport],
     collect: _Collector,
     typed: pd.DataFrame,
+    mask: bool = True,
 ) -> None:
     """Rows sharing a primary key are all invalid (the keys compared after parsing)."""
     if not table.primary_key or len(typed) == 0:
@@ -836,7 +847,7 @@ def _check_keys(
     label = ", ".join(table.primary_key)
     quoted = ", ".join(f"`{k}`" for k in table.primary_key)
     key_text = f"key {quoted}" if len(parts) == 1 else f"key ({quoted})"
-    shown_parts = [_shown(by_name[k], by_name[k].codes[dup]) for k in table.primary_key]
+    shown_parts = [_shown(by_name[k], by_name[k].codes[dup], mask) for k in table.primary_key]
     shown = shown_parts[0]
     for part in shown_parts[1:]:
         shown = shown + " / " + part

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import (
@@ -17,6 +18,7 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup, escape
 from sqlalchemy import select
 
 import policies
@@ -24,7 +26,7 @@ from hub.accounts.models import User
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
 from hub.ingest import services
-from hub.ingest.deid import STRONGER
+from hub.ingest.deid import STRONGER, action_words, class_words, evidence_words
 from hub.ingest.models import ACTIVE_STATES, DatasetVersion
 from hub.jobs.models import Job
 from hub.web import actor, current_user, guard
@@ -33,6 +35,44 @@ from hub.web import app_storage as _storage
 
 bp = Blueprint("datasets", __name__, url_prefix="/datasets")
 api = Blueprint("uploads_api", __name__, url_prefix="/api/v1/uploads")
+
+_TICKS = re.compile(r"`([^`]+)`")
+
+
+@bp.app_template_filter("code_marks")
+def code_marks(text: object) -> Markup:
+    """A message's `name` marks as code: escaped first, so only the marks become markup."""
+    parts = _TICKS.split(str(text))  # odd positions are the marked names
+    return Markup("").join(
+        Markup("<code>{}</code>").format(p) if i % 2 else escape(p) for i, p in enumerate(parts)
+    )
+
+
+STEPS = ("Upload", "Mapping", "Validation", "De-identification review", "Release")
+_STEP_OF = {
+    "uploaded": 0,
+    "profiling": 0,
+    "awaiting_sheet": 0,
+    "awaiting_mapping": 1,
+    "processing": 2,
+    "awaiting_review": 3,
+    "released": 5,  # every step done
+    "withdrawn": 5,
+}
+
+
+def steps(state: str) -> list[dict[str, str]]:
+    """The contributor's steps with ``done``, ``current`` or ``todo`` for a version's state;
+    a failed or discarded version has none current."""
+    at = _STEP_OF.get(state, -1)
+    return [
+        {"label": label, "status": "done" if i < at else "current" if i == at else "todo"}
+        for i, label in enumerate(STEPS)
+    ]
+
+
+def _flag(value: object) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _same_institution(user: User, version_id: int, **_: object) -> bool:
@@ -85,7 +125,9 @@ def _version(version: DatasetVersion) -> dict[str, Any]:
     return services.version_dict(version, content=_sees_content(_user(), version))
 
 
-def _upload(table: str, filename: str, stream: Any, sheet: str) -> DatasetVersion:
+def _upload(
+    table: str, filename: str, stream: Any, sheet: str, additional: bool = False
+) -> DatasetVersion:
     user = current_user()
     assert user is not None
     db = get_db()
@@ -99,6 +141,7 @@ def _upload(table: str, filename: str, stream: Any, sheet: str) -> DatasetVersio
         filename=filename,
         stream=stream,
         sheet=sheet,
+        additional=additional,
     )
 
 
@@ -114,7 +157,9 @@ def index() -> ResponseReturnValue:
         "datasets/index.html",
         versions=_visible_versions(user),
         tables=services.cdm().table_names,
+        chosen=request.args.get("table", ""),
         max_mb=_settings().max_upload_mb,
+        steps=steps("uploaded"),
     )
 
 
@@ -124,16 +169,24 @@ def upload() -> ResponseReturnValue:
     file = request.files.get("file")
     table = request.form.get("table", "")
     if file is None or not file.filename:
-        flash("choose a file to upload.", "error")
+        flash("Choose a file to upload.", "error")
         return redirect(url_for("datasets.index"), 303)
     try:
-        version = _upload(table, file.filename, file.stream, request.form.get("sheet", ""))
+        version = _upload(
+            table,
+            file.filename,
+            file.stream,
+            request.form.get("sheet", ""),
+            additional=_flag(request.form.get("additional_rows")),
+        )
     except CleanroomError as err:
-        flash(err.message, "error")
+        flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.index")), 303
     flash(
         f"“{version.filename}” uploaded as {version.cdm_table} version {version.version}.", "info"
     )
+    for gap in services.upload_order(get_db(), version.institution_id, version.cdm_table):
+        flash(code_marks(_order_words(gap, version.cdm_table)), "warning")
     return redirect(url_for("datasets.show", version_id=version.id), 303)
 
 
@@ -148,6 +201,8 @@ def show(version_id: int) -> ResponseReturnValue:
     table = services.cdm().table(version.cdm_table)
     from hub.synth import services as synth
 
+    db = get_db()
+    pending = v_state_pending(version)
     return render_template(
         "datasets/show.html",
         synthetics=synth.for_version(get_db(), version.id),
@@ -168,6 +223,53 @@ def show(version_id: int) -> ResponseReturnValue:
         choices=reports["deidentification_choices"],
         stronger=STRONGER,
         k_floor=_settings().deid_k,
+        steps=steps(version.state),
+        order=services.upload_order(db, version.institution_id, version.cdm_table)
+        if own and pending
+        else [],
+        replaces=services.superseded_by(db, version) if own and pending else [],
+        released_here=_released_versions(version) if own else [],
+        evidence_words=evidence_words,
+        class_words=class_words,
+        action_words=action_words,
+        order_words=_order_words,
+    )
+
+
+def v_state_pending(version: DatasetVersion) -> bool:
+    """Not yet released, withdrawn, discarded or failed."""
+    return version.state in services.PENDING_STATES
+
+
+def _released_versions(version: DatasetVersion) -> list[DatasetVersion]:
+    """The institution's released versions of the same table (other than this one)."""
+    return list(
+        get_db().scalars(
+            select(DatasetVersion)
+            .where(
+                DatasetVersion.institution_id == version.institution_id,
+                DatasetVersion.cdm_table == version.cdm_table,
+                DatasetVersion.state == "released",
+                DatasetVersion.id != version.id,
+            )
+            .order_by(DatasetVersion.version)
+        )
+    )
+
+
+def _order_words(gap: dict[str, Any], table: str) -> str:
+    """ "Upload `episode` first" for one entry of :func:`services.upload_order`."""
+    ref = gap["table"]
+    cols = ", ".join(f"`{c}`" for c in gap["columns"])
+    if gap.get("pending"):
+        return (
+            f"Release your `{ref}` upload (version {gap['pending']}) first: this `{table}` "
+            f"file links to it through {cols}, and those links can only be checked against "
+            f"a released `{ref}` table."
+        )
+    return (
+        f"Upload `{ref}` first: this `{table}` file links to it through {cols}, and your "
+        f"institution has not released any `{ref}` rows yet, so those links cannot be checked."
     )
 
 
@@ -209,7 +311,7 @@ def mapping(version_id: int) -> ResponseReturnValue:
         services.confirm_mapping(db, _settings(), version, _choices_from_form(), actor=actor())
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     db.commit()
     return redirect(url_for("datasets.show", version_id=version_id), 303)
@@ -233,7 +335,7 @@ def deidentification(version_id: int) -> ResponseReturnValue:
         services.choose_deidentification(db, _settings(), version, body, actor=actor())
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     db.commit()
     flash("De-identifying again with your choices.", "info")
@@ -245,11 +347,22 @@ def deidentification(version_id: int) -> ResponseReturnValue:
 def decide(version_id: int, op: str) -> ResponseReturnValue:
     db = get_db()
     version = services.get_version(db, version_id)
+    if op in ("withdraw", "reject") and request.form.get("confirm") != "yes":
+        what = "withdraw it from the pool" if op == "withdraw" else "discard it"
+        flash(f"Nothing was changed: tick the confirmation box to {what}.", "error")
+        return redirect(url_for("datasets.show", version_id=version_id), 303)
+    if op == "release" and request.form.get("approve") != "yes":
+        flash(
+            "Nothing was released: tick the box to approve the de-identification report, "
+            "then release.",
+            "error",
+        )
+        return redirect(url_for("datasets.show", version_id=version_id), 303)
     try:
         _decide(op, version, approved=request.form.get("approve") == "yes")
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     done = {
         "release": "released to the pool",
@@ -293,15 +406,17 @@ def download(version_id: int, which: str) -> ResponseReturnValue:
 @guard("upload", "datasets", scope="upload")
 def api_upload() -> ResponseReturnValue:
     """Raw body (``Content-Type: application/octet-stream``) streamed straight to the store;
-    ``table``, ``filename`` and optional ``sheet`` as query parameters. A multipart form
-    with a ``file`` field is accepted too."""
+    ``table``, ``filename`` and optional ``sheet`` and ``additional_rows=true`` (keep the
+    released version beside this one instead of replacing it) as query parameters. A
+    multipart form with a ``file`` field is accepted too."""
     table = request.args.get("table") or request.form.get("table", "")
     sheet = request.args.get("sheet") or request.form.get("sheet", "")
+    additional = _flag(request.args.get("additional_rows") or request.form.get("additional_rows"))
     if request.mimetype == "multipart/form-data":
         file = request.files.get("file")
         if file is None:
             raise BadRequest("the form has no `file` field.")
-        version = _upload(table, file.filename or "upload", file.stream, sheet)
+        version = _upload(table, file.filename or "upload", file.stream, sheet, additional)
     else:
         filename = request.args.get("filename", "")
         if not filename:
@@ -309,9 +424,9 @@ def api_upload() -> ResponseReturnValue:
                 "give the file's name as ?filename=… (its type is checked by "
                 "content, the name is kept for your records)."
             )
-        version = _upload(table, filename, request.stream, sheet)
+        version = _upload(table, filename, request.stream, sheet, additional)
     return (
-        jsonify(_version(version)),
+        jsonify({**_version(version), **_next_steps(version)}),
         201,
         {"Location": url_for("uploads_api.api_show", version_id=version.id)},
     )
@@ -341,8 +456,24 @@ def api_show(version_id: int) -> ResponseReturnValue:
         {
             **services.version_dict(version, content=content),
             "progress": _progress(version, content=content),
+            **(_next_steps(version) if content else {}),
         }
     )
+
+
+def _next_steps(version: DatasetVersion) -> dict[str, Any]:
+    """For the uploading institution: tables to upload first (their links cannot be checked
+    before) and the released versions releasing this one would replace."""
+    if not v_state_pending(version):
+        return {"upload_first": [], "replaces": []}
+    db = get_db()
+    return {
+        "upload_first": [
+            {**gap, "message": _order_words(gap, version.cdm_table)}
+            for gap in services.upload_order(db, version.institution_id, version.cdm_table)
+        ],
+        "replaces": [v.version for v in services.superseded_by(db, version)],
+    }
 
 
 @api.route("/<int:version_id>/sheet", methods=["POST"])

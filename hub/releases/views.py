@@ -31,7 +31,7 @@ from hub.agreements import services as agreement_services
 from hub.agreements.models import AgreementRecord
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, Forbidden, NotFound
-from hub.exports import SafeWriter, csv_safe
+from hub.exports import SafeWriter, xlsx_bytes
 from hub.gateway import services as gateway_services
 from hub.gateway.views import app_gateway
 from hub.releases import services
@@ -838,7 +838,7 @@ def download(request_id: int, position: int, fmt: str) -> ResponseReturnValue:
                 body: str | bytes = out.getvalue()
                 mimetype = "text/csv"
             else:
-                body = _xlsx([result["columns"], *result["rows"], [], *stamp])
+                body = xlsx_bytes([result["columns"], *result["rows"], [], *stamp])
                 mimetype = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
             return Response(
                 body,
@@ -846,18 +846,3 @@ def download(request_id: int, position: int, fmt: str) -> ResponseReturnValue:
                 headers={"Content-Disposition": f'attachment; filename="{name}"'},
             )
     raise NotFound(f"release request {request_id} has no released table {position}.")
-
-
-def _xlsx(rows: list[list[Any]]) -> bytes:
-    """A one-sheet workbook; text cells made formula-safe as in CSV (openpyxl would store
-    ``=…`` as a formula)."""
-    from openpyxl import Workbook
-
-    book = Workbook()
-    sheet = book.active
-    assert sheet is not None
-    for row in rows:
-        sheet.append([csv_safe(v) if isinstance(v, str) else v for v in row])
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()

@@ -112,6 +112,9 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
     upload.write_bytes(EPISODE_CSV.encode("utf-8"))
     page.select_option("#table", "episode")
     page.set_input_files("#file", upload)
+    # Additional rows: the seeded episode table of the institution stays (other tests of
+    # the session read it); test_second_version_replaces_the_first covers replacing.
+    page.get_by_test_id("additional-rows").check()
     page.get_by_role("button", name="Upload").click()
 
     expect(page).to_have_url(re.compile(r"/datasets/\d+$"))
@@ -244,6 +247,9 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
     expect(page.get_by_role("button", name="Discard this upload")).to_have_count(0)
 
     page.get_by_role("button", name="Withdraw from the pool").click()
+    expect(state).to_have_text("released")  # not confirmed: the browser refuses to submit
+    page.get_by_test_id("confirm-withdraw").check()
+    page.get_by_role("button", name="Withdraw from the pool").click()
     expect(state).to_have_text("withdrawn")
     expect(page.get_by_role("status")).to_contain_text("withdrawn from the pool")
     expect(page.get_by_role("button", name="Withdraw from the pool")).to_have_count(0)
@@ -326,4 +332,203 @@ def test_binary_file_posing_as_csv_is_refused(
     expect(alert).to_contain_text("upload CSV, XLSX or Parquet")
     expect(rows).to_have_count(before)
     expect(rows.filter(has_text="fake.csv")).to_have_count(0)
+    assert console_problems == []
+
+
+# A contributor's first hour on an empty institution (issue 16) -------------------------------
+#
+# Its own server, seeded without data (`cleanroom demo seed --no-data`): the institution has
+# released nothing, so uploading `batch` first meets the upload-order message, and releasing a
+# second `episode` version replaces the first without touching the session's shared demo.
+
+# The first episode file without its broken row: a corrected file, same chain-of-identity IDs.
+CORRECTED_CSV = "".join(line + "\n" for line in EPISODE_CSV.splitlines() if FORMULA not in line)
+ORPHAN_BATCH_CSV = (
+    "Lot No.,COI,Manufacturing Facility,Platform,Outcome,Viability %\n"
+    "LOT-E2E-1,COI-E2E-0001,Kelvin,central,conforming,91.5\n"
+)
+#: What a page a lab data manager reads must not show.
+NOT_ON_A_PAGE = ("Traceback", '{"', "`", "cleanroom ", "InvalidDataError", "∅")
+
+
+@pytest.fixture(scope="module")
+def empty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """``cleanroom up`` over the demo consortium's users and agreement, without data."""
+    import json
+    import subprocess
+    import time
+
+    from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
+
+    root = tmp_path_factory.mktemp("empty-server")
+    data_dir = root / "data"
+    data_dir.mkdir(mode=0o700)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = server_env(data_dir, port, login_rate_per_minute=1000)
+    command = cleanroom_command()
+    seeded = subprocess.run(  # noqa: S603
+        [*command, "demo", "seed", "--no-data"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert seeded.returncode == 0, seeded.stderr
+    logins = json.loads((data_dir / "demo-logins.json").read_text())
+    with (root / "serve.err").open("wb") as err:
+        proc = subprocess.Popen(  # noqa: S603
+            [*command, "up", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not healthy(url):
+            assert proc.poll() is None, (root / "serve.err").read_text(errors="replace")
+            assert time.monotonic() < deadline, "the server did not start within 30 s"
+            time.sleep(0.1)
+        yield LiveServer(url=url, data_dir=data_dir, logins=logins)
+    finally:
+        stop(proc)
+
+
+def _readable(page: Page) -> None:
+    """What a person reads on the page: no traceback, raw JSON, code marks or CLI hint."""
+    text = page.locator("main").inner_text()
+    for marker in NOT_ON_A_PAGE:
+        assert marker not in text, (marker, text)
+
+
+def _current_step(page: Page) -> Locator:
+    return page.get_by_test_id("steps").locator("li[aria-current=step]")
+
+
+def _upload_file(page: Page, tmp_path: Path, table: str, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    page.select_option("#table", table)
+    page.set_input_files("#file", path)
+    page.get_by_role("button", name="Upload").click()
+    expect(page).to_have_url(re.compile(r"/datasets/\d+$"))
+
+
+def _fits_its_card(page: Page, selector: str) -> None:
+    """Nothing of ``selector`` sticks out of its card, and no select is cut."""
+    report = page.evaluate(
+        """(sel) => {
+            const table = document.querySelector(sel);
+            const card = table.closest('section');
+            const box = card.getBoundingClientRect();
+            const out = [...table.querySelectorAll('th, td, select')]
+                .filter(e => e.getBoundingClientRect().right > box.right + 1)
+                .map(e => e.outerHTML.slice(0, 80));
+            const cut = [...table.querySelectorAll('select')]
+                .filter(s => s.scrollWidth > s.clientWidth + 1)
+                .map(s => s.name);
+            return {out, cut, wide: table.scrollWidth > card.clientWidth + 1};
+        }""",
+        selector,
+    )
+    assert report == {"out": [], "cut": [], "wide": False}, report
+
+
+def test_second_version_replaces_the_first(
+    page: Page, empty_server: LiveServer, console_problems: ConsoleProblems, tmp_path: Path
+) -> None:
+    _signed_in(page, empty_server, "kelvin-data", "Lena Fischer")
+    page.goto(f"{empty_server.url}/datasets")
+    expect(_current_step(page)).to_have_text("Upload")
+    _shoot(page, tmp_path, "01-upload.png")
+
+    # `batch` before `episode`: said in words, with a link to the fix; nothing is held back.
+    _upload_file(page, tmp_path, "batch", "batch-first.csv", ORPHAN_BATCH_CSV)
+    order = page.get_by_test_id("upload-order")
+    expect(order).to_contain_text("Upload episode first")
+    expect(order.locator("code", has_text="episode").first).to_be_visible()
+    state = page.get_by_test_id("state")
+    expect(state).to_have_text("awaiting mapping", timeout=JOB_TIMEOUT_MS)
+    _readable(page)
+    _shoot(page, tmp_path, "02-upload-order.png")
+    # Discard needs its confirmation box.
+    page.get_by_role("button", name="Discard this upload").click()
+    expect(state).to_have_text("awaiting mapping")
+    page.get_by_test_id("confirm-discard").check()
+    page.get_by_role("button", name="Discard this upload").click()
+    expect(state).to_have_text("rejected")
+
+    # Version 1 of episode: mapping with samples and descriptions, review, release.
+    page.goto(f"{empty_server.url}/datasets?table=episode")
+    expect(page.locator("#table")).to_have_value("episode")
+    _upload_file(page, tmp_path, "episode", "episodes-v1.csv", EPISODE_CSV)
+    first_url = page.url
+    expect(state).to_have_text("awaiting mapping", timeout=JOB_TIMEOUT_MS)
+    expect(_current_step(page)).to_have_text("Mapping")
+    mapping = page.get_by_test_id("mapping")
+    row = mapping.locator("tbody tr").filter(has=page.locator("code", has_text="Patient ID"))
+    expect(row.get_by_test_id("samples")).to_contain_text("COI-E2E-0001")
+    expect(row.get_by_test_id("description")).to_contain_text("Chain of Identity")
+    expect(page.get_by_test_id("looks-like")).to_have_count(0)
+    _readable(page)
+    _fits_its_card(page, "[data-testid=mapping]")
+    _shoot(page, tmp_path, "03-mapping.png")
+    page.get_by_role("button", name="Confirm mapping and validate").click()
+
+    expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
+    expect(_current_step(page)).to_have_text("De-identification review")
+    formulas = page.get_by_test_id("formulas")
+    expect(formulas).to_contain_text("Indication")
+    expect(formulas).to_contain_text(FORMULA)
+    expect(page.get_by_test_id("replaces")).to_have_count(0)  # nothing released yet
+    coi = (
+        page.get_by_test_id("deid")
+        .locator("tbody tr")
+        .filter(has=page.locator("code", has_text=re.compile("^coi_id$")))
+    )
+    expect(coi.locator(".evidence")).to_contain_text("common data model says")
+    expect(page.get_by_label("action for coi_id").locator("option")).to_have_text(
+        ["pseudonymise", "drop"]
+    )
+    _readable(page)
+    _fits_its_card(page, "[data-testid=deid]")
+    _shoot(page, tmp_path, "04-review.png")
+    page.get_by_test_id("approve").check()
+    release = page.get_by_role("button", name=re.compile(r"^Release \d+ rows to the pool$"))
+    first_rows = int(re.findall(r"\d+", release.inner_text())[0])
+    assert first_rows > 0
+    release.click()
+    expect(state).to_have_text("released")
+    expect(page.get_by_test_id("steps").locator("li.done")).to_have_count(5)
+    _readable(page)
+    _shoot(page, tmp_path, "05-released.png")
+
+    # Version 2, a corrected file: it replaces version 1 when released.
+    page.goto(f"{empty_server.url}/datasets")
+    _upload_file(page, tmp_path, "episode", "episodes-v2.csv", CORRECTED_CSV)
+    expect(state).to_have_text("awaiting mapping", timeout=JOB_TIMEOUT_MS)
+    page.get_by_role("button", name="Confirm mapping and validate").click()
+    expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
+    expect(page.get_by_test_id("replaces")).to_contain_text("replaces version 1")
+    expect(page.get_by_test_id("overlaps")).to_contain_text("expected for a corrected")
+    expect(page.get_by_test_id("formulas")).to_have_count(0)
+    _readable(page)
+    _shoot(page, tmp_path, "06-replacing.png")
+    page.get_by_test_id("approve").check()
+    page.get_by_role("button", name=re.compile(r"^Release \d+ rows to the pool$")).click()
+    expect(state).to_have_text("released")
+
+    # Version 1 is withdrawn; one released episode version: counts are not doubled.
+    page.goto(first_url)
+    expect(state).to_have_text("withdrawn")
+    page.goto(f"{empty_server.url}/datasets")
+    episodes = _version_rows(page).filter(has=page.get_by_role("cell", name="episode", exact=True))
+    expect(episodes).to_have_count(2)
+    released = episodes.filter(has_text="released")
+    expect(released).to_have_count(1)
+    expect(released).to_contain_text("episodes-v2.csv")
+    expect(episodes.filter(has_text="withdrawn")).to_contain_text("episodes-v1.csv")
+    _readable(page)
+    _shoot(page, tmp_path, "07-versions.png")
     assert console_problems == []

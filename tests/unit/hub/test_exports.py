@@ -34,7 +34,12 @@ FORMULAS = ('=HYPERLINK("x")', "+1+1", "@SUM(A1)", "-2+3", "\tcmd", "\rcmd")
         ("", ""),
         (None, ""),
         (float("nan"), ""),
-        (-5, "'-5"),
+        (-5, "-5"),  # a plain number runs nothing: it stays a number
+        ("-3.5", "-3.5"),
+        ("+2", "+2"),
+        ("-1e-3", "-1e-3"),
+        ("-3.5x", "'-3.5x"),
+        ("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0"),
         (7, "7"),
     ],
 )

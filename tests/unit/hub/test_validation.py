@@ -397,7 +397,8 @@ def test_formula_looking_values_are_data_but_neutralised_in_the_report():
     [
         ("=1+1", "'=1+1"),
         ("+41 79", "'+41 79"),
-        ("-5", "'-5"),
+        ("-5", "-5"),  # a plain negative number runs nothing
+        ("-5-1", "'-5-1"),
         ("@SUM(A1)", "'@SUM(A1)"),
         ("\tx", "'\tx"),
         ("\rx", "'\rx"),
