@@ -68,7 +68,7 @@ class CleanroomGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CleanroomError as err:
-            raise click.ClickException(err.message) from None
+            raise click.ClickException(err.cli_message) from None
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as err:
             hub = ctx.find_object(Hub)
             url = hub.settings.effective_database_url if hub else "?"

@@ -104,7 +104,9 @@ def create_institution(
 def get_institution(session: Session, slug: str) -> Institution:
     inst = session.scalar(select(Institution).where(Institution.slug == slug))
     if inst is None:
-        raise NotFound(f"no institution {slug!r}; `cleanroom institution list` shows them.")
+        raise NotFound(
+            f"no institution {slug!r}.", cli_hint="`cleanroom institution list` shows them."
+        )
     return inst
 
 

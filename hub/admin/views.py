@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -23,7 +26,7 @@ from hub.accounts.models import Institution, InstitutionKind, LoginAttempt, Role
 from hub.audit.models import AuditEntry
 from hub.audit.services import verify
 from hub.db import get_database, get_db, utcnow
-from hub.errors import CleanroomError, NotFound
+from hub.errors import CleanroomError, NotFound, web_text
 from hub.exports import SafeWriter
 from hub.routing import MAX_ID
 from hub.web import actor, app_settings, guard
@@ -54,7 +57,7 @@ def institutions() -> ResponseReturnValue:
             return redirect(url_for("admin.institutions"))
         except CleanroomError as err:
             db.rollback()
-            flash(err.message, "error")
+            flash(web_text(err.message), "error")
             status = err.status
     rows = db.scalars(select(Institution).order_by(Institution.slug)).all()
     return render_template(
@@ -101,7 +104,7 @@ def users() -> ResponseReturnValue:
             return redirect(url_for("admin.users"))
         except CleanroomError as err:
             db.rollback()
-            flash(err.message, "error")
+            flash(web_text(err.message), "error")
             status = err.status
     rows = db.scalars(select(User).order_by(User.username)).all()
     insts = db.scalars(select(Institution).order_by(Institution.slug)).all()
@@ -179,7 +182,7 @@ def user_edit(user_id: int) -> ResponseReturnValue:
         )
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(web_text(err.message), "error")
     return redirect(url_for("admin.users"))
 
 
@@ -217,6 +220,115 @@ def audit() -> ResponseReturnValue:
     result = verify(db) if request.args.get("verify") else None
     return render_template(
         "admin/audit.html", entries=entries, filters=filters, verification=result, page=PAGE
+    )
+
+
+# Ledger entries in words ----------------------------------------------------------------------
+
+ACTION_WORDS = {
+    "agreement.create": "created the draft agreement",
+    "agreement.edit": "edited the draft agreement",
+    "agreement.delete": "deleted the draft agreement",
+    "agreement.submit": "sent the agreement for signatures",
+    "agreement.revise": "returned the agreement to draft",
+    "agreement.activate": "activated the agreement",
+    "agreement.suspend": "suspended the agreement",
+    "agreement.resume": "resumed the agreement",
+    "agreement.terminate": "terminated the agreement",
+    "agreement.sign": "signed the agreement",
+    "sandbox.query": "asked a question of the pooled data",
+    "sandbox.fit": "fitted a model on the pooled data",
+    "sandbox.synthetic": "downloaded synthetic rows",
+    "sandbox.refused": "was refused by the sandbox",
+    "release.request": "requested a reviewed release",
+    "release.released": "released exact results",
+    "auth.login": "signed in",
+    "auth.logout": "signed out",
+}
+_HASH = re.compile(r"^[0-9a-f]{40,64}$")
+
+
+def action_words(action: str) -> str:
+    """What an action means in words ("agreement.sign" -> "signed the agreement")."""
+    return ACTION_WORDS.get(action) or action.replace(".", ": ", 1).replace("_", " ")
+
+
+def target_words(target: str) -> str:
+    kind, sep, name = target.partition(":")
+    if not sep:
+        return target or "—"
+    return f"{kind.replace('_', ' ')} {name}" if name else kind.replace("_", " ")
+
+
+def _value_words(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(_value_words(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {_value_words(v)}" for k, v in value.items())
+    text = str(value)
+    return f"{text[:12]}…" if _HASH.match(text) else text
+
+
+def detail_facts(detail: str) -> list[tuple[str, str, str]]:
+    """The entry's detail as (label, value in words, full value) rows, never JSON."""
+    try:
+        data = json.loads(detail or "{}")
+    except ValueError:
+        return [("detail", detail, detail)]
+    if not isinstance(data, dict):
+        return [("detail", _value_words(data), str(data))]
+    rows = []
+    for key, value in data.items():
+        full = value if isinstance(value, str) else _value_words(value)
+        rows.append((key.replace("_", " "), _value_words(value), str(full)))
+    return rows
+
+
+@bp.app_template_global("ledger_summary")
+def ledger_summary(detail: str, limit: int = 3) -> str:
+    """A line for the ledger's list: the first few facts of the detail, in words."""
+    facts = detail_facts(detail)
+    text = "; ".join(f"{label}: {value}" for label, value, _ in facts[:limit])
+    return text + ("; …" if len(facts) > limit else "")
+
+
+@bp.route("/audit/<int:entry_id>")
+@guard("read", "admin/audit")
+def audit_entry(entry_id: int) -> ResponseReturnValue:
+    """One ledger entry in words: who, what, on what, when, and its place in the chain."""
+    db = get_db()
+    entry = db.get(AuditEntry, entry_id) if 0 < entry_id <= MAX_ID else None
+    if entry is None:
+        raise NotFound(f"the ledger has no entry {entry_id}.")
+    before = db.get(AuditEntry, entry_id - 1) if entry_id > 1 else None
+    after = db.get(AuditEntry, entry_id + 1) if entry_id < MAX_ID else None
+    username = entry.actor.removeprefix("user:")
+    person = (
+        db.scalar(select(User).where(User.username == username))
+        if entry.actor.startswith("user:")
+        else None
+    )
+    try:
+        pretty = json.dumps(json.loads(entry.detail or "{}"), indent=2, sort_keys=True)
+    except ValueError:
+        pretty = entry.detail
+    return render_template(
+        "admin/audit_entry.html",
+        e=entry,
+        person=person,
+        who=(person.display_name or person.username) if person else username,
+        action=action_words(entry.action),
+        target=target_words(entry.target),
+        facts=detail_facts(entry.detail),
+        before=before,
+        after=after,
+        pretty=pretty,
     )
 
 

@@ -32,7 +32,7 @@ def agreement_apply(hub: Hub, file: Path, submit: bool) -> None:
             stored, what = services.apply(s, text, actor=ACTOR, submit=submit)
             slug, state = stored.slug, stored.state
     except services.InvalidAgreement as err:
-        raise click.ClickException(f"{file}: {err.message}") from None
+        raise click.ClickException(f"{file}: {err.cli_message}") from None
     if what == "unchanged":
         click.echo(f"agreement {slug} unchanged ({state}): the file matches what is stored")
     else:

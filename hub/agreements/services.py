@@ -15,9 +15,10 @@ its party-admin role, so moving a user between institutions or roles and recompi
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, contains_eager
@@ -37,10 +38,10 @@ from hub.accounts.models import Institution, Role, User
 from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.services import record
 from hub.db import Database, utcnow
-from hub.errors import BadRequest, Conflict, Forbidden, NotFound
+from hub.errors import BadRequest, Conflict, Forbidden, NotFound, without_repeats
 from hub.ingest.models import DatasetVersion, VersionState
 from policies import store
-from policies.enforcer import Rule, user_subject
+from policies.enforcer import Rule, parse_window, user_subject
 from policies.store import SyncedPolicy
 
 EVENTS = tuple(e.value for e in Event)
@@ -65,7 +66,7 @@ def parse(text: str) -> Agreement:
     try:
         return load_agreement(text if "\n" in text else text + "\n")
     except AgreementError as err:
-        raise InvalidAgreement(err.message) from None
+        raise InvalidAgreement(without_repeats(err.message)) from None
 
 
 def templates() -> list[str]:
@@ -82,7 +83,7 @@ def template_text(name: str) -> str:
 def get(session: Session, slug: str) -> AgreementRecord:
     found = session.scalar(select(AgreementRecord).where(AgreementRecord.slug == slug))
     if found is None:
-        raise NotFound(f"no agreement {slug!r}; `cleanroom agreement list` shows them.")
+        raise NotFound(f"no agreement {slug!r}.", cli_hint="`cleanroom agreement list` shows them.")
     return found
 
 
@@ -216,7 +217,8 @@ def _check_parties(session: Session, agreement: Agreement) -> None:
         raise InvalidAgreement(
             f"agreement `{agreement.id}`: no institution "
             + ", ".join(f"`{m}`" for m in missing)
-            + " in the hub (the steward adds institutions first; `cleanroom institution list`)."
+            + " in the hub (the steward adds institutions first).",
+            cli_hint="`cleanroom institution list` shows them.",
         )
     who = subjects(session, agreement)
     if who.unmatched:
@@ -299,9 +301,11 @@ def apply(
     elif agreement.terms != stored.digest:
         if stored.state != State.DRAFT:
             raise Conflict(
-                f"agreement `{stored.slug}` is {stored.state} and its terms differ from the "
-                f"file; `cleanroom agreement revise {stored.slug}` returns an agreement "
-                "awaiting signatures to draft; an active one must be terminated and replaced."
+                f"agreement `{stored.slug}` is {stored.state.replace('_', ' ')} and its terms "
+                "differ from the file: revise an agreement awaiting signatures back to draft "
+                "first (its signatures are dropped); an active one must be terminated and "
+                "replaced.",
+                cli_hint=f"`cleanroom agreement revise {stored.slug}` returns it to draft.",
             )
         update_draft(session, stored, text, actor=actor)
         what = "updated"
@@ -319,7 +323,7 @@ def transition(session: Session, stored: AgreementRecord, event: str, *, actor: 
     try:
         after = getattr(before, event)()
     except AgreementError as err:
-        raise Conflict(f"agreement `{stored.slug}`: {err.message}") from None
+        raise Conflict(without_repeats(f"agreement `{stored.slug}`: {err.message}")) from None
     if event == "revise":
         stored.signatures.clear()  # delete-orphan: the rows go with the old terms
     _sync(session, stored, after)
@@ -532,3 +536,180 @@ def readable(
             subject, "read", f"agreements/{r.slug}", domain=f"agreement:{r.slug}", refresh=False
         )
     ]
+
+
+# Deleting a draft --------------------------------------------------------------------------
+
+
+def ever_sent(session: Session, stored: AgreementRecord) -> bool:
+    """Whether the agreement ever left draft (sent for signatures, signed or activated):
+    then its history binds the parties, and it is terminated, never deleted."""
+    from hub.audit.models import AuditEntry
+
+    found = session.scalar(
+        select(AuditEntry.id)
+        .where(
+            AuditEntry.target == f"agreement:{stored.slug}",
+            AuditEntry.action.in_(("agreement.submit", "agreement.sign", "agreement.activate")),
+        )
+        .limit(1)
+    )
+    return found is not None or bool(stored.signatures)
+
+
+def may_delete(session: Session, stored: AgreementRecord) -> bool:
+    return stored.state == State.DRAFT and not ever_sent(session, stored)
+
+
+def delete_draft(session: Session, stored: AgreementRecord, *, actor: str) -> None:
+    """Delete a draft that was never sent for signatures; the ledger keeps its terms'
+    digest. Any other agreement is terminated instead (its history binds the parties)."""
+    if stored.state != State.DRAFT:
+        raise Conflict(
+            f"agreement `{stored.slug}` is {stored.state.replace('_', ' ')}: only a draft "
+            "can be deleted; terminate it instead."
+        )
+    if ever_sent(session, stored):
+        raise Conflict(
+            f"agreement `{stored.slug}` was sent for signatures before: its history stays; "
+            "terminate it instead of deleting it."
+        )
+    domain = f"agreement:{stored.slug}"
+    store.replace_domain_rules(session, domain, [])
+    record(
+        session,
+        actor=actor,
+        action="agreement.delete",
+        target=domain,
+        detail={"terms": stored.digest, "title": stored.title, "state": stored.state},
+    )
+    session.delete(stored)
+    session.flush()
+
+
+# The compiled policy in words --------------------------------------------------------------
+
+_ACTION_WORDS = {
+    "query": "query",
+    "synthetic": "download synthetic rows of",
+    "fit": "fit models on",
+    "read": "read",
+    "sign": "sign",
+}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One thing the compiled rules allow, said in words (who, as what, may do what)."""
+
+    who: str  # "Rosa Diaz (rdiaz)"
+    institution: str
+    role: str  # "researcher" / "party admin"
+    actions: str  # "query, fit models on"
+    what: str  # "batch (all columns)" / "the agreement's terms"
+    window: str  # "2026-01-01 to 2027-12-31" / "always"
+
+
+def window_words(window: str) -> str:
+    start, end = parse_window(window)
+    if start == -math.inf and end == math.inf:
+        return "at any time"
+    parts = []
+    if start != -math.inf:
+        parts.append(f"from {datetime.fromtimestamp(start, UTC).strftime('%Y-%m-%d')}")
+    if end != math.inf:
+        until = datetime.fromtimestamp(end, UTC)
+        if (until.hour, until.minute, until.second) == (0, 0, 0):  # a whole last day
+            last = (until - timedelta(days=1)).strftime("%Y-%m-%d")
+            parts.append(f"to the end of {last}")
+        else:
+            parts.append(f"until {until.strftime('%Y-%m-%d %H:%M')} UTC")
+    return " ".join(parts)
+
+
+def _person(user: User | None, subject: str) -> tuple[str, str]:
+    if user is None:
+        return (f"a removed account ({subject.removeprefix('user:')})", "—")
+    return (
+        user.display_name or user.username,
+        user.institution.name if user.institution else "no institution",
+    )
+
+
+def grants(session: Session, rules: Sequence[Rule]) -> list[Grant]:
+    """The agreement's compiled rules as sentences' parts: users by name, tables and
+    columns by name, windows as dates. Raw rules stay for the advanced view."""
+    policies = [r for r in rules if r[0] == "p"]
+    members: dict[str, list[str]] = {}
+    for r in rules:
+        if r[0] == "g":
+            members.setdefault(r[2], []).append(r[1])
+    ids = [
+        int(s.removeprefix("user:"))
+        for subs in members.values()
+        for s in subs
+        if s.removeprefix("user:").isdigit()
+    ]
+    users = {u.id: u for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
+    by_role: dict[str, dict[tuple[str, str], list[str]]] = {}
+    for p in policies:
+        role, obj, actions, window = p[1], p[3], p[4], p[6] if len(p) > 6 else ""
+        if obj.startswith("agreements/"):
+            what = "the agreement's terms"
+        elif obj.startswith("data/"):
+            parts = obj.removeprefix("data/").split("/")
+            if len(parts) == 1:
+                continue  # the table itself; its columns say what is reachable
+            what = parts[0] + (" (all columns)" if parts[1] == "*" else f".{parts[1]}")
+        else:
+            what = obj
+        by_role.setdefault(role, {}).setdefault((actions, window), []).append(what)
+    out: list[Grant] = []
+    for role, groups in by_role.items():
+        role_words = role.removeprefix("role:").replace("_", " ")
+        for subject in members.get(role, []):
+            uid = subject.removeprefix("user:")
+            who, inst = _person(users.get(int(uid)) if uid.isdigit() else None, subject)
+            for (actions, window), objects in groups.items():
+                out.append(
+                    Grant(
+                        who=who,
+                        institution=inst,
+                        role=role_words,
+                        actions=actions_words(actions),
+                        what=_objects_words(objects),
+                        window=window_words(window),
+                    )
+                )
+    return out
+
+
+def _objects_words(objects: list[str]) -> str:
+    """ "batch.lot_id, batch.viability" -> "batch (lot_id, viability)"."""
+    tables: dict[str, list[str]] = {}
+    plain: list[str] = []
+    for o in objects:
+        table, dot, column = o.partition(".")
+        if dot and " " not in table:
+            tables.setdefault(table, []).append(column)
+        else:
+            plain.append(o)
+    return "; ".join(plain + [f"{t} ({', '.join(cols)})" for t, cols in tables.items()])
+
+
+def actions_words(actions: str) -> str:
+    """``query|fit`` -> "query, fit models on"."""
+    words = [_ACTION_WORDS.get(a, a) for a in actions.split("|")]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def object_words(obj: str) -> str:
+    """A rule's object in words: ``data/batch/viability`` -> "batch.viability"."""
+    if obj.startswith("agreements/"):
+        return "the agreement's terms"
+    if obj.startswith("data/"):
+        parts = obj.removeprefix("data/").split("/")
+        if len(parts) == 1:
+            return f"table {parts[0]}"
+        return f"{parts[0]} (all columns)" if parts[1] == "*" else f"{parts[0]}.{parts[1]}"
+    return obj

@@ -25,7 +25,7 @@ from flask.typing import ResponseReturnValue
 from hub.accounts.models import User
 from hub.agreements import services as agreements
 from hub.db import get_db
-from hub.errors import BadRequest, CleanroomError, NotFound
+from hub.errors import BadRequest, CleanroomError, NotFound, web_text
 from hub.ingest import services as ingest
 from hub.ingest.views import _same_institution, _version
 from hub.routing import MAX_ID
@@ -61,6 +61,107 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return {"method": method, "seed": seed}
 
 
+# Why a synthesis failed, in words ------------------------------------------------------------
+
+# (pattern in the raw error, what happened, what to do), first match wins.
+_FAILURES: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), what, advice)
+    for pattern, what, advice in (
+        (
+            r"repeating values|duplicate|not unique|primary key",
+            "The pooled table holds the same key (the same batch, episode or sample) more "
+            "than once.",
+            "This usually means an institution uploaded and released the same table twice, "
+            "so both versions are pooled. Ask that institution to withdraw the older "
+            "version, then generate the synthetic version again.",
+        ),
+        (
+            r"needs at least \d+|too few rows|has \d+ rows",
+            "There are too few rows to learn from.",
+            "Synthesis needs at least 10 rows of the table. Wait until more institutions "
+            "have released it, or synthesise the agreement's linked tables together.",
+        ),
+        (
+            r"no longer released|withdrew|withdrawn",
+            "The data it was made from has been withdrawn by its contributor.",
+            "Nothing is needed: its rows were deleted with the data. Generate again once "
+            "a new version is released.",
+        ),
+        (
+            r"pools no released",
+            "The agreement pools no released data for this table now.",
+            "Check that the agreement is active and that at least one contributing "
+            "institution has released this table, then generate again.",
+        ),
+        (
+            r"direct identifier|not pseudonyms",
+            "The table still holds identifying values; synthesis runs on de-identified data only.",
+            "Ask the contributor to review the table's de-identification (the identifier "
+            "columns must be pseudonymised or dropped) and release it again.",
+        ),
+        (
+            r"unknown synthesis method|has no method",
+            "The chosen synthesis method is not available on this hub.",
+            "Choose one of the methods the form offers and generate again.",
+        ),
+        (
+            r"cycle",
+            "The tables' links form a loop, which the linked synthesis cannot follow.",
+            "Synthesise the tables one at a time instead.",
+        ),
+    )
+)
+_GATE_ADVICE = {
+    "quality": "The synthetic rows resemble the real ones too little. Try another method "
+    "(for example ctgan or tvae) or wait for more rows.",
+    "dcr_overfitting": "The synthetic rows sit too close to real rows (the model memorised "
+    "them). Try another seed or method; more training rows help.",
+    "copied_rows": "Some synthetic rows copy real rows exactly. Try another seed or method.",
+    "pii_overlap": "Identifier values from the real data appear in the synthetic rows. "
+    "Check the table's de-identification before generating again.",
+    "group": "A linked table of the same group failed its gates, so none is published. "
+    "Open the failed table's report for what to change.",
+}
+
+
+@bp.app_template_global("synthesis_problem")
+def synthesis_problem(synthetic: SyntheticVersion) -> dict[str, Any] | None:
+    """Why the synthetic version is not published, in words with advice; the raw error
+    stays for the technical detail. None when there is nothing to explain."""
+    raw = synthetic.error or ""
+    if synthetic.state == "failed_gates":
+        failed = services.scores(synthetic).get("failed_gates") or []
+        return {
+            "what": "It was made, but did not pass the publication gates, so researchers "
+            "never see it.",
+            "advice": [
+                f"{str(g.get('gate', '')).replace('_', ' ')}: {g.get('message', '')}. "
+                + _GATE_ADVICE.get(str(g.get("gate")), "")
+                for g in failed
+            ],
+            "raw": raw,
+        }
+    if synthetic.state not in ("failed", "withdrawn") or not raw:
+        return None
+    if synthetic.state == "withdrawn":
+        return {
+            "what": "Withdrawn: the data it was made from was withdrawn by its contributor, "
+            "and its rows and plots were deleted.",
+            "advice": [],
+            "raw": raw,
+        }
+    for pattern, what, advice in _FAILURES:
+        if pattern.search(raw):
+            return {"what": what, "advice": [advice], "raw": raw}
+    return {
+        "what": "The synthesis stopped on an unexpected problem.",
+        "advice": [
+            "Try again. If it fails again, pass the technical detail below to whoever runs the hub."
+        ],
+        "raw": raw,
+    }
+
+
 # Portal --------------------------------------------------------------------------------------
 
 
@@ -75,7 +176,7 @@ def synthesise(version_id: int) -> ResponseReturnValue:
         )
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(web_text(err.message), "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     db.commit()
     flash(f"Synthetic version {synthetic.id} queued ({synthetic.method}).", "info")
@@ -91,7 +192,7 @@ def synthetic_only(version_id: int) -> ResponseReturnValue:
         services.share_synthetic_only(db, _settings(), version, actor=actor())
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(web_text(err.message), "error")
         return redirect(url_for("datasets.show", version_id=version_id), 303)
     db.commit()
     flash(
@@ -139,7 +240,7 @@ def synthesise_agreement() -> ResponseReturnValue:
             ]
     except CleanroomError as err:
         db.rollback()
-        flash(err.message, "error")
+        flash(web_text(err.message), "error")
         return redirect(url_for("synthetic.index"), 303)
     db.commit()
     if len(members) > 1:

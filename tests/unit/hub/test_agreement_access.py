@@ -109,7 +109,8 @@ class Caller:
             return c.get(f"/admin/agreements/{slug}").status_code
         if route == "admin_suspend":
             return c.post(
-                f"/admin/agreements/{slug}/suspend", data={"csrf_token": self.csrf}
+                f"/admin/agreements/{slug}/suspend",
+                data={"csrf_token": self.csrf, "confirmed": "yes"},
             ).status_code
         raise AssertionError(route)
 
@@ -284,7 +285,9 @@ def test_a_suspension_in_one_process_holds_on_the_next_request_in_another(
         assert ask() == 200
         auth.login("sam")
         csrf = csrf_from(client, f"/admin/agreements/{slug}")
-        client.post(f"/admin/agreements/{slug}/suspend", data={"csrf_token": csrf})
+        client.post(
+            f"/admin/agreements/{slug}/suspend", data={"csrf_token": csrf, "confirmed": "yes"}
+        )
         assert ask() == 403
         client.post(f"/admin/agreements/{slug}/resume", data={"csrf_token": csrf})
         assert ask() == 200

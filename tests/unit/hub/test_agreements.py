@@ -398,7 +398,10 @@ def test_steward_creates_and_moves_an_agreement_in_the_portal(
     refused = client.post(
         "/admin/agreements/mfp/activate", data={"csrf_token": token}, follow_redirects=True
     )
-    assert "waiting for the signature of `acme-bio`, `st-aurelia`" in refused.get_data(as_text=True)
+    # In words on the page: no code quotes, no repeated "agreement `mfp`:" prefix.
+    said = refused.get_data(as_text=True)
+    assert "waiting for the signature of ‘acme-bio’, ‘st-aurelia’" in said
+    assert "agreement ‘mfp’: agreement" not in said and "`" not in said
 
 
 def test_party_admins_sign_in_the_portal_and_the_researcher_gains_access(
@@ -457,8 +460,8 @@ def test_contributor_sees_agreements_with_its_data_queries_and_budget_spent(
     slug = world.active()
     auth.login("aurelia-data")
     page = client.get("/institution/data").get_data(as_text=True)
-    assert f"<code>{slug}</code>" in page
-    assert "No query has touched our data yet" in page
+    assert f'title="{slug}"' in page or f"<code>{slug}</code>" in page
+    assert "Nobody has used our data yet" in page
     assert "No researcher has spent any of this agreement" in page
     with world.database.session() as s:
         record(
@@ -485,7 +488,9 @@ def test_contributor_sees_agreements_with_its_data_queries_and_budget_spent(
             )
         )
     page = client.get("/institution/data").get_data(as_text=True)
-    assert "user:rosa" in page and "<td>0.5</td>" in page and "<code>x</code>" not in page
+    activity = page.split('data-testid="activity"')[1]
+    assert "<td>rosa</td>" in activity and "<td>0.5</td>" in activity
+    assert 'title="x"' not in activity
     assert "<td>rosa</td>" in page and "3.5 of 20" in page  # spending per researcher
     auth.logout()
     auth.login("rosa")  # the researcher: their own budget on the agreement's page

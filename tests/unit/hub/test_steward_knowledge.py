@@ -25,6 +25,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from hub.accounts import services as accounts
+from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.ingest.models import DatasetVersion
 from hub.jobs.models import Job
@@ -90,6 +91,7 @@ JOB_ERROR = f"ValueError: could not convert {NAME!r} ({NHS}) to int"
 NOT_ABOUT_A_DATASET = {
     "static": "the hub's own files",
     "admin_agreements.admin_show": "an agreement's terms, written by the steward",
+    "admin_agreements.admin_confirm": "a question naming an agreement the steward wrote",
     "agreements.show": "an agreement's terms",
     "agreements_api.api_show": "an agreement's terms",
     "releases_api.show": "a researcher's own release request (aggregates of the pool, the "
@@ -169,15 +171,18 @@ class Planted:
         """Values for each route argument."""
         with self.database.session() as s:
             jobs = [str(i) for i in s.scalars(select(Job.id))]
+            entries = [str(i) for i in s.scalars(select(AuditEntry.id))]
             synthetic = s.scalars(select(SyntheticVersion)).all()
             plots = sorted({p for v in synthetic for p in json.loads(v.plot_keys or "{}")})
         return {
             "version_id": [str(v) for v in self.versions],
             "job_id": jobs,
+            "entry_id": entries,  # each ledger entry's page
             "synthetic_id": [str(v.id) for v in synthetic],
             "which": ["report", "held-back"],
             "name": plots or ["none.svg"],
             "table": ["episode"],
+            "slug": ["no-such-agreement"],  # the catalogue's agreement page
         }
 
 
