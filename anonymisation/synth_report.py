@@ -201,12 +201,15 @@ def fast_dcr(
     metadata: Mapping[str, Any],
     *,
     chunk: int = 256,
+    span_of: pd.DataFrame | None = None,
 ) -> np.ndarray:
     """Distance to the closest record of ``reference`` for every row of ``dataset``, with
     SDMetrics' definition (``sdmetrics.single_table.privacy.dcr_utils.calculate_dcr``): per
     column, numbers and dates differ by ``|a - b| / range`` (capped at 1; a zero range
     counts any difference as 1), categories by 0 or 1, a value against a missing one by 1,
-    two missing by 0; a row's distance is the mean over columns. Vectorised with numpy,
+    two missing by 0; a row's distance is the mean over columns. ``span_of`` (default
+    ``reference``) gives the ranges: distances to two references compare only when both
+    use the same ranges. Vectorised with numpy,
     ``chunk`` rows at a time, instead of pandas cross joins (a test checks both agree)."""
     columns = _dcr_columns(dataset, reference, metadata)
     if not columns:
@@ -216,7 +219,8 @@ def fast_dcr(
     for name, kind in columns:
         if kind in ("numerical", "datetime"):
             d, r = _as_float(dataset[name], kind), _as_float(reference[name], kind)
-            finite = r[~np.isnan(r)]
+            spread = r if span_of is None else _as_float(span_of[name], kind)
+            finite = spread[~np.isnan(spread)]
             span = float(finite.max() - finite.min()) if finite.size else 0.0
             data_cols.append((d, r, "num", span))
         else:
@@ -270,15 +274,19 @@ def _privacy(result: SynthesisResult, spec: TableSpec, rows: int, seed: int) -> 
     train = _for_metrics(_sample(result.training, rows, seed), spec, ids=False)
     synth = _for_metrics(_sample(result.synthetic, rows, seed + 1), spec, ids=False)
     out: dict[str, Any] = {}
-    d_train = fast_dcr(synth, train, meta)  # used by both the overfitting and baseline scores
+    hold = _for_metrics(_sample(result.holdout, rows, seed + 2), spec, ids=False)
+    # One set of column ranges (the real rows compared: training and holdout samples) for
+    # both distances: the larger training sample spans a wider range, so ranges of its own
+    # would shrink every distance to it and count rows "closer to training" that are not.
+    real_rows = pd.concat([train, hold], ignore_index=True)
+    d_train = fast_dcr(synth, train, meta, span_of=real_rows)  # overfitting and baseline
     if len(result.holdout):
-        hold = _for_metrics(_sample(result.holdout, rows, seed + 2), spec, ids=False)
         # SDMetrics' DCROverfittingProtection is 2 × (share of synthetic rows closer to the
         # holdout), for a holdout as large as the training set. Ours is usually smaller, so
         # the share expected of a synthesizer that learnt nothing row-specific is
         # |H| / (|T| + |H|) (the nearest of T ∪ H is then equally likely any row); the score
         # is the observed share over that, capped at 1: the same number when |T| = |H|.
-        d_hold = fast_dcr(synth, hold, meta)
+        d_hold = fast_dcr(synth, hold, meta, span_of=real_rows)
         closer_to_training = float(np.mean(d_train < d_hold))
         expected_holdout = len(hold) / (len(train) + len(hold))
         score = min(1.0, (1.0 - closer_to_training) / expected_holdout)
@@ -304,7 +312,7 @@ def _privacy(result: SynthesisResult, spec: TableSpec, rows: int, seed: int) -> 
     # rows, both against the training sample, capped at 1.
     random_rows = _random_like(train, meta, len(synth), seed + 3)
     synth_median = float(np.median(d_train))
-    random_median = float(np.median(fast_dcr(random_rows, train, meta)))
+    random_median = float(np.median(fast_dcr(random_rows, train, meta, span_of=real_rows)))
     baseline = 1.0 if random_median == 0 else min(1.0, synth_median / random_median)
     out["dcr_baseline_protection"] = _round(baseline)
     out["new_row_synthesis"] = _round(
