@@ -4,7 +4,7 @@ STAMP := $(VENV)/.cleanroom-installed
 
 .PHONY: install demo test lint clean-demo
 
-$(STAMP): pyproject.toml requirements/spacy-model.txt requirements/notebook.txt package.json scripts/install.sh scripts/system-deps.sh
+$(STAMP): pyproject.toml requirements/spacy-model.txt requirements/notebook.txt package.json package-lock.json scripts/install.sh scripts/system-deps.sh
 	VENV=$(VENV) bash scripts/install.sh
 	@touch $@
 

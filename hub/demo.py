@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def seed_data(hub: Hub, *, patients: int = 120, seed: int = 7) -> list[str]:
 
 DEMO_AGREEMENT = "demo-mfp"
 DEMO_V2V_AGREEMENT = "demo-v2v"
+DEMO_PC_AGREEMENT = "demo-pc"
 DEMO_PARTIES = [
     {"institution": "northbridge-cell", "roles": ["contributor"]},
     {"institution": "st-aurelia", "roles": ["contributor", "recipient"]},
@@ -206,6 +208,26 @@ def demo_v2v_agreement_text(today: date | None = None) -> str:
     )
 
 
+def demo_pc_agreement_text(today: date | None = None) -> str:
+    """The shipped process-comparability template, made the demo consortium's like the
+    others, over the starting material (``collection``) and the product (``batch``). It
+    allows synthetic rows, so the demo researcher can develop on them: these two tables
+    because their synthetic versions pass the steward's default gates at the demo's size
+    (``release_test`` and ``deviation`` fail the quality or copied-rows gate there)."""
+    return _demo_terms(
+        "process_comparability",
+        today,
+        id=DEMO_PC_AGREEMENT,
+        title="Demo: process comparability, with synthetic rows to develop on",
+        tables={"collection": "all", "batch": "all"},
+        purpose={
+            "code": "process_comparability",
+            "text": "Assess whether starting material and product quality attributes are "
+            "comparable between manufacturing platforms and sites.",
+        },
+    )
+
+
 def seed_agreement(hub: Hub) -> str:
     """The active demo agreements, signed by every party's admin (each skipped when it
     exists)."""
@@ -215,6 +237,7 @@ def seed_agreement(hub: Hub) -> str:
     for slug, text in (
         (DEMO_AGREEMENT, demo_agreement_text),
         (DEMO_V2V_AGREEMENT, demo_v2v_agreement_text),
+        (DEMO_PC_AGREEMENT, demo_pc_agreement_text),
     ):
         with hub.database.session() as s:
             if s.scalar(select(AgreementRecord.id).where(AgreementRecord.slug == slug)):
@@ -249,6 +272,75 @@ def seed(hub: Hub) -> dict[str, str]:
                     display_name=display,
                 )
     return passwords
+
+
+# Seeds tried per table before the demo gives up on it: on tables of a few hundred rows a
+# gate's score varies from seed to seed (docs/synthesis.md), as a steward re-running it sees.
+SYNTH_SEEDS = (0, 1, 2)
+
+
+def seed_synthetic(hub: Hub, echo: Callable[[str], None] = click.echo) -> list[str]:
+    """Have the steward's gates judge synthetic versions of every table the demo's synthetic
+    agreement covers, made from its pooled data, here and now; each table is tried with
+    :data:`SYNTH_SEEDS` until one is published. A table that already has a synthetic version
+    of that agreement (in any state) is skipped, so a second seed synthesises nothing."""
+    from hub.agreements import services as agreements
+    from hub.jobs.services import load_task_modules, run_now
+    from hub.synth import services as synth
+    from hub.synth.models import SyntheticVersion, SynthState
+
+    load_task_modules(hub.settings.task_modules)
+    database = hub.database
+    lines: list[str] = []
+    with database.session() as s:
+        stored = agreements.get(s, DEMO_PC_AGREEMENT)
+        tables = [c.table for c in agreements.contract_of(stored).tables]
+    for table in tables:
+        with database.session() as s:
+            done = s.scalar(
+                select(SyntheticVersion.state)
+                .where(
+                    SyntheticVersion.agreement_slug == DEMO_PC_AGREEMENT,
+                    SyntheticVersion.cdm_table == table,
+                )
+                .order_by(SyntheticVersion.id.desc())
+                .limit(1)
+            )
+        if done is not None:
+            lines.append(f"{table:<15} already synthesised ({done.replace('_', ' ')})")
+            continue
+        outcome = ""
+        for seed_value in SYNTH_SEEDS:
+            echo(f"  synthetic: {table} of {DEMO_PC_AGREEMENT}, seed {seed_value} …")
+            with database.session() as s:
+                made = synth.request_for_agreement(
+                    s,
+                    hub.settings,
+                    DEMO_PC_AGREEMENT,
+                    table,
+                    actor="demo",
+                    seed=seed_value,
+                    max_attempts=1,
+                )
+                made_id, job_id = made.id, made.job_id
+            assert job_id is not None  # _queue sets it
+            run_now(database, hub.settings, job_id, worker_id="demo-seed")
+            with database.session() as s:
+                made = synth.get(s, made_id)
+                headline = synth.scores(made)
+                failed = ", ".join(f["gate"] for f in headline["failed_gates"])
+                outcome = (
+                    f"{table:<15} {made.state.replace('_', ' ')} (seed {seed_value}): "
+                    f"quality {headline['quality']}, DCR overfitting protection "
+                    f"{headline['dcr_overfitting_protection']}, copied rows "
+                    f"{headline['copied_rows']}"
+                    + (f"; failed gates: {failed}" if failed else "")
+                    + (f"; {made.error}" if made.error else "")
+                )
+                if made.state == SynthState.PUBLISHED:
+                    break
+        lines.append(outcome)
+    return lines
 
 
 @click.group()
@@ -288,9 +380,16 @@ def researcher_token(hub: Hub) -> str:
     help="Also generate demo files and release them through the pipeline.",
 )
 @click.option("--patients", default=120, show_default=True, help="Patients per institution.")
+@click.option(
+    "--synthetic/--no-synthetic",
+    default=True,
+    show_default=True,
+    help=f"Also synthesise the tables of the agreement {DEMO_PC_AGREEMENT} (which allows "
+    "synthetic rows) and publish those that pass the steward's gates; with --data only.",
+)
 @data_dir_option
 @pass_hub
-def demo_seed(hub: Hub, data: bool, patients: int, data_dir: str | None) -> None:
+def demo_seed(hub: Hub, data: bool, patients: int, synthetic: bool, data_dir: str | None) -> None:
     """Create demo institutions, users, an active agreement and data (idempotent); print
     the logins and a researcher's sandbox API token."""
     from hub import schema
@@ -302,6 +401,9 @@ def demo_seed(hub: Hub, data: bool, patients: int, data_dir: str | None) -> None
     if data:
         for line in seed_data(hub, patients=patients):
             click.echo(f"  data: {line}")
+        if synthetic:
+            for line in seed_synthetic(hub):
+                click.echo(f"  synthetic: {line}")
     url = hub.settings.public_url.rstrip("/")
     click.echo("")
     click.secho("Cleanroom demo consortium", bold=True)
@@ -311,5 +413,9 @@ def demo_seed(hub: Hub, data: bool, patients: int, data_dir: str | None) -> None
     for username, _display, role, inst in USERS:
         click.echo(f"    {username:<18} {passwords[username]:<18} {role:<18} {inst}")
     click.echo(f"  researcher sandbox token: {researcher_token(hub)}")
+    click.echo(
+        f"  synthetic rows to develop on: agreement {DEMO_PC_AGREEMENT}, e.g. in a notebook "
+        f"connect(agreement={DEMO_PC_AGREEMENT!r}).synthetic('batch')"
+    )
     click.echo(f"    e.g. curl -H 'Authorization: Bearer <token>' {url}/api/v1/sandbox/agreements")
     click.echo("")

@@ -121,7 +121,7 @@ while [[ "$project" != "/" ]]; do
   project=$(dirname "$project")
 done
 
-echo "node: installing configurable-http-proxy into ./node_modules"
+echo "node: installing configurable-http-proxy (JupyterHub's proxy) and axe-core (the accessibility tests) into ./node_modules"
 if [[ -f package-lock.json ]]; then
   npm ci --no-audit --no-fund --loglevel=error
 else

@@ -1,8 +1,9 @@
 """End-to-end fixtures: a real ``cleanroom serve`` subprocess and a real headless Chromium.
 
-- ``live_server`` (session): seeds the demo consortium (``cleanroom demo seed``) in a
-  temporary data directory, starts ``cleanroom serve`` on a free port of 127.0.0.1, waits
-  for ``/healthz`` and yields a :class:`LiveServer` (``url``, ``data_dir``, ``logins``).
+- ``live_server`` (session): seeds the demo consortium (``cleanroom demo seed
+  --no-synthetic``) in a temporary data directory, starts ``cleanroom serve`` on a free
+  port of 127.0.0.1, waits for ``/healthz`` and yields a :class:`LiveServer` (``url``,
+  ``data_dir``, ``logins``).
 - ``browser`` (session): Debian's Chromium driven by Playwright; ``make test`` installs it.
 - ``page``: a fresh browser context and page per test.
 """
@@ -24,6 +25,7 @@ from tests.serving import cleanroom_command, free_port, healthy, server_env, sto
 
 PG_URL_ENV = "CLEANROOM_TEST_POSTGRES_URL"
 HEALTH_DEADLINE_SECONDS = 30.0
+SEED_TIMEOUT_SECONDS = 300  # a loaded two-core machine needs well over the usual 20 s
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -54,8 +56,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     env = server_env(data_dir, port, login_rate_per_minute=1000)
     command = cleanroom_command()
 
+    # Without the demo's synthetic versions: SDV would add about half a minute per session,
+    # and tests/unit/hub/test_demo_synthetic.py covers them.
     seeded = subprocess.run(  # noqa: S603
-        [*command, "demo", "seed"], env=env, capture_output=True, text=True, timeout=120
+        [*command, "demo", "seed", "--no-synthetic"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SEED_TIMEOUT_SECONDS,
     )
     if seeded.returncode != 0:
         pytest.fail(

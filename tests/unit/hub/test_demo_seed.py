@@ -49,5 +49,5 @@ def test_seed_a_data_dir_and_use_the_printed_token(clean_env: CliRunner, tmp_pat
     assert resp.status_code == 200, resp.get_json()
     listed = resp.get_json()["agreements"]
     tables = {a["agreement"]: a["tables"] for a in listed}
-    assert sorted(tables) == ["demo-mfp", "demo-v2v"]
+    assert sorted(tables) == ["demo-mfp", "demo-pc", "demo-v2v"]
     assert "batch" in tables["demo-mfp"] and "administration" in tables["demo-v2v"]
