@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import sys
 import time
@@ -300,6 +301,9 @@ class SDVBackend:
         if self._synth is None:
             raise SynthesisError("fit the synthesizer before sampling")
         self._synth.reset_sampling()
+        # SDV draws a tqdm bar when a table has constraints; progress is reported through
+        # ``progress()`` instead, and a bar in a worker's or `demo seed`'s output is noise.
+        os.environ.setdefault("TQDM_DISABLE", "1")
         with seeded(seed), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if self._single is not None:

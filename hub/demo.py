@@ -38,7 +38,12 @@ USERS = (
     ("kelvin-admin", "Kiri Tane", "contributor_admin", "kelvin-institute"),
     ("kelvin-data", "Lena Fischer", "contributor", "kelvin-institute"),
     ("researcher", "Rosa Ibarra", "researcher", "kelvin-institute"),
+    ("checker", "Olu Adeyemi", "steward", "cleanroom-steward"),
 )
+
+#: The steward's office checks researchers' release requests (docs/releases.md): two
+#: checkers, as a request needs two approvals by default.
+OUTPUT_CHECKERS = ("steward", "checker")
 
 
 def _logins_file(data_dir: Path) -> Path:
@@ -271,6 +276,11 @@ def seed(hub: Hub) -> dict[str, str]:
                     actor="demo",
                     display_name=display,
                 )
+        s.flush()
+        for username in OUTPUT_CHECKERS:
+            user = services.get_user(s, username)
+            if not user.is_output_checker:
+                services.set_output_checker(s, user, True, actor="demo")
     return passwords
 
 
@@ -411,11 +421,12 @@ def demo_seed(hub: Hub, data: bool, patients: int, synthetic: bool, data_dir: st
     click.echo(f"  health:   {url}/healthz")
     click.echo(f"  logins (also in {_logins_file(hub.settings.data_path)}):")
     for username, _display, role, inst in USERS:
-        click.echo(f"    {username:<18} {passwords[username]:<18} {role:<18} {inst}")
+        checks = " + output checker" if username in OUTPUT_CHECKERS else ""
+        click.echo(f"    {username:<18} {passwords[username]:<18} {role + checks:<34} {inst}")
     click.echo(f"  researcher sandbox token: {researcher_token(hub)}")
+    click.echo(f"    e.g. curl -H 'Authorization: Bearer <token>' {url}/api/v1/sandbox/agreements")
     click.echo(
         f"  synthetic rows to develop on: agreement {DEMO_PC_AGREEMENT}, e.g. in a notebook "
         f"connect(agreement={DEMO_PC_AGREEMENT!r}).synthetic('batch')"
     )
-    click.echo(f"    e.g. curl -H 'Authorization: Bearer <token>' {url}/api/v1/sandbox/agreements")
     click.echo("")

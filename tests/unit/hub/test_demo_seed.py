@@ -51,3 +51,14 @@ def test_seed_a_data_dir_and_use_the_printed_token(clean_env: CliRunner, tmp_pat
     tables = {a["agreement"]: a["tables"] for a in listed}
     assert sorted(tables) == ["demo-mfp", "demo-pc", "demo-v2v"]
     assert "batch" in tables["demo-mfp"] and "administration" in tables["demo-v2v"]
+
+    # Release requests have two independent checkers to go to (two approvals by default).
+    from sqlalchemy import select
+
+    from hub.accounts.models import User
+    from hub.db import get_database
+
+    with get_database(app).session() as s:
+        checkers = set(s.scalars(select(User.username).where(User.is_output_checker.is_(True))))
+    assert checkers == {"steward", "checker"}
+    assert "checker " in first.output and "output checker" in first.output
