@@ -29,8 +29,8 @@ still work, and the result's ``notes`` say that cross-table correlations are not
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
-import os
 import random
 import sys
 import time
@@ -301,10 +301,14 @@ class SDVBackend:
         if self._synth is None:
             raise SynthesisError("fit the synthesizer before sampling")
         self._synth.reset_sampling()
-        # SDV draws a tqdm bar when a table has constraints; progress is reported through
-        # ``progress()`` instead, and a bar in a worker's or `demo seed`'s output is noise.
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        with seeded(seed), warnings.catch_warnings():
+        # SDV draws a tqdm bar on stderr when a table has constraints (tqdm reads
+        # TQDM_DISABLE only at import); progress is reported through ``progress()``, and a
+        # bar in a worker's or `demo seed`'s output is noise. Logging keeps its own stream.
+        with (
+            seeded(seed),
+            warnings.catch_warnings(),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             if self._single is not None:
                 self._synth._set_random_state(seed)  # SDV's own hook; else a fixed seed

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
@@ -251,6 +252,38 @@ def release_into_pool(
     session.add(version)
     session.flush()
     return version
+
+
+def bearer(
+    database: Database, settings: Settings, username: str, scopes: tuple[str, ...] = ("sandbox",)
+) -> dict[str, str]:
+    """An ``Authorization`` header with a fresh API token of ``username``'s."""
+    with database.session() as s:
+        secret = accounts.create_token(
+            s, settings, accounts.get_user(s, username), "t", list(scopes), actor="t"
+        ).secret
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def activate_agreement(database: Database, text: str) -> None:
+    """The agreement ``text`` created by the steward ``sam``, submitted and signed by each
+    party's ``<institution>-admin``: active from its ``valid_from``."""
+    from hub.agreements import services as agreements
+
+    terms = yaml.safe_load(text)
+    slug, parties = str(terms["id"]), [str(p["institution"]) for p in terms["parties"]]
+    with database.session() as s:
+        agreements.create(s, text, actor="user:sam")
+    with database.session() as s:
+        agreements.transition(s, agreements.get(s, slug), "submit", actor="user:sam")
+    for party in parties:
+        with database.session() as s:
+            agreements.sign(
+                s,
+                agreements.get(s, slug),
+                accounts.get_user(s, f"{party}-admin"),
+                actor=f"user:{party}-admin",
+            )
 
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

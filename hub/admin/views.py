@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -260,7 +260,16 @@ def target_words(target: str) -> str:
     return f"{kind.replace('_', ' ')} {name}" if name else kind.replace("_", " ")
 
 
-def _value_words(value: Any) -> str:
+#: Labels of detail keys whose own names say too little.
+DETAIL_LABELS = {
+    "terms": "terms fingerprint (SHA-256 of the agreement's text as signed)",
+    "digest": "fingerprint (SHA-256)",
+    "sha256": "file fingerprint (SHA-256)",
+    "parties": "parties",
+}
+
+
+def _value_words(value: Any, names: Mapping[str, str]) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -268,25 +277,32 @@ def _value_words(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
-        return ", ".join(_value_words(v) for v in value) or "none"
+        return ", ".join(_value_words(v, names) for v in value) or "none"
     if isinstance(value, dict):
-        return "; ".join(f"{k.replace('_', ' ')}: {_value_words(v)}" for k, v in value.items())
+        return "; ".join(
+            f"{k.replace('_', ' ')}: {_value_words(v, names)}" for k, v in value.items()
+        )
     text = str(value)
+    if text in names:
+        return names[text]
     return f"{text[:12]}…" if _HASH.match(text) else text
 
 
-def detail_facts(detail: str) -> list[tuple[str, str, str]]:
-    """The entry's detail as (label, value in words, full value) rows, never JSON."""
+def detail_facts(detail: str, names: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """The entry's detail as (label, value in words, full value) rows, never JSON;
+    ``names`` turns short codes (institutions' slugs) into names."""
+    names = names or {}
     try:
         data = json.loads(detail or "{}")
     except ValueError:
         return [("detail", detail, detail)]
     if not isinstance(data, dict):
-        return [("detail", _value_words(data), str(data))]
+        return [("detail", _value_words(data, names), str(data))]
     rows = []
     for key, value in data.items():
-        full = value if isinstance(value, str) else _value_words(value)
-        rows.append((key.replace("_", " "), _value_words(value), str(full)))
+        full = value if isinstance(value, str) else _value_words(value, names)
+        label = DETAIL_LABELS.get(key, key.replace("_", " "))
+        rows.append((label, _value_words(value, names), str(full)))
     return rows
 
 
@@ -325,7 +341,9 @@ def audit_entry(entry_id: int) -> ResponseReturnValue:
         who=(person.display_name or person.username) if person else username,
         action=action_words(entry.action),
         target=target_words(entry.target),
-        facts=detail_facts(entry.detail),
+        facts=detail_facts(
+            entry.detail, dict(db.execute(select(Institution.slug, Institution.name)).all())
+        ),
         before=before,
         after=after,
         pretty=pretty,

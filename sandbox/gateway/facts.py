@@ -26,21 +26,26 @@ INTEGER_DOMAIN_MAX = 400
 """An integer column with public bounds this close together is a domain of its own (it may be
 grouped by directly, e.g. ``prior_lines`` 0–15)."""
 
-_NUMERIC_TYPES = (
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "BIGINT",
-    "HUGEINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "FLOAT",
-    "DOUBLE",
-    "REAL",
-    "DECIMAL",
+NUMERIC_TYPES = frozenset(
+    {
+        "TINYINT",
+        "SMALLINT",
+        "INTEGER",
+        "INT",
+        "BIGINT",
+        "HUGEINT",
+        "UTINYINT",
+        "USMALLINT",
+        "UINTEGER",
+        "UBIGINT",
+        "FLOAT",
+        "DOUBLE",
+        "REAL",
+        "DECIMAL",
+        "NUMERIC",
+    }
 )
+"""DuckDB's number types, as a view column's type names them (without precision)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def view_facts(
         fact = known.get(column)
         if base == "BOOLEAN":
             found[column] = Facts("boolean", 0.0, 1.0, (False, True))
-        elif base in _NUMERIC_TYPES:
+        elif base in NUMERIC_TYPES:
             if fact is not None and fact.kind in ("number", "integer") and fact.bounded:
                 integer = base not in ("FLOAT", "DOUBLE", "REAL", "DECIMAL")
                 found[column] = Facts(

@@ -89,7 +89,7 @@ _ARITHMETIC = (
     exp.Neg,
     exp.Paren,
 )
-_FUNCTIONS = (
+NUMBER_FUNCTIONS = (
     exp.Round,
     exp.Abs,
     exp.Ln,
@@ -98,6 +98,11 @@ _FUNCTIONS = (
     exp.Sqrt,
     exp.Floor,
     exp.Ceil,
+    exp.Trunc,
+)
+"""The allowed functions that take a number (``typecheck`` refuses them over text)."""
+_FUNCTIONS = (
+    *NUMBER_FUNCTIONS,
     exp.Lower,
     exp.Upper,
     exp.Cast,
@@ -109,7 +114,6 @@ _FUNCTIONS = (
     exp.DPipe,
     exp.Least,
     exp.Greatest,
-    exp.Trunc,
 )
 _PREDICATES = (
     exp.EQ,

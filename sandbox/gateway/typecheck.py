@@ -18,40 +18,12 @@ from collections.abc import Mapping
 from sqlglot import exp
 
 from sandbox.gateway.errors import QueryRejected
-from sandbox.gateway.facts import Facts
-from sandbox.gateway.sql import AGGREGATES, CheckedQuery
+from sandbox.gateway.facts import NUMERIC_TYPES, Facts
+from sandbox.gateway.sql import AGGREGATES, NUMBER_FUNCTIONS, CheckedQuery
 
-_NUMERIC = {
-    "TINYINT",
-    "SMALLINT",
-    "INTEGER",
-    "INT",
-    "BIGINT",
-    "HUGEINT",
-    "UTINYINT",
-    "USMALLINT",
-    "UINTEGER",
-    "UBIGINT",
-    "FLOAT",
-    "DOUBLE",
-    "REAL",
-    "DECIMAL",
-    "NUMERIC",
-}
 _TEXT = {"VARCHAR", "TEXT", "STRING", "CHAR"}
 _DATES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "TIME"}
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Pow)
-_NUMBER_FUNCTIONS = (
-    exp.Round,
-    exp.Abs,
-    exp.Ln,
-    exp.Log,
-    exp.Exp,
-    exp.Sqrt,
-    exp.Floor,
-    exp.Ceil,
-    exp.Trunc,
-)
 _COMPARISONS = (
     exp.EQ,
     exp.NEQ,
@@ -148,7 +120,7 @@ class _Types:
             if sql_type is None:
                 continue
             base = sql_type.upper().split("(")[0].strip()
-            if base in _NUMERIC:
+            if base in NUMERIC_TYPES:
                 return "n"
             if base == "BOOLEAN":
                 return "b"
@@ -182,7 +154,7 @@ class _Types:
             self.number(node.this, _symbol(node), node)
             self.number(node.expression, _symbol(node), node)
             return "n"
-        if isinstance(node, _NUMBER_FUNCTIONS):
+        if isinstance(node, NUMBER_FUNCTIONS):
             self.number(node.this, node.sql_name(), node)
             for other in node.iter_expressions():
                 if other is not node.this:
@@ -200,7 +172,7 @@ class _Types:
         if isinstance(node, exp.Cast | exp.TryCast):
             inner = self.kind(node.this)
             target = node.to.sql(dialect="duckdb").upper().split("(")[0].strip()
-            if target in _NUMERIC:
+            if target in NUMERIC_TYPES:
                 if isinstance(inner, _Text) and inner.banded and not isinstance(node, exp.TryCast):
                     raise _reject(
                         node,

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,22 +45,22 @@ class LiveServer:
     logins: dict[str, str]
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    root = tmp_path_factory.mktemp("live-server")
+@contextmanager
+def demo_server(
+    root: Path, *seed_options: str, command: str = "up", **settings: object
+) -> Iterator[LiveServer]:
+    """A demo consortium in a fresh data directory under ``root`` (``cleanroom demo seed
+    SEED_OPTIONS``) served by ``cleanroom up`` (what `make demo` runs after seeding; or
+    ``command="serve"``: the portal alone) on a free port of 127.0.0.1, with ``settings``
+    as environment overrides; stopped on exit."""
     data_dir = root / "data"
     data_dir.mkdir(mode=0o700)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    # One address signs in as every role of the demo, many times a minute across the
-    # session's tests: the per-address sign-in rate would answer 429 (a unit test covers it).
-    env = server_env(data_dir, port, login_rate_per_minute=1000)
-    command = cleanroom_command()
-
-    # Without the demo's synthetic versions: SDV would add about half a minute per session,
-    # and tests/unit/hub/test_demo_synthetic.py covers them.
+    env = server_env(data_dir, port, **settings)
+    program = cleanroom_command()
     seeded = subprocess.run(  # noqa: S603
-        [*command, "demo", "seed", "--no-synthetic"],
+        [*program, "demo", "seed", *seed_options],
         env=env,
         capture_output=True,
         text=True,
@@ -70,15 +71,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
             f"`cleanroom demo seed` exited {seeded.returncode}:\n{seeded.stdout}\n{seeded.stderr}"
         )
     logins: dict[str, str] = json.loads((data_dir / "demo-logins.json").read_text())
-
-    stdout_path, stderr_path = root / "serve.out", root / "serve.err"
-    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+    log = root / f"{command}.log"
+    with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: S603
-            # What `make demo` runs after seeding.
-            [*command, "up", "--host", "127.0.0.1", "--port", str(port)],
+            [*program, command, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=out,
-            stderr=err,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     try:
@@ -86,18 +85,30 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         while not healthy(url):
             if proc.poll() is not None:
                 pytest.fail(
-                    f"`cleanroom serve` exited early with status {proc.returncode}:\n"
-                    f"{stderr_path.read_text(errors='replace')}"
+                    f"`cleanroom {command}` exited early with status {proc.returncode}:\n"
+                    f"{log.read_text(errors='replace')[-4000:]}"
                 )
             if time.monotonic() > deadline:
                 pytest.fail(
-                    f"`cleanroom serve` did not answer {url}/healthz with 200 within "
-                    f"{HEALTH_DEADLINE_SECONDS:.0f} s:\n{stderr_path.read_text(errors='replace')}"
+                    f"`cleanroom {command}` did not answer {url}/healthz with 200 within "
+                    f"{HEALTH_DEADLINE_SECONDS:.0f} s:\n{log.read_text(errors='replace')[-4000:]}"
                 )
             time.sleep(0.1)
         yield LiveServer(url=url, data_dir=data_dir, logins=logins)
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # Without the demo's synthetic versions: SDV would add about half a minute per session,
+    # and tests/unit/hub/test_demo_synthetic.py covers them. One address signs in as every
+    # role of the demo, many times a minute across the session's tests: the per-address
+    # sign-in rate would answer 429 (a unit test covers it).
+    with demo_server(
+        tmp_path_factory.mktemp("live-server"), "--no-synthetic", login_rate_per_minute=1000
+    ) as server:
+        yield server
 
 
 def _chromium_path() -> str | None:

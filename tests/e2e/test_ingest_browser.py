@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.e2e.conftest import ConsoleProblems, LiveServer, sign_in
+from tests.e2e.conftest import ConsoleProblems, LiveServer, demo_server, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -354,45 +354,10 @@ NOT_ON_A_PAGE = ("Traceback", '{"', "`", "cleanroom ", "InvalidDataError", "∅"
 @pytest.fixture(scope="module")
 def empty_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """``cleanroom up`` over the demo consortium's users and agreement, without data."""
-    import json
-    import subprocess
-    import time
-
-    from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
-
-    root = tmp_path_factory.mktemp("empty-server")
-    data_dir = root / "data"
-    data_dir.mkdir(mode=0o700)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = server_env(data_dir, port, login_rate_per_minute=1000)
-    command = cleanroom_command()
-    seeded = subprocess.run(  # noqa: S603
-        [*command, "demo", "seed", "--no-data"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert seeded.returncode == 0, seeded.stderr
-    logins = json.loads((data_dir / "demo-logins.json").read_text())
-    with (root / "serve.err").open("wb") as err:
-        proc = subprocess.Popen(  # noqa: S603
-            [*command, "up", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not healthy(url):
-            assert proc.poll() is None, (root / "serve.err").read_text(errors="replace")
-            assert time.monotonic() < deadline, "the server did not start within 30 s"
-            time.sleep(0.1)
-        yield LiveServer(url=url, data_dir=data_dir, logins=logins)
-    finally:
-        stop(proc)
+    with demo_server(
+        tmp_path_factory.mktemp("empty-server"), "--no-data", login_rate_per_minute=1000
+    ) as server:
+        yield server
 
 
 def _readable(page: Page) -> None:

@@ -8,10 +8,7 @@ must start unspent whatever other tests asked before."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +16,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.e2e.conftest import LiveServer
-from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
+from tests.e2e.conftest import LiveServer, demo_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -31,37 +27,16 @@ IMAGE = "<image/png>"  # stands for a drawn chart in the text _run returns
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """A demo hub of this module's own (``cleanroom demo seed`` + ``cleanroom serve``)."""
-    root = tmp_path_factory.mktemp("notebook-server")
-    data_dir = root / "data"
-    data_dir.mkdir(mode=0o700)
-    port = free_port()
-    env = server_env(data_dir, port, gateway_rate_per_minute=1000, login_rate_per_minute=1000)
-    command = cleanroom_command()
-    seeded = subprocess.run(  # noqa: S603
-        [*command, "demo", "seed"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
-    logins = json.loads((data_dir / "demo-logins.json").read_text())
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: S603
-            [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while not healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"`cleanroom serve` did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        yield LiveServer(url=url, data_dir=data_dir, logins=logins)
-    finally:
-        stop(proc)
+    """A demo hub of this module's own, with its synthetic versions (``cleanroom demo
+    seed`` + ``cleanroom serve``): the notebooks ask more questions a minute than the
+    shared server's gateway rate allows."""
+    with demo_server(
+        tmp_path_factory.mktemp("notebook-server"),
+        command="serve",
+        gateway_rate_per_minute=1000,
+        login_rate_per_minute=1000,
+    ) as server:
+        yield server
 
 
 def test_there_are_the_three_example_notebooks() -> None:

@@ -360,7 +360,8 @@ def test_a_ledger_entry_reads_in_words(
     page = client.get(f"/admin/audit/{entry_id}").get_data(as_text=True)
     assert "signed the agreement" in page and f"agreement {slug}" in page
     assert "acme-admin" in page and digest in page and "matches entry" in page
-    assert "Institution</dt><dd>acme-bio" in page
+    # Institutions by name, not by their short code.
+    assert re.search(r"Institution</dt><dd[^>]*>Acme Bio</dd>", page)
     _no_developer_words(page)
     assert client.get("/admin/audit/999999").status_code == 404
     auth.logout()

@@ -21,30 +21,16 @@ from hub.catalogue import services
 from hub.db import Database
 from hub.errors import NotFound
 from hub.settings import Settings
-from tests.conftest import AuthActions, Users, release_into_pool
+from tests.conftest import AuthActions, Users, activate_agreement, bearer, release_into_pool
+from tests.unit.hub.conftest import V2V_TERMS
 
 PARTIES = ("acme-bio", "st-aurelia", "kelvin")
 
-TERMS = """\
-id: v2v
-title: Vein-to-vein benchmarking
-purpose:
-  code: vein_to_vein_benchmarking
-  text: Compare manufacturing across sites.
-parties:
-  - institution: acme-bio
-    roles: [contributor]
-  - institution: st-aurelia
-    roles: [contributor, recipient]
-  - institution: kelvin
-    roles: [contributor]
-tables:
-  batch: all
-  episode: [coi_id, product_class, indication, patient_name]
-researchers: [rosa]
-valid_from: 2026-01-01
-valid_until: 2099-12-31
-"""
+# The unit tests' v2v agreement, with part of `episode` covered too (`patient_name` is a
+# direct identifier: never covered, even when named).
+TERMS = V2V_TERMS.replace(
+    "  batch: all\n", "  batch: all\n  episode: [coi_id, product_class, indication, patient_name]\n"
+)
 
 # Patients per party in `episode`, and how many more appear only in `batch` (a lot whose
 # episode row was never released still names its patient).
@@ -103,28 +89,7 @@ def world(users: Users, database: Database, app: Flask) -> None:
             }
         )
         release_into_pool(s, storage, "outsider-lab", "episode", outsider)
-    with database.session() as s:
-        agreements.create(s, TERMS, actor="user:sam")
-    with database.session() as s:
-        agreements.transition(s, agreements.get(s, "v2v"), "submit", actor="user:sam")
-    for slug in PARTIES:
-        with database.session() as s:
-            agreements.sign(
-                s,
-                agreements.get(s, "v2v"),
-                accounts.get_user(s, f"{slug}-admin"),
-                actor=f"user:{slug}-admin",
-            )
-
-
-def _header(
-    database: Database, settings: Settings, username: str, scopes: tuple[str, ...]
-) -> dict[str, str]:
-    with database.session() as s:
-        secret = accounts.create_token(
-            s, settings, accounts.get_user(s, username), "t", list(scopes), actor="t"
-        ).secret
-    return {"Authorization": f"Bearer {secret}"}
+    activate_agreement(database, TERMS)
 
 
 # The common data model, in the API's shape and in words -------------------------------------
@@ -287,7 +252,7 @@ def test_only_those_the_agreement_concerns_see_its_facts(
 def test_api_answers_tables_and_columns(
     client: FlaskClient, database: Database, settings: Settings, world: None
 ) -> None:
-    reader = _header(database, settings, "outsider-lab-data", ("read",))
+    reader = bearer(database, settings, "outsider-lab-data", ("read",))
     whole = client.get("/api/v1/catalogue", headers=reader)
     assert whole.status_code == 200
     assert [t["table"] for t in whole.get_json()["tables"]] == list(load_cdm().table_names)
@@ -305,7 +270,7 @@ def test_api_answers_tables_and_columns(
         error["code"] == "not_found" and "its tables are: episode, collection" in error["message"]
     )
 
-    upload_only = _header(database, settings, "outsider-lab-data", ("upload",))
+    upload_only = bearer(database, settings, "outsider-lab-data", ("upload",))
     refused = client.get("/api/v1/catalogue", headers=upload_only)
     assert refused.status_code == 403
     assert refused.get_json()["error"]["code"] == "insufficient_scope"
@@ -315,7 +280,7 @@ def test_api_answers_tables_and_columns(
 def test_sandbox_catalogue_for_a_named_researcher(
     client: FlaskClient, database: Database, settings: Settings, world: None
 ) -> None:
-    rosa = _header(database, settings, "rosa", ("sandbox",))
+    rosa = bearer(database, settings, "rosa", ("sandbox",))
     resp = client.get("/api/v1/sandbox/catalogue?agreement=v2v", headers=rosa)
     assert resp.status_code == 200, resp.get_json()
     answer = resp.get_json()
@@ -354,7 +319,7 @@ def test_sandbox_catalogue_for_a_named_researcher(
 def test_sandbox_catalogue_refuses_whom_the_agreement_does_not_concern(
     client: FlaskClient, database: Database, settings: Settings, world: None
 ) -> None:
-    omar = _header(database, settings, "omar", ("sandbox",))
+    omar = bearer(database, settings, "omar", ("sandbox",))
     refused = client.get("/api/v1/sandbox/catalogue?agreement=v2v", headers=omar)
     unknown = client.get("/api/v1/sandbox/catalogue?agreement=nothing-here", headers=omar)
     assert refused.status_code == unknown.status_code == 403
@@ -368,10 +333,10 @@ def test_sandbox_catalogue_refuses_whom_the_agreement_does_not_concern(
         actions = list(s.scalars(select(AuditEntry.action).where(AuditEntry.actor == "user:omar")))
     assert actions.count("sandbox.refused") == 2
 
-    rosa_read = _header(database, settings, "rosa", ("read",))
+    rosa_read = bearer(database, settings, "rosa", ("read",))
     scope = client.get("/api/v1/sandbox/catalogue?agreement=v2v", headers=rosa_read)
     assert scope.status_code == 403 and scope.get_json()["error"]["code"] == "insufficient_scope"
-    rosa = _header(database, settings, "rosa", ("sandbox",))
+    rosa = bearer(database, settings, "rosa", ("sandbox",))
     unnamed = client.get("/api/v1/sandbox/catalogue", headers=rosa)
     assert unnamed.status_code == 400
     assert "?agreement=" in unnamed.get_json()["error"]["message"]

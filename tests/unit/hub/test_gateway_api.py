@@ -17,19 +17,23 @@ from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.gateway.models import PrivacyBudget
 from hub.settings import Settings
-from tests.conftest import Users, release_into_pool
+from tests.conftest import Users, activate_agreement, bearer, release_into_pool
 from tests.unit.hub.conftest import V2V_TERMS
 
 pytestmark = pytest.mark.db
 
 SITES = ("acme-bio", "st-aurelia", "kelvin")
+# Lots per site: enough that a site's noisy count (a fit's rules spend ε 0.2: Laplace scale
+# 5) falls below the institution threshold (10) about once in 10^6 runs, not once in 250.
+ROWS_PER_SITE = 80
+LOTS = ROWS_PER_SITE * len(SITES)
 
 
 def _terms(disclosure: str = "") -> str:
     return V2V_TERMS + disclosure
 
 
-def _batch(seed: int, rows: int = 40) -> pd.DataFrame:
+def _batch(seed: int, rows: int = ROWS_PER_SITE) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
         {
@@ -59,31 +63,6 @@ def pooled(users: Users, database: Database, app) -> dict[str, str]:
     return {}
 
 
-def _activate(database: Database, text: str) -> None:
-    with database.session() as s:
-        services.create(s, text, actor="user:sam")
-    with database.session() as s:
-        services.transition(s, services.get(s, "v2v"), "submit", actor="user:sam")
-    for slug in SITES:
-        with database.session() as s:
-            services.sign(
-                s,
-                services.get(s, "v2v"),
-                accounts.get_user(s, f"{slug}-admin"),
-                actor=f"user:{slug}-admin",
-            )
-
-
-def _token(
-    database: Database, settings: Settings, username: str, scopes: tuple[str, ...] = ("sandbox",)
-) -> dict[str, str]:
-    with database.session() as s:
-        secret = accounts.create_token(
-            s, settings, accounts.get_user(s, username), "t", list(scopes), actor="t"
-        ).secret
-    return {"Authorization": f"Bearer {secret}"}
-
-
 QUERY = (
     "SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability FROM batch GROUP BY platform"
 )
@@ -100,8 +79,8 @@ def _ledger(database: Database, prefix: str = "sandbox.") -> list[dict]:
 def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     listed = client.get("/api/v1/sandbox/agreements", headers=rosa).get_json()
     assert [a["agreement"] for a in listed["agreements"]] == ["v2v"]
     tables = client.get("/api/v1/sandbox/tables?agreement=v2v", headers=rosa).get_json()
@@ -118,11 +97,11 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     assert [r[0] for r in answer["rows"]] == ["central", "point_of_care", None]
     assert answer["epsilon"] == 1.0 and answer["spent"] == 1.0
     assert answer["budget"]["epsilon_left"] == 19.0
-    # Noisy, and a cell may be withheld by the noisy institution rules: 120 lots in all.
+    # Noisy, and a cell may be withheld by the noisy institution rules: all the lots.
     # A withheld cell counts 0; the noise on three cells stays within 12 Laplace scales
     # (a false failure has probability below 1e-4).
     scale = answer["aggregates"][0]["noise_scale"]["n"]
-    assert sum(r[1] or 0 for r in answer["rows"]) <= 120 + 12 * scale
+    assert sum(r[1] or 0 for r in answer["rows"]) <= LOTS + 12 * scale
     entry = _ledger(database)[-1]
     assert entry["action"] == "sandbox.query" and entry["actor"].startswith("user:")
     assert entry["sql"] == QUERY and len(entry["result_hash"]) == 64
@@ -138,7 +117,7 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     budget = client.get("/api/v1/sandbox/budget?agreement=v2v", headers=rosa).get_json()
     assert budget["epsilon_spent"] == 1.0 and budget["answers"] == 1
     whole = whole_count(client, rosa)
-    assert abs(whole["rows"][0][0] - 120) <= 12 * whole["scale"] and whole["rows_per_patient"] == 1
+    assert abs(whole["rows"][0][0] - LOTS) <= 12 * whole["scale"] and whole["rows_per_patient"] == 1
 
 
 def whole_count(client: FlaskClient, headers: dict[str, str]) -> dict:
@@ -156,8 +135,8 @@ def whole_count(client: FlaskClient, headers: dict[str, str]) -> dict:
 def test_row_level_sql_is_refused_with_the_construct_and_logged(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     for sql, construct in (
         ("SELECT * FROM batch", "SELECT *"),
         ("SELECT viability FROM batch", None),
@@ -181,16 +160,16 @@ def test_policy_decides_per_request(
 ) -> None:
     body = {"agreement": "v2v", "sql": QUERY}
     # Before the agreement is active, nobody may query.
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 403
-    _activate(database, _terms())
+    activate_agreement(database, _terms())
     assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 200
     # A researcher not named in the agreement.
-    omar = _token(database, settings, "omar")
+    omar = bearer(database, settings, "omar")
     denied = client.post("/api/v1/sandbox/query", json=body, headers=omar)
     assert denied.status_code == 403 and denied.get_json()["error"]["code"] == "policy_denied"
     # A token without the sandbox scope.
-    read_only = _token(database, settings, "rosa", ("read",))
+    read_only = bearer(database, settings, "rosa", ("read",))
     resp = client.post("/api/v1/sandbox/query", json=body, headers=read_only)
     assert resp.status_code == 403
     # Synthetic rows and fitting are not allowed by these terms: the researcher is told so
@@ -222,10 +201,10 @@ def test_policy_decides_per_request(
 def test_fit_and_synthetic_where_allowed(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(
+    activate_agreement(
         database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
     )
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     fit = {
         "agreement": "v2v",
         "table": "batch",
@@ -237,7 +216,7 @@ def test_fit_and_synthetic_where_allowed(
     assert resp.status_code == 200, resp.get_json()
     summary = resp.get_json()
     # n: three noisy institution counts (scale 5 each); 100 is over 8 standard deviations.
-    assert abs(summary["n"] - 120) < 100 and set(summary["coefficients"]) >= {"culture_days"}
+    assert abs(summary["n"] - LOTS) < 100 and set(summary["coefficients"]) >= {"culture_days"}
     assert summary["epsilon"] == 1.0 and summary["budget"]["epsilon_left"] == 19.0
     assert "residuals" not in summary and "predictions" not in summary
     synthetic = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
@@ -252,9 +231,9 @@ def test_fit_and_synthetic_where_allowed(
 def test_rate_limit_per_researcher(
     client: FlaskClient, database: Database, settings: Settings, pooled, monkeypatch
 ) -> None:
-    _activate(database, _terms())
+    activate_agreement(database, _terms())
     monkeypatch.setitem(settings.data, "gateway_rate_per_minute", 2)
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     body = {"agreement": "v2v", "sql": QUERY}
     codes = [
         client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code for _ in range(3)
@@ -265,8 +244,8 @@ def test_rate_limit_per_researcher(
 def test_malformed_requests_get_clear_errors(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     resp = client.post("/api/v1/sandbox/query", data="not json", headers=rosa)
     assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
     resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v"}, headers=rosa)
@@ -280,8 +259,10 @@ def test_malformed_requests_get_clear_errors(
 def test_budget_is_debited_and_an_exhausted_budget_is_refused_with_who_can_raise_it(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    _activate(database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 2.5\n"))
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(
+        database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 2.5\n")
+    )
+    rosa = bearer(database, settings, "rosa")
     asked = [
         client.post(
             "/api/v1/sandbox/query",
@@ -318,8 +299,8 @@ def test_columns_the_agreement_does_not_cover_do_not_exist(
 ) -> None:
     terms = _terms().replace("batch: all", "batch: [platform, viability, lot_id]")
     assert terms != _terms()
-    _activate(database, terms)
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, terms)
+    rosa = bearer(database, settings, "rosa")
     tables = client.get("/api/v1/sandbox/tables?agreement=v2v", headers=rosa).get_json()
     columns = {c["name"] for c in tables["tables"][0]["columns"]}
     assert columns == {"platform", "viability", "lot_id", "institution"}
@@ -349,8 +330,8 @@ def test_columns_the_agreement_does_not_cover_do_not_exist(
 def test_malformed_queries_get_a_400_naming_the_construct(
     client: FlaskClient, database: Database, settings: Settings, pooled, sql: str
 ) -> None:
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa)
     assert resp.status_code == 400, resp.get_json()
     assert resp.get_json()["error"]["code"] == "query_rejected"
@@ -365,7 +346,9 @@ def test_concurrent_debits_never_overspend(
 
     from hub.gateway import services as gateway_services
 
-    _activate(database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n"))
+    activate_agreement(
+        database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n")
+    )
     policy = app.extensions["cleanroom.policy"]
     policy.refresh()
     with database.session() as s:
@@ -419,8 +402,8 @@ def test_no_lock_is_held_while_an_answer_is_computed(
     from hub.audit.services import record
     from sandbox.gateway import dp
 
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     answer = dp.answer
     written: list[str] = []
 
@@ -446,10 +429,10 @@ def test_every_sandbox_request_leaves_exactly_one_ledger_entry(
 ) -> None:
     """Answered, read or refused (by the token's scope, the policy, a malformed body): one
     entry each, naming the caller and the token; no separate ``token.use`` entry."""
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
-    upload_only = _token(database, settings, "rosa", ("upload",))
-    omar = _token(database, settings, "omar")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
+    upload_only = bearer(database, settings, "rosa", ("upload",))
+    omar = bearer(database, settings, "omar")
     lookup = rosa["Authorization"].split("_")[1]
     requests = [
         (client.get, "/api/v1/sandbox/agreements", {}, rosa, 200),
@@ -498,10 +481,10 @@ def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
     """Every sandbox route answers a slug that names no agreement exactly as it answers an
     agreement the caller may not use (same status, code and words; only the slug differs),
     so a refusal never tells whether an agreement exists."""
-    _activate(
+    activate_agreement(
         database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
     )
-    omar = _token(database, settings, "omar")  # a researcher the agreement does not name
+    omar = bearer(database, settings, "omar")  # a researcher the agreement does not name
 
     def answer(slug: str) -> list[tuple[int, dict]]:
         fit = {"table": "batch", "kind": "linear", "features": ["culture_days"]}
@@ -528,7 +511,7 @@ def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
     assert {status for status, _body in forbidden} == {403}
     assert {body["error"]["code"] for _status, body in forbidden} == {"policy_denied"}
     # A named researcher gets the same words for a slug that names nothing.
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/tables?agreement=no-such-agreement", headers=rosa)
     assert (
         json.loads(resp.get_data(as_text=True).replace("no-such-agreement", "SLUG"))

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from hub.db import Database
 from hub.settings import Settings
 from hub.storage.s3 import S3Storage
+from tests.conftest import activate_agreement, bearer
 from tests.s3server import (
     ACCESS_KEY_ID,
     REGION,
@@ -23,14 +24,7 @@ from tests.s3server import (
     s3_server,
     s3_settings_overrides,
 )
-from tests.unit.hub.test_gateway_api import (  # noqa: F401 - pooled is a fixture
-    QUERY,
-    _activate,
-    _terms,
-    _token,
-    pooled,
-    whole_count,
-)
+from tests.unit.hub.test_gateway_api import LOTS, QUERY, _terms, pooled, whole_count  # noqa: F401
 
 pytestmark = [pytest.mark.db, pytest.mark.s3]
 
@@ -68,17 +62,17 @@ def test_query_reads_the_pool_from_s3(
     pooled,  # noqa: F811 - the imported fixture
 ) -> None:
     assert isinstance(app.extensions["cleanroom.storage"], S3Storage)
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     resp = client.post(
         "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY}, headers=rosa
     )
     assert resp.status_code == 200, resp.get_json()
     rows = resp.get_json()["rows"]
     assert [r[0] for r in rows] == ["central", "point_of_care", None]
-    # Noisy, and a cell may be withheld by the noisy institution rules: 120 lots in all.
+    # Noisy, and a cell may be withheld by the noisy institution rules: all the lots.
     scale = resp.get_json()["aggregates"][0]["noise_scale"]["n"]
-    assert sum(r[1] or 0 for r in rows) <= 120 + 12 * scale
-    # The whole table, one row per patient, read from S3: close to its 120 lots.
+    assert sum(r[1] or 0 for r in rows) <= LOTS + 12 * scale
+    # The whole table, one row per patient, read from S3: close to its lot count.
     whole = whole_count(client, rosa)
-    assert abs(whole["rows"][0][0] - 120) <= 12 * whole["scale"]
+    assert abs(whole["rows"][0][0] - LOTS) <= 12 * whole["scale"]

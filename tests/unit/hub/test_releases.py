@@ -19,7 +19,8 @@ from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden
 from hub.releases import services
 from hub.settings import Settings
-from tests.unit.hub.test_gateway_api import SITES, _activate, _batch, _terms, _token, pooled
+from tests.conftest import activate_agreement, bearer
+from tests.unit.hub.test_gateway_api import SITES, _batch, _terms, pooled  # noqa: F401
 
 pytestmark = pytest.mark.db
 __all__ = ["pooled"]  # the fixture, shared with the gateway's tests
@@ -41,12 +42,12 @@ TERMS = "disclosure:\n  allow_model_fitting: true\n  review_window_days: 7\n"
 def world(pooled, users, database: Database, settings: Settings):
     """The agreement active, rosa's sandbox token, two output checkers (one of them rosa's
     colleague omar), and rosa an output checker too (she may still not review her own)."""
-    _activate(database, _terms(TERMS))
+    activate_agreement(database, _terms(TERMS))
     users.make("chris", "researcher", "kelvin")
     with database.session() as s:
         for name in ("chris", "omar", "rosa"):
             accounts.get_user(s, name).is_output_checker = True
-    return {"rosa": _token(database, settings, "rosa")}
+    return {"rosa": bearer(database, settings, "rosa")}
 
 
 def _ask(client: FlaskClient, headers, outputs=None, **extra):
@@ -188,7 +189,7 @@ def test_only_output_checkers_review_and_only_the_author_reads(
         _user(s, "omar").is_output_checker = False
     with pytest.raises(Forbidden, match="output checkers"):
         _review(database, settings, rid, "omar")
-    omar = _token(database, settings, "omar")
+    omar = bearer(database, settings, "omar")
     assert client.get(f"/api/v1/releases/{rid}", headers=omar).status_code == 403
     assert client.get("/api/v1/releases", headers=omar).get_json()["requests"] == []
 

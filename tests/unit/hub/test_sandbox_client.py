@@ -9,7 +9,8 @@ import pytest
 from hub.db import Database
 from hub.settings import Settings
 from sandbox import PolicyDenied, QueryRejected, SandboxError, connect
-from tests.unit.hub.test_gateway_api import QUERY, _activate, _terms, _token, pooled  # noqa: F401
+from tests.conftest import activate_agreement, bearer
+from tests.unit.hub.test_gateway_api import LOTS, QUERY, _terms, pooled  # noqa: F401
 
 pytestmark = pytest.mark.db
 
@@ -21,8 +22,8 @@ def test_client_tour(
     pooled,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _activate(database, _terms("disclosure:\n  allow_model_fitting: true\n"))
-    token = _token(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
+    activate_agreement(database, _terms("disclosure:\n  allow_model_fitting: true\n"))
+    token = bearer(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     monkeypatch.setenv("CLEANROOM_GATEWAY_URL", served)
     monkeypatch.setenv("CLEANROOM_TOKEN", token)
     cr = connect()  # from the environment, as in a notebook
@@ -46,7 +47,7 @@ def test_client_tour(
         cr.query("SELECT MAX(viability) FROM batch")
     assert rejected.value.construct.upper().startswith("MAX")
     summary = cr.fit("batch", ["culture_days"], "viability")
-    assert abs(summary["n"] - 120) < 100 and "culture_days" in summary["coefficients"]
+    assert abs(summary["n"] - LOTS) < 100 and "culture_days" in summary["coefficients"]
     assert cr.budget()["epsilon_spent"] == 3.0
     with pytest.raises(PolicyDenied):
         cr.synthetic("batch")  # not allowed by these terms
@@ -71,8 +72,8 @@ def test_describe_reads_the_catalogue_under_the_agreement(
 ) -> None:
     from contracts.cdm import IdentifierClass, load_cdm
 
-    _activate(database, _terms(""))
-    token = _token(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
+    activate_agreement(database, _terms(""))
+    token = bearer(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     cr = connect(served, token)
     tables = cr.describe()
     cdm = load_cdm()

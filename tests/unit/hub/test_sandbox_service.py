@@ -17,8 +17,8 @@ from hub.db import Database, utcnow
 from hub.gateway.service import service_secret
 from hub.settings import Settings
 from sandbox.jupyterhub.access import hub_allows, sweep
-from tests.conftest import PASSWORD, Users
-from tests.unit.hub.test_gateway_api import SITES, _activate, _terms
+from tests.conftest import PASSWORD, Users, activate_agreement
+from tests.unit.hub.test_gateway_api import SITES, _terms
 
 pytestmark = pytest.mark.db
 
@@ -41,7 +41,7 @@ def world(users: Users, database: Database, app: Flask, settings: Settings) -> d
     users.make("sam", "steward")
     users.make("rosa", "researcher", "st-aurelia")
     users.make("omar", "researcher", "kelvin")
-    _activate(database, _terms())
+    activate_agreement(database, _terms())
     return {"Authorization": f"Bearer {service_secret(settings)}"}
 
 

@@ -30,8 +30,8 @@ from hub.jobs.services import Worker
 from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
-from tests.conftest import AuthActions, Users, release_into_pool
-from tests.unit.hub.test_gateway_api import SITES, _activate, _terms, _token
+from tests.conftest import AuthActions, Users, activate_agreement, bearer, release_into_pool
+from tests.unit.hub.test_gateway_api import SITES, _terms
 
 pytestmark = pytest.mark.db
 
@@ -97,8 +97,8 @@ def test_contributor_synthesises_a_version_and_researchers_read_its_rows(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    _activate(database, _terms(ALLOW))
-    acme = _token(database, settings, "acme-bio-admin", ("upload", "read"))
+    activate_agreement(database, _terms(ALLOW))
+    acme = bearer(database, settings, "acme-bio-admin", ("upload", "read"))
     resp = client.post(
         f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1}, headers=acme
     )
@@ -106,7 +106,7 @@ def test_contributor_synthesises_a_version_and_researchers_read_its_rows(
     synthetic_id = resp.get_json()["id"]
     assert resp.get_json()["state"] == "queued" and resp.get_json()["method"] == "gaussian_copula"
     # Not yet published: the gateway says so.
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     url = "/api/v1/sandbox/synthetic/batch?agreement=v2v"
     assert client.get(url, headers=rosa).get_json()["error"]["code"] == "no_synthetic_version"
 
@@ -171,7 +171,7 @@ def test_a_version_failing_a_gate_is_not_published(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    _activate(database, _terms(ALLOW))
+    activate_agreement(database, _terms(ALLOW))
     register_backend("leaky", LeakyBackend)
     try:
         with database.session() as s:
@@ -194,7 +194,7 @@ def test_a_version_failing_a_gate_is_not_published(
             f"synthetic/batch/dataset={pool['acme-bio']}/synthetic={synthetic_id}/part"
         )
     )
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "no_synthetic_version"
     auth.login("sam")  # the steward sees the report and which gate failed
@@ -206,8 +206,8 @@ def test_a_version_failing_a_gate_is_not_published(
 def test_synthetic_only_versions_leave_the_real_data_views(
     client: FlaskClient, database: Database, settings: Settings, pool: dict[str, int]
 ) -> None:
-    _activate(database, _terms(ALLOW))
-    kelvin = _token(database, settings, "kelvin-admin", ("upload",))
+    activate_agreement(database, _terms(ALLOW))
+    kelvin = bearer(database, settings, "kelvin-admin", ("upload",))
     resp = client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=kelvin)
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
@@ -221,7 +221,7 @@ def test_synthetic_only_versions_leave_the_real_data_views(
         assert len(ingest.released_keys(s, "batch")) == 2
         queued = s.scalars(select(SyntheticVersion)).one()
         assert queued.dataset_version_id == pool["kelvin"]
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     resp = client.post(
         "/api/v1/sandbox/query",
         headers=rosa,
@@ -234,7 +234,7 @@ def test_synthetic_only_versions_leave_the_real_data_views(
     # Asking again changes nothing; another institution may not flag it.
     again = client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=kelvin)
     assert again.get_json()["synthetic"] is None
-    acme = _token(database, settings, "acme-bio-admin", ("upload",))
+    acme = bearer(database, settings, "acme-bio-admin", ("upload",))
     assert (
         client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=acme).status_code
         == 403
@@ -248,7 +248,7 @@ def test_cli_synthesises_an_agreement_table_and_prints_scores(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    _activate(database, _terms(ALLOW))
+    activate_agreement(database, _terms(ALLOW))
     result = runner.invoke(cli, ["synth", "--agreement", "v2v", "--table", "batch", "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert "quality score" in result.output and "DCR overfitting protection" in result.output
@@ -257,7 +257,7 @@ def test_cli_synthesises_an_agreement_table_and_prints_scores(
         synthetic = s.scalars(select(SyntheticVersion)).one()
         assert synthetic.agreement_slug == "v2v" and synthetic.state == "published"
         assert json.loads(synthetic.report)["synthesis"]["rows_in"] == 450
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     body = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa).get_json()
     assert body["synthetic_versions"] == [synthetic.id] and body["total"] == 450
     # A version number shared by several institutions needs --institution.
@@ -268,8 +268,8 @@ def test_cli_synthesises_an_agreement_table_and_prints_scores(
 def test_synthetic_rows_need_an_agreement_that_allows_them(
     client: FlaskClient, database: Database, settings: Settings, pool: dict[str, int]
 ) -> None:
-    _activate(database, _terms())
-    rosa = _token(database, settings, "rosa")
+    activate_agreement(database, _terms())
+    rosa = bearer(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert resp.status_code == 403
 
@@ -304,14 +304,14 @@ def test_synthetic_rows_hold_only_the_covered_columns(
     """The synthetic channel sees the same columns as queries and fits: the agreement's."""
     terms = _terms(ALLOW).replace("batch: all", "batch: [lot_id, platform, viability]")
     assert terms != _terms(ALLOW)
-    _activate(database, terms)
-    acme = _token(database, settings, "acme-bio-admin", ("upload", "read"))
+    activate_agreement(database, terms)
+    acme = bearer(database, settings, "acme-bio-admin", ("upload", "read"))
     resp = client.post(
         f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1}, headers=acme
     )
     assert resp.status_code == 202, resp.get_json()
     _run_jobs(database, settings)
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     body = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa).get_json()
     assert body["columns"] == ["lot_id", "platform", "viability"], body
     assert all(len(row) == 3 for row in body["rows"])

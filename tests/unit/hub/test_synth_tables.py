@@ -32,9 +32,16 @@ from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
 from hub.synth.views import ALL_LINKED
-from tests.conftest import AuthActions, Users, csrf_from, release_into_pool
+from tests.conftest import (
+    AuthActions,
+    Users,
+    activate_agreement,
+    bearer,
+    csrf_from,
+    release_into_pool,
+)
 from tests.unit.anonymisation.test_synthesis import _deidentify
-from tests.unit.hub.test_gateway_api import SITES, _activate, _terms, _token
+from tests.unit.hub.test_gateway_api import SITES, _terms
 
 pytestmark = pytest.mark.db
 
@@ -90,7 +97,7 @@ def linked_pool(
             for table in TABLES:
                 frame = linked_frames[slug][table]
                 ids[(slug, table)] = release_into_pool(s, storage, slug, table, frame).id
-    _activate(database, TERMS)
+    activate_agreement(database, TERMS)
     return ids
 
 
@@ -186,7 +193,7 @@ def test_steward_synthesises_linked_tables_together_and_synthetic_keys_join(
     assert group_entry[0]["failed_tables"] == [] and group_entry[0]["mode"] == "per_table"
 
     # The researcher reads each table of the group through the gateway, and joins work.
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     syn = {}
     for table in TABLES:
         body, syn[table] = _synthetic_rows(client, rosa, table)
@@ -215,7 +222,7 @@ def test_steward_synthesises_linked_tables_together_and_synthetic_keys_join(
     assert "per-table fallback" in report_page and "Keys with no synthetic parent: 0" in report_page
     api = client.get(
         f"/api/v1/synthetic/{members['batch'].id}",
-        headers=_token(database, settings, "sam", ("read",)),
+        headers=bearer(database, settings, "sam", ("read",)),
     ).get_json()
     assert api["group_id"] == group_id and api["report"]["group"]["tables"] == list(TABLES)
 
@@ -277,7 +284,7 @@ def test_a_group_is_published_all_together_or_not_at_all(
     per_table = {e["target"]: e["failed_gates"] for e in _ledger(database, "synth.failed_gates")}
     assert per_table[f"synthetic:{members['episode'].id}"] == ["group"]
 
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/episode?agreement=v2v", headers=rosa)
     assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "no_synthetic_version"
     auth.login("sam")
@@ -355,7 +362,7 @@ def test_cli_all_tables_then_withdrawal_takes_down_what_was_trained_on_it(
 
     # The gateway stops serving them: collection falls back to the synthesis of the
     # version still pooled; batch has nothing left; episode keeps its own synthesis.
-    rosa = _token(database, settings, "rosa")
+    rosa = bearer(database, settings, "rosa")
     body, _ = _synthetic_rows(client, rosa, "collection")
     assert body["synthetic_versions"] == [own[aurelia_collection]]
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
@@ -405,7 +412,7 @@ def test_an_agreement_without_linked_tables_is_refused(
         users.institution(slug, "hospital")
         users.make(f"{slug}-admin", "contributor_admin", slug)
     users.make("rosa", "researcher", "st-aurelia")
-    _activate(database, _terms())  # batch only
+    activate_agreement(database, _terms())  # batch only
     with database.session() as s, pytest.raises(BadRequest) as refused:
         synth.request_for_agreement_tables(s, settings, "v2v", actor="t")
     assert refused.value.code == "no_linked_tables"
