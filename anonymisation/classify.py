@@ -9,8 +9,13 @@ e-mail addresses). Without a hint, the decision combines
    columns whose values all parse as numbers are treated as numeric;
 3. vectorised pattern recognizers (:mod:`anonymisation.recognizers`) over a seeded sample of
    the column's distinct non-empty values;
-4. spaCy NER (:func:`anonymisation.nlp.ner_batch`) only on columns that look like free text
-   or like lists of names, over distinct values.
+4. person names on every short-text column, whatever its cardinality or header, over its
+   distinct values: name patterns (titles such as Dr, Nurse, Sr.; "Surname, Given";
+   initials; any script) and spaCy NER (:func:`anonymisation.nlp.ner_batch`) on the other
+   name-shaped values; NER over the values of free-text columns. A column of names is a
+   direct identifier (PERSON). Allow-listed values (``allow``: the data model's categories,
+   a site's released vocabulary), organisation words (:data:`ORG_WORDS`) and known
+   equipment and supplier names are never names.
 
 Labels come from hit *fractions*, never single hits: an entity labels a column when it
 matches at least ``LABEL_RATE`` (0.6) of the sampled distinct values (and at least two of
@@ -27,7 +32,7 @@ many patients), and known equipment and reagent names (``Prodigy``, ``CliniMACS`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,7 +114,88 @@ SAFE_VOCABULARY = frozenset(
         "Breyanzi",
         "Abecma",
         "Carvykti",
+        # Device makers and reagent suppliers (NER tags several of them as people).
+        "Miltenyi",
+        "Miltenyi Biotec",
+        "Terumo",
+        "Terumo BCT",
+        "Fresenius",
+        "Fresenius Kabi",
+        "Haemonetics",
+        "Lonza",
+        "Cytiva",
+        "Thermo Fisher",
+        "Thermo Fisher Scientific",
+        "Gibco",
+        "Sartorius",
+        "Macopharma",
+        "BioLife Solutions",
+        "Sigma-Aldrich",
+        "Baxter",
+        "Grifols",
     )
+)
+# Words that make a capitalised phrase an organisation or a place, never a person
+# ("Northbridge Cell Therapies", "Miltenyi Biotec", "St Mary's Hospital").
+ORG_WORDS = frozenset(
+    w.casefold()
+    for w in """
+    ltd limited plc inc incorporated llc llp corp corporation co company gmbh ag sa sas bv nv
+    kg spa srl oy group holdings biotec biotech biotechnology biologics bio bioscience
+    biosciences therapeutics therapies therapy cell cells gene pharma pharmaceutical
+    pharmaceuticals laboratories laboratory labs lab scientific sciences science diagnostics
+    medical healthcare health systems solutions technologies technology services hospital
+    hospitals clinic infirmary university universitaire universitätsklinikum klinikum
+    institute institut instituto centre center trust foundation nhs unit facility blood bank
+    service services transfusion apheresis manufacturing site campus park road street
+    """.split()
+)
+# Titles that put a person's name after them ("Dr A. Patel", "Sr. O'Neill", "Nurse Kim").
+NAME_TITLES = frozenset(
+    {
+        "dr",
+        "prof",
+        "professor",
+        "nurse",
+        "sr",
+        "sister",
+        "mr",
+        "mrs",
+        "ms",
+        "mx",
+        "miss",
+        "rev",
+        "revd",
+        "sir",
+        "dame",
+        "matron",
+        "pharmacist",
+    }
+)
+_NAME_PARTICLES = frozenset(
+    {
+        "van",
+        "von",
+        "de",
+        "da",
+        "del",
+        "della",
+        "der",
+        "den",
+        "di",
+        "du",
+        "la",
+        "le",
+        "bin",
+        "ibn",
+        "al",
+        "el",
+        "ter",
+        "ten",
+        "dos",
+        "das",
+        "y",
+    }
 )
 _NULL_TOKENS = frozenset({"", "nan", "none", "null", "na", "n/a", "nat", "-", "--", "unknown"})
 
@@ -272,6 +358,18 @@ def distinct_sample(values: pd.Series, sample_size: int, seed: int) -> tuple[pd.
     return text, total
 
 
+def allow_set(values: Iterable[object] | None) -> frozenset[str]:
+    """Allow-list values, stripped and casefolded (empty and null-like values dropped)."""
+    out = set()
+    for value in values or ():
+        if value is None or (isinstance(value, float) and value != value):
+            continue
+        text = re.sub(r"\s+", " ", str(value)).strip().casefold()
+        if text and text not in _NULL_TOKENS:
+            out.add(text)
+    return frozenset(out)
+
+
 # Classification ---------------------------------------------------------------------------
 
 
@@ -322,19 +420,106 @@ def _looks_free_text(sample: pd.Series) -> bool:
     return bool(lengths.mean() >= FREE_TEXT_MIN_CHARS and words.mean() >= FREE_TEXT_MIN_WORDS)
 
 
-def _looks_like_names(sample: pd.Series, total_distinct: int, non_empty: int) -> bool:
-    """Short capitalised strings with many distinct values: names are worth an NER pass,
-    a handful of equipment models repeated on every row is not."""
-    if total_distinct < 5 or total_distinct < 0.05 * non_empty and total_distinct < 50:
+_TOKEN = re.compile(r",|[^\s,]+")
+
+
+def _name_word(token: str) -> bool:
+    """A capitalised word of letters, apostrophes and hyphens, any script ("O'Neill",
+    "Müller", "Jörg", "Nguyễn"), not all capitals unless short."""
+    word = token.rstrip(".")
+    if len(word) < 2 or not word[0].isupper():
         return False
-    word = r"[A-Z][A-Za-z'\-]*[a-z][A-Za-z'\-]*\.?"
-    shaped = sample.str.fullmatch(rf"(?:(?:Dr|Mr|Mrs|Ms|Miss|Prof)\.?\s)?{word}(?:\s{word}){{0,3}}")
-    return bool(shaped.mean() >= 0.5)
+    if not all(c.isalpha() or c in "'’-" for c in word):
+        return False
+    return any(c.islower() for c in word) or len(word) <= 3 and "." not in token
 
 
-def _ner_person_hits(sample: pd.Series, seed: int, *, whole: bool) -> tuple[int, int]:
-    """(values with a PERSON entity, values checked): NER over up to NER_SAMPLE_MAX values.
-    For short name-like columns the entity must cover most of the value."""
+def _initial(token: str) -> bool:
+    """One or more initials: "A.", "A", "J.R.", "AB" after a surname."""
+    letters = token.replace(".", "")
+    return 1 <= len(letters) <= 2 and letters.isalpha() and letters.isupper()
+
+
+def name_shape(value: str) -> str | None:
+    """How ``value`` is written if it could be a person's name: ``"title"`` ("Dr A. Patel",
+    "Nurse Kim", "Sr. O'Neill"), ``"surname_given"`` ("Müller, Jörg"), ``"initials"``
+    ("A. Patel", "Patel A"), ``"plain"`` ("Sophie Dubois", for NER to confirm), or None.
+    Values holding an organisation word (:data:`ORG_WORDS`) or a digit are never names."""
+    tokens = _TOKEN.findall(value.strip())
+    if not tokens or len(tokens) > 6 or any(c.isdigit() for c in value):
+        return None
+    words = [t for t in tokens if t != ","]
+    if any(t.rstrip(".").casefold() in ORG_WORDS for t in words):
+        return None
+    if any(w.lower() in SAFE_VOCABULARY for w in (value.strip(), *words)):
+        return None
+
+    def part(t: str) -> bool:
+        return _name_word(t) or _initial(t) or t.casefold() in _NAME_PARTICLES
+
+    if words[0].rstrip(".").casefold() in NAME_TITLES:
+        rest = words[1:]
+        if rest and all(part(t) for t in rest) and any(_name_word(t) for t in rest):
+            return "title"
+        return None
+    if tokens.count(",") == 1 and tokens[0] != "," and tokens[-1] != ",":
+        i = tokens.index(",")
+        left, right = tokens[:i], tokens[i + 1 :]
+        if (
+            1 <= len(left) <= 2
+            and 1 <= len(right) <= 2
+            and all(part(t) for t in words)
+            and _name_word(left[-1])
+        ):
+            return "surname_given"
+        return None
+    if "," in tokens or not all(part(t) for t in words) or len(words) < 2:
+        return None
+    if (
+        _initial(words[0])
+        and _name_word(words[-1])
+        or (_name_word(words[0]) and all(_initial(t) for t in words[1:]))
+    ):
+        return "initials"
+    if sum(_name_word(t) for t in words) >= 2:
+        return "plain"
+    return None
+
+
+def _person_hits(sample: pd.Series, seed: int, allow: frozenset[str]) -> tuple[int, int, int]:
+    """(values written as names by pattern, values NER finds a person in, values checked)
+    over the distinct values of a short-text column, whatever its cardinality: a column of
+    three staff names repeated on every row is read value by value like any other.
+
+    Allow-listed values (the data model's categories, the site's released vocabulary) and
+    known equipment and supplier names are never people. Titles, "Surname, Given" and
+    initials count by pattern; other two-to-four-word capitalised values are sent to NER,
+    whose PERSON entity must cover most of the value."""
+    from anonymisation.nlp import ner_batch
+
+    if len(sample) > NER_SAMPLE_MAX:
+        rng = np.random.default_rng(seed + 1)
+        sample = sample.iloc[np.sort(rng.choice(len(sample), NER_SAMPLE_MAX, replace=False))]
+    by_pattern = 0
+    to_ner: list[str] = []
+    for text in sample.tolist():
+        if text.casefold() in allow or text.lower() in SAFE_VOCABULARY:
+            continue
+        shape = name_shape(text)
+        if shape in ("title", "surname_given", "initials"):
+            by_pattern += 1
+        elif shape == "plain":
+            to_ner.append(text)
+    by_ner = 0
+    for text, spans in zip(to_ner, ner_batch(to_ner) if to_ner else [], strict=True):
+        people = sum(e - s for s, e, label in spans if label == "PERSON")
+        if people >= 0.5 * len(text):
+            by_ner += 1
+    return by_pattern, by_ner, len(sample)
+
+
+def _ner_person_hits(sample: pd.Series, seed: int) -> tuple[int, int]:
+    """(free texts with a PERSON entity, texts checked): NER over up to NER_SAMPLE_MAX."""
     from anonymisation.nlp import ner_batch
 
     if len(sample) > NER_SAMPLE_MAX:
@@ -343,14 +528,7 @@ def _ner_person_hits(sample: pd.Series, seed: int, *, whole: bool) -> tuple[int,
     texts = [t for t in sample.tolist() if t.lower() not in SAFE_VOCABULARY]
     if not texts:
         return 0, len(sample)
-    count = 0
-    for text, spans in zip(texts, ner_batch(texts), strict=True):
-        people = [(s, e) for s, e, label in spans if label == "PERSON"]
-        if not people:
-            continue
-        if whole and sum(e - s for s, e in people) < 0.5 * len(text):
-            continue
-        count += 1
+    count = sum(any(label == "PERSON" for _, _, label in spans) for spans in ner_batch(texts))
     return count, len(sample)
 
 
@@ -360,6 +538,7 @@ def _decide(
     hint: str | None,
     sample_size: int,
     seed: int,
+    allow: frozenset[str] = frozenset(),
 ) -> ColumnDecision:
     evidence: list[Evidence] = []
     attention = False
@@ -371,7 +550,6 @@ def _decide(
     shared_name = bool(_SHARED_NAME.search(_normalise_name(column)))
     lotish_name = bool(_LOTISH_NAME.search(_normalise_name(column))) and not shared_name
 
-    non_empty = int(values.notna().sum())
     dtype = values.dtype
     kind = "text"
     if pd.api.types.is_bool_dtype(dtype):
@@ -387,9 +565,9 @@ def _decide(
         integral = bool(len(present)) and bool((present % 1 == 0).all())
         kind = "numeric" if integral else "measurement"
     if kind in ("text", "numeric"):
-        sample, total_distinct = distinct_sample(values, sample_size, seed)
+        sample, _ = distinct_sample(values, sample_size, seed)
     else:
-        sample, total_distinct = pd.Series([], dtype=object), 0
+        sample = pd.Series([], dtype=object)
     n = len(sample)
     if kind == "text" and n and pd.to_numeric(sample, errors="coerce").notna().all():
         kind = "numeric-text"
@@ -410,10 +588,18 @@ def _decide(
         free_text = _looks_free_text(sample)
         hits = _scan_patterns(sample, VALUE_PATTERNS, whole=not free_text)
         patterned = any(_labels(h, n) for h in hits)
-        if free_text or (not patterned and _looks_like_names(sample, total_distinct, non_empty)):
-            people, checked = _ner_person_hits(sample, seed, whole=not free_text)
+        if free_text:
+            people, checked = _ner_person_hits(sample, seed)
             ner_rate = people / checked if checked else 0.0
             hits.append(_Hit("PERSON", "ner", people, ner_rate, True))
+        elif not patterned:
+            by_pattern, by_ner, checked = _person_hits(sample, seed, allow)
+            if by_pattern + by_ner:
+                source = "+".join(
+                    name for name, count in (("name pattern", by_pattern), ("ner", by_ner)) if count
+                )
+                people = by_pattern + by_ner
+                hits.append(_Hit("PERSON", source, people, people / checked, True))
     if free_text:
         evidence.append(Evidence("dtype", note="free-text values (long, several words)"))
 
@@ -494,18 +680,22 @@ def classify_frame(
     *,
     sample_size: int = 1000,
     seed: int = 0,
+    allow: Iterable[str] | None = None,
 ) -> list[ColumnDecision]:
     """One :class:`ColumnDecision` per column of ``frame``, in column order.
 
     ``hints`` maps column names to CDM identifier classes; hinted columns are still scanned
     and promoted (never demoted) when their values contradict the hint. Deterministic for a
-    given ``seed``.
+    given ``seed``. ``allow`` lists values that are never people (the data model's
+    categories, a site's released vocabulary, its institution name): compared
+    case-insensitively with whole values.
     """
     hints = hints or {}
+    allowed = allow_set(allow)
     for column, hint in hints.items():
         if hint not in CLASSES:
             raise ValueError(f"unknown identifier class {hint!r} for column {column!r}")
     return [
-        _decide(str(column), frame.iloc[:, i], hints.get(str(column)), sample_size, seed)
+        _decide(str(column), frame.iloc[:, i], hints.get(str(column)), sample_size, seed, allowed)
         for i, column in enumerate(frame.columns)
     ]

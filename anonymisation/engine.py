@@ -27,7 +27,7 @@ Everything is vectorised over columns and distinct values; rows are never iterat
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,10 +39,12 @@ from anonymisation.classify import (
     DIRECT,
     FREE_TEXT,
     LINKABLE,
+    ORG_WORDS,
     QUASI,
     SAFE_VOCABULARY,
     SENSITIVE,
     ColumnDecision,
+    allow_set,
     classify_frame,
 )
 from anonymisation.dates import coarsen, offsets_by_key
@@ -83,6 +85,8 @@ NAME_LIKE_LABELS = frozenset({"EVENT", "PRODUCT", "WORK_OF_ART", "LAW"})
 TEXT_PATTERNS: tuple[ValuePattern, ...] = tuple(
     p for p in VALUE_PATTERNS if p not in (ISBT_PRODUCT_CODE, LOT_CODE)
 )
+_ADDRESS_COMMA = re.compile(r"\s*,\s*$")
+_ORG_PHRASE = re.compile(r"(?:[^\W\d_][\w&'’.\-]*\s+){0,6}[^\W\d_][\w&'’.\-]*\s*,\s*$")
 _AGE_NAME = re.compile(r"(^|_)age(_|$)")
 _WEIGHT_NAME = re.compile(r"(^|_)weight")
 
@@ -130,11 +134,31 @@ def _text_pattern_spans(texts: list[str]) -> list[list[Span]]:
     return out
 
 
+def _has_org_word(text: str) -> bool:
+    return any(w.casefold() in ORG_WORDS for w in re.findall(r"[^\W\d_]+", text))
+
+
+def _in_address(text: str, start: int, allowed: list[Span]) -> bool:
+    """True when the span starting at ``start`` follows an organisation and a comma
+    ("Northbridge Cell Therapies, Harwell"): a place in the organisation's address. The
+    organisation is an allow-listed term or a capitalised phrase with an organisation
+    word."""
+    before = text[:start]
+    comma = _ADDRESS_COMMA.search(before)
+    if comma is None:
+        return False
+    if any(e == comma.start() for _, e, _ in allowed):
+        return True
+    phrase = _ORG_PHRASE.search(before)
+    return phrase is not None and _has_org_word(phrase.group(0))
+
+
 def analyze_texts(
     texts: list[str],
     *,
     ner_vocabulary: frozenset[str] | None = None,
     stats: dict[str, int] | None = None,
+    allow: Gazetteer | None = None,
 ) -> list[list[Span]]:
     """The analyzer :func:`anonymisation.scrub.scrub_texts` expects: the vectorised
     identifier regexes of :mod:`anonymisation.recognizers` on every text, plus spaCy NER
@@ -142,7 +166,12 @@ def analyze_texts(
 
     With ``ner_vocabulary``, NER runs only on the texts :func:`anonymisation.scrub.
     may_hold_name` keeps (a capitalised word outside that vocabulary, or a month or weekday
-    name); without it, on every text. ``stats["ner_texts"]`` counts the texts NER ran on."""
+    name); without it, on every text. ``stats["ner_texts"]`` counts the texts NER ran on.
+
+    Organisations and places are never people: an NER span inside an ``allow`` term (the
+    site's vocabulary) is dropped, a PERSON span holding an organisation word becomes
+    ORGANIZATION, and a PERSON or place span right after an organisation and a comma (a
+    town in its address) is left in the text."""
     from anonymisation.nlp import ner_batch
 
     regex_spans = _text_pattern_spans(texts)
@@ -158,24 +187,38 @@ def analyze_texts(
     out = []
     for text, found, keep in zip(texts, regex_spans, needs_ner, strict=True):
         spans = list(found)
-        for start, end, label in next(ner_found) if keep else ():
+        ner = next(ner_found) if keep else ()
+        allowed = allow.find(text) if allow is not None and ner else []
+        for start, end, label in ner:
             kind = NER_TYPES.get(label)
-            if label in NAME_LIKE_LABELS and may_hold_name([text[start:end]], vocabulary)[0]:
+            words = text[start:end]
+            if label in NAME_LIKE_LABELS and may_hold_name([words], vocabulary)[0]:
                 kind = "PERSON"
-            if kind is None or text[start:end].strip().lower() in SAFE_VOCABULARY:
+            if kind is None or words.strip().lower() in SAFE_VOCABULARY:
                 continue
+            if any(a <= start and end <= b for a, b, _ in allowed):
+                continue
+            if _in_address(text, start, allowed):
+                continue
+            if kind == "PERSON" and _has_org_word(words):
+                kind = "ORGANIZATION"
             spans.append((start, end, kind))
         out.append(spans)
     return out
 
 
-def scrub_column(values: pd.Series, gazetteer: Gazetteer) -> tuple[ScrubResult, dict[str, Any]]:
+def scrub_column(
+    values: pd.Series, gazetteer: Gazetteer, allow: Gazetteer | None = None
+) -> tuple[ScrubResult, dict[str, Any]]:
     """Scrub one free-text column as :func:`deidentify_frame` does: over distinct texts, the
     identifier patterns and ``gazetteer`` everywhere, NER only where a name may be (the
-    gazetteer's words never count as safe vocabulary). Returns the result and its report
-    entry (:meth:`ScrubResult.to_dict` plus ``ner_texts``)."""
+    gazetteer's words never count as safe vocabulary; NER spans inside an ``allow`` term
+    are kept). Returns the result and its report entry (:meth:`ScrubResult.to_dict` plus
+    ``ner_texts``)."""
     stats: dict[str, int] = {"ner_texts": 0}
-    analyze = partial(analyze_texts, ner_vocabulary=name_vocabulary(gazetteer), stats=stats)
+    analyze = partial(
+        analyze_texts, ner_vocabulary=name_vocabulary(gazetteer), stats=stats, allow=allow
+    )
     scrubbed = scrub_texts(values, analyze, gazetteer=gazetteer)
     return scrubbed, {**scrubbed.to_dict(), "ner_texts": stats["ner_texts"]}
 
@@ -275,6 +318,7 @@ def deidentify_frame(
     quasi: Sequence[str] | None = None,
     scrub_free_text: bool = True,
     progress: Progress | None = None,
+    allow: Iterable[str] | None = None,
 ) -> EngineResult:
     """De-identify ``frame`` (see the module docstring) and report every decision.
 
@@ -283,8 +327,11 @@ def deidentify_frame(
     the classifier's entity. ``anchors`` is :func:`anonymisation.dates.anchor_table` output,
     keyed by the raw ``anchor_key`` values. ``quasi`` overrides the columns checked for
     ``k``-anonymity. ``progress(steps_done, label)`` is called after each of
-    :func:`progress_steps` steps. The result keeps the input's index (minus rows the risk
-    step had to drop)."""
+    :func:`progress_steps` steps. ``allow`` lists values that are never people (the data
+    model's categories, the site's released vocabulary and institution name): the
+    classifier never counts them as names and free-text scrubbing leaves NER entities
+    inside them alone. The result keeps the input's index (minus rows the risk step had to
+    drop)."""
     key_chain: KeyChain = key if isinstance(key, bytes | bytearray) else list(key)
     pseudonymise(pd.Series([], dtype=object), key_chain)  # validates the key(s) up front
     if k < 1:
@@ -301,7 +348,9 @@ def deidentify_frame(
     original_index = frame.index
     raw = frame.reset_index(drop=True)
     raw.columns = [str(c) for c in raw.columns]
-    decisions = classify_frame(raw, hints)
+    allowed = allow_set(allow)
+    decisions = classify_frame(raw, hints, allow=allowed)
+    allow_terms = Gazetteer({"ALLOW": allowed}) if allowed else None
     step("classified columns")
     for d in decisions:  # a declared date kind wins over the classifier's entity
         if kinds.get(d.column) in ("date", "datetime") and d.klass == QUASI:
@@ -339,7 +388,7 @@ def deidentify_frame(
         elif d.klass == FREE_TEXT and scrub_free_text:
             if gazetteer is None:
                 gazetteer = Gazetteer(gazetteer_from_frame(raw, identifiers, name_parts=True))
-            scrubbed, scrub_stats[name] = scrub_column(values, gazetteer)
+            scrubbed, scrub_stats[name] = scrub_column(values, gazetteer, allow_terms)
             out[name] = scrubbed.texts
             actions[name] = "scrub: NER + identifier patterns + gazetteer"
             if scrubbed.texts_changed:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anonymisation.classify import SAFE_VOCABULARY
+from anonymisation.classify import NAME_TITLES, SAFE_VOCABULARY
 
 Span = tuple[int, int, str]
 Analyzer = Callable[[list[str]], Sequence[Sequence[Span]]]
@@ -44,6 +44,7 @@ _RUNS = re.compile(r"\s+|\S+")
 _ODD_SPACE = re.compile(r"[^\S ]|  ")  # whitespace other than single spaces
 _CANDIDATE = re.compile(r"(?<!\w)\S")  # where a whole-word term may start
 _WORD = re.compile(r"\w+")
+_NAME_PART = re.compile(r"[^\W\d_][\w'’\-]*")
 
 _CAPITALISED = re.compile(r"(?<![\w'’\-])[^\W\d_a-z][^\W\d_]*(?:['’\-][^\W\d_]+)*")
 _DATE_WORD = re.compile(
@@ -204,7 +205,9 @@ def gazetteer_from_frame(
 ) -> dict[str, set[str]]:
     """Gazetteer terms from a table's identifier columns: ``{"patient_name": "PERSON",
     "mrn": "MRN"}`` gives ``{"PERSON": {...names}, "MRN": {...}}``. With ``name_parts``,
-    the words of PERSON values (surnames alone, "Mr Smith") are added too."""
+    the words of PERSON values (surnames alone, "Mr Smith") are added too, without titles
+    ("Nurse Kim" adds Kim, never nurse) and without punctuation ("Müller, Jörg" adds Müller
+    and Jörg)."""
     terms: dict[str, set[str]] = {}
     for column, entity in columns.items():
         if column not in frame:
@@ -213,7 +216,12 @@ def gazetteer_from_frame(
         bucket = terms.setdefault(entity.upper(), set())
         bucket.update(v for v in values if v)
         if name_parts and entity.upper() == "PERSON":
-            bucket.update(w for v in values for w in v.split() if len(w) >= MIN_TERM_LENGTH)
+            bucket.update(
+                w
+                for v in values
+                for w in _NAME_PART.findall(v)
+                if len(w) >= MIN_TERM_LENGTH and w.casefold() not in NAME_TITLES
+            )
     return terms
 
 

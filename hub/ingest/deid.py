@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from anonymisation.classify import DIRECT, FREE_TEXT, LINKABLE, QUASI
+from anonymisation.classify import DIRECT, FREE_TEXT, LINKABLE, QUASI, SAFE, name_shape
 from anonymisation.engine import EngineResult, deidentify_frame
 from anonymisation.pseudonyms import KeyChain, pseudonymise
 from contracts.cdm import Table
@@ -276,6 +276,60 @@ def resolve_anchors(
 # Running the engine -------------------------------------------------------------------------
 
 
+# Allow-list ------------------------------------------------------------------------------
+
+
+def cdm_vocabulary(table: Table) -> set[str]:
+    """The data model's category values of ``table`` (``fresh``, ``cryopreserved`` ...)."""
+    return {v for c in table.columns for v in (c.allowed or ())}
+
+
+def site_vocabulary(
+    database: Database, storage: Storage, table: Table, institution_id: int
+) -> set[str]:
+    """Values an institution has already released in ``table``'s columns that the data
+    model classes as safe text (facility names, device makers, reagent suppliers), plus its
+    own name: the allow-list that stops one site's vocabulary being scrubbed as people's
+    names on every upload. Values written like a person's name ("Dr A. Patel") are never
+    taken, so a name released in a column before it was recognised cannot protect itself."""
+    from hub.accounts.models import Institution
+
+    safe_text = [
+        c.name
+        for c in table.columns
+        if str(c.identifier) == SAFE and str(c.type) in ("string", "category", "text")
+    ]
+    words: set[str] = set()
+    with database.session() as s:
+        institution = s.get(Institution, institution_id)
+        if institution is not None:
+            words.add(institution.name)
+        keys = s.scalars(
+            select(DatasetVersion.pool_key).where(
+                DatasetVersion.institution_id == institution_id,
+                DatasetVersion.cdm_table == table.name,
+                DatasetVersion.state == VersionState.RELEASED,
+            )
+        ).all()
+    for key in keys:
+        if not key:
+            continue
+        with storage.open(key) as fh:
+            source = pa.BufferReader(fh.read())
+        columns = [c for c in safe_text if c in set(pq.read_schema(source).names)]
+        if not columns:
+            continue
+        data = pq.read_table(source, columns=columns)
+        for name in columns:
+            words.update(str(v) for v in pc_unique(data.column(name)) if v is not None)
+    return {w for w in words if w.strip() and name_shape(w) not in ("title", "surname_given")}
+
+
+def pc_unique(column: pa.ChunkedArray) -> list[Any]:
+    """Distinct values of a parquet column as Python objects."""
+    return list(column.unique().to_pylist())
+
+
 def run(
     frame: pd.DataFrame,
     table: Table,
@@ -286,8 +340,10 @@ def run(
     anchors: Anchors | None,
     scrub_free_text: bool,
     progress: Callable[[int, str], None] | None = None,
+    allow: Iterable[str] = (),
 ) -> EngineResult:
-    """De-identify the validated rows of one version."""
+    """De-identify the validated rows of one version. The data model's category values and
+    ``allow`` (:func:`site_vocabulary`) are never taken for people's names."""
     kinds = {c.name: str(c.type) for c in table.columns}
     hints = engine_hints(table, choices)
     result = deidentify_frame(
@@ -300,6 +356,7 @@ def run(
         k=max(k, choices.k or 0),
         scrub_free_text=scrub_free_text,
         progress=progress,
+        allow=cdm_vocabulary(table) | set(allow),
     )
     report = result.report
     for c in report["columns"]:

@@ -681,9 +681,13 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(60, "de-identifying")
     anchors = deid.resolve_anchors(ctx.database, storage, table, valid, chain)
     steps = max(1, len(valid.columns) + 2)
+    # The site's own released vocabulary (facilities, devices, suppliers) and its name are
+    # never scrubbed as people's names (docs/deidentification.md).
+    allow = deid.site_vocabulary(ctx.database, storage, table, version.institution_id)
     engine = deid.run(
         valid,
         table,
+        allow=allow,
         chain=chain,
         k=ctx.settings.deid_k,
         choices=choices,

@@ -22,6 +22,7 @@ from anonymisation.classify import (
     classify_frame,
     distinct_sample,
     name_prior,
+    name_shape,
 )
 
 N = 60
@@ -343,3 +344,78 @@ def test_name_priors(name: str, klass: str | None, entity: str | None) -> None:
     prior = name_prior(name)
     got = (prior[0], prior[1]) if prior else (None, None)
     assert got == (klass, entity)
+
+
+# Staff names in low-cardinality columns, under any header (issue 17) -------------------------
+
+STAFF = ["Dr A. Patel", "Nurse Kim", "Sr. O'Neill", "Müller, Jörg"]
+
+
+@pytest.mark.parametrize(
+    "header", ["Consultant", "Operator", "Released by", "QP", "Signed", "Checked", "Status"]
+)
+def test_repeated_staff_names_are_direct_identifiers_whatever_the_header(header: str) -> None:
+    frame = pd.DataFrame({header: STAFF * 250})  # four distinct values over 1000 rows
+    (decision,) = classify_frame(frame)
+    assert (decision.klass, decision.entity) == (DIRECT, "PERSON")
+    found = [e for e in decision.evidence if e.entity == "PERSON" and e.hit_rate is not None]
+    assert found and found[0].hit_rate == 1.0 and found[0].sample_size == len(STAFF)
+
+
+def test_a_safe_hint_does_not_hide_a_column_of_staff_names() -> None:
+    frame = pd.DataFrame({"released_by": ["Prof. Ingrid Svensson", "Mx Rivera", "J. Wong"] * 40})
+    (decision,) = classify_frame(frame, {"released_by": SAFE})
+    assert decision.klass == DIRECT and decision.needs_attention
+
+
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        ("Dr A. Patel", "title"),
+        ("Sister Nakamura", "title"),
+        ("Rev. T. Oduya", "title"),
+        ("Nakamura, Yuki", "surname_given"),
+        ("Müller, Jörg", "surname_given"),
+        ("J. Wong", "initials"),
+        ("Patel AB", "initials"),
+        ("Sophie Dubois", "plain"),
+        ("Northbridge Cell Therapies, Harwell", None),
+        ("Miltenyi Biotec", None),
+        ("Spectra Optia", None),
+        ("Cryopreserved", None),
+        ("Dr 12", None),
+    ],
+)
+def test_name_shapes(value: str, shape: str | None) -> None:
+    assert name_shape(value) == shape
+
+
+def test_cdm_categories_and_organisations_stay_safe() -> None:
+    frame = pd.DataFrame(
+        {
+            "state": ["Fresh", "Cryopreserved"] * 50,
+            "facility": ["Northbridge Cell Therapies", "St Anne's Hospital"] * 50,
+            "supplier": ["Miltenyi Biotec", "Terumo BCT", "Fresenius Kabi", "Lonza"] * 25,
+            "device": ["Spectra Optia", "CliniMACS Prodigy"] * 50,
+        }
+    )
+    decisions = {d.column: d for d in classify_frame(frame, {"state": SAFE})}
+    assert decisions["state"].klass == SAFE and not decisions["state"].needs_attention
+    for column in ("facility", "supplier", "device"):
+        assert decisions[column].entity != "PERSON", column
+        assert decisions[column].klass != DIRECT, column
+
+
+def test_allow_list_is_honoured() -> None:
+    """A site's own vocabulary that looks like names ("Harwell, Oxfordshire") is not a
+    column of people once it is on the allow-list; a real name beside it still counts."""
+    frame = pd.DataFrame({"label": ["Harwell, Oxfordshire", "Didcot, Oxfordshire"] * 30})
+    (without,) = classify_frame(frame)
+    assert without.klass == DIRECT
+    (allowed,) = classify_frame(frame, allow=["harwell, oxfordshire", " Didcot,  Oxfordshire "])
+    assert allowed.klass == SAFE
+    mixed = pd.DataFrame({"label": ["Harwell, Oxfordshire", "Nakamura, Yuki", "J. Wong"] * 30})
+    (partial,) = classify_frame(mixed, allow=["Harwell, Oxfordshire"])
+    assert (partial.klass, partial.entity) == (DIRECT, "PERSON")
+    person = next(e for e in partial.evidence if e.entity == "PERSON")
+    assert person.hit_rate == pytest.approx(2 / 3, abs=1e-3)

@@ -16,7 +16,7 @@ from anonymisation.engine import (
 )
 from anonymisation.pseudonyms import pseudonymise
 from anonymisation.risk import k_anonymity
-from anonymisation.scrub import NON_NAME_WORDS
+from anonymisation.scrub import NON_NAME_WORDS, Gazetteer
 
 KEY = b"engine-test-key-0123456789abcdef"
 FIRST = ["John", "Mary", "Ahmed", "Priya", "Olivia", "George", "Fatima", "William", "Sophie"]
@@ -241,3 +241,60 @@ def test_names_mislabelled_by_ner_are_people() -> None:
     text = "Selection bag signed off by Fergus Valdez, 25.4 mL, day 48."
     spans = analyze_texts([text], ner_vocabulary=NON_NAME_WORDS)[0]
     assert ("Fergus Valdez", "PERSON") in {(text[s:e], t) for s, e, t in spans}
+
+
+# Organisations and places are not people (issue 17) -----------------------------------------
+
+FACILITY = "Northbridge Cell Therapies, Harwell"
+
+
+def _kinds(text: str, spans: list[tuple[int, int, str]]) -> set[tuple[str, str]]:
+    return {(text[s:e], t) for s, e, t in spans}
+
+
+def test_town_in_an_organisations_address_is_not_a_person() -> None:
+    """The small model tags Harwell as PERSON here; the staff name is still found."""
+    text = f"Bag checked by Nurse Kim at {FACILITY} before dispatch."
+    kinds = _kinds(text, analyze_texts([text], ner_vocabulary=NON_NAME_WORDS)[0])
+    assert not any("Harwell" in s for s, _ in kinds)
+    assert ("Nurse Kim", "PERSON") in kinds
+
+
+def test_organisation_tagged_as_a_person_is_not_a_person() -> None:
+    text = "Selection kit lot from Fresenius Kabi Biotec received late."
+    kinds = _kinds(text, analyze_texts([text])[0])
+    assert not any(t == "PERSON" for _, t in kinds)
+
+
+def test_allow_list_keeps_the_sites_vocabulary_in_notes() -> None:
+    text = "Spoke to Sophie Dubois at Kestrel Park about the Halden Cryo bag."
+    plain = _kinds(text, analyze_texts([text])[0])
+    # Without the allow-list the site's place and supplier are scrubbed.
+    assert any("Kestrel" in s for s, _ in plain) and any("Halden" in s for s, _ in plain)
+    allow = Gazetteer({"ALLOW": ["kestrel park", "Halden Cryo"]})
+    kinds = _kinds(text, analyze_texts([text], allow=allow)[0])
+    assert not any("Kestrel" in s or "Halden" in s for s, _ in kinds)
+    assert ("Sophie Dubois", "PERSON") in kinds
+
+
+def test_staff_columns_dropped_organisations_kept_end_to_end() -> None:
+    n = 40
+    staff = ["Dr A. Patel", "Nurse Kim", "Sr. O'Neill", "Müller, Jörg"]
+    frame = pd.DataFrame(
+        {
+            "Consultant": [staff[i % 4] for i in range(n)],
+            "Checked": [staff[(i + 1) % 4] for i in range(n)],
+            "facility": [FACILITY] * n,
+            "supplier": ["Miltenyi Biotec", "Terumo BCT"] * (n // 2),
+            "notes": [f"Harvest at {FACILITY}; checked by {staff[i % 4]}." for i in range(n)],
+        }
+    )
+    result = deidentify_frame(frame, key=KEY, k=1, allow=[FACILITY, "Terumo BCT"])
+    actions = {c["name"]: c["action"] for c in result.report["columns"]}
+    assert actions["Consultant"] == actions["Checked"] == "drop"
+    assert result.frame["supplier"].tolist() == frame["supplier"].tolist()
+    assert set(result.frame["facility"]) == {FACILITY}
+    notes = " ".join(result.frame["notes"])
+    assert FACILITY in notes and "<PERSON>" in notes
+    for name in ("Patel", "Kim", "O'Neill", "Müller", "Jörg"):
+        assert name not in notes, name

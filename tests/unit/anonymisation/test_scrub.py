@@ -231,3 +231,16 @@ def test_replace_spans() -> None:
         "call <PERSON> on <PHONE>"
     )
     assert replace_spans("abc", []) == "abc"
+
+
+def test_name_parts_leave_out_titles_and_punctuation() -> None:
+    frame = pd.DataFrame({"operator": ["Nurse Kim", "Müller, Jörg", "Sr. O'Neill"]})
+    terms = gazetteer_from_frame(frame, {"operator": "PERSON"}, name_parts=True)["PERSON"]
+    assert {"Müller", "Jörg", "O'Neill", "Nurse Kim"} <= terms
+    assert not {"Nurse", "Sr.", "Müller,"} & terms
+    result = scrub_texts(
+        pd.Series(["Nurse on duty: Kim", "Nurse Kim and jörg müller"]),
+        lambda texts: [[] for _ in texts],
+        gazetteer=Gazetteer({"PERSON": terms}),
+    )
+    assert result.texts.tolist() == ["Nurse on duty: <PERSON>", "<PERSON> and <PERSON> <PERSON>"]

@@ -243,3 +243,90 @@ def test_other_institutions_cannot_choose(
     )
     assert resp.status_code in (403, 404)
     assert show(client, token, vid)["deidentification_choices"] == {}
+
+
+def test_released_values_and_institution_name_feed_the_allow_list(
+    client: FlaskClient,
+    token: str,
+    database: Database,
+    settings: Settings,
+    app,
+    site: dict[str, pd.DataFrame],
+) -> None:
+    """Issue 17: what a site has released in the data model's safe text columns (its
+    devices) and its own name are its vocabulary; notes keep them, people are still
+    scrubbed, and the data model's categories are on the list too."""
+    from anonymisation.pseudonyms import KeyChain
+    from hub.accounts.models import Institution
+    from hub.ingest import deid
+    from hub.ingest.services import cdm_table
+
+    table = cdm_table("collection")
+    version = _through(client, token, database, settings, "collection", _csv(site["collection"]))
+    _release(client, token, version["id"])
+    storage = app.extensions["cleanroom.storage"]
+    with database.session() as s:
+        v = s.get(DatasetVersion, version["id"])
+        assert v is not None
+        institution_id = v.institution_id
+        name = s.get(Institution, institution_id).name
+    vocabulary = deid.site_vocabulary(database, storage, table, institution_id)
+    assert set(site["collection"]["device"].dropna()) <= vocabulary
+    assert name in vocabulary
+    assert deid.site_vocabulary(database, storage, table, institution_id + 999) == set()
+    assert {"fresh", "cryopreserved"} <= deid.cdm_vocabulary(table)
+
+    frame = site["collection"].head(20).copy()
+    frame["notes"] = [f"Collected at Kestrel Park by Sophie Dubois, row {i}." for i in range(20)]
+    chain: KeyChain = settings.key_chain
+    common = {"chain": chain, "k": 1, "choices": deid.Choices(), "anchors": None}
+    plain = deid.run(frame, table, scrub_free_text=True, **common)
+    assert not plain.frame["notes"].str.contains("Kestrel").any()  # scrubbed as a place
+    kept = deid.run(
+        frame, table, scrub_free_text=True, allow=vocabulary | {"Kestrel Park"}, **common
+    )
+    notes = kept.frame["notes"]
+    assert notes.str.contains("Kestrel Park").all()
+    assert not notes.str.contains("Dubois").any()
+
+
+def test_the_ingest_job_keeps_the_sites_own_vocabulary_in_notes(
+    client: FlaskClient,
+    token: str,
+    database: Database,
+    settings: Settings,
+    app,
+    site: dict[str, pd.DataFrame],
+) -> None:
+    """The processing job passes the site's vocabulary to de-identification: the
+    institution's own name stays in a note of its next upload, the person is scrubbed. The
+    control, the same rows without the vocabulary, loses the name."""
+    from hub.accounts.models import Institution
+    from hub.ingest import deid
+    from hub.ingest.services import cdm_table
+
+    first = _through(client, token, database, settings, "collection", _csv(site["collection"]))
+    _release(client, token, first["id"])
+    with database.session() as s:
+        v = s.get(DatasetVersion, first["id"])
+        assert v is not None
+        name = s.get(Institution, v.institution_id).name
+    frame = site["collection"].head(20).copy()
+    frame["notes"] = [f"Processed for {name} by Sophie Dubois, bag {i}." for i in range(20)]
+
+    control = deid.run(
+        frame,
+        cdm_table("collection"),
+        chain=settings.key_chain,
+        k=1,
+        choices=deid.Choices(),
+        anchors=None,
+        scrub_free_text=True,
+    )
+    assert not control.frame["notes"].str.contains(name, regex=False).any()
+
+    second = _through(client, token, database, settings, "collection", _csv(frame))
+    _release(client, token, second["id"])
+    notes = _pooled(app, database, second["id"])["notes"]
+    assert notes.str.contains(name, regex=False).all(), notes.head(3).tolist()
+    assert not notes.str.contains("Dubois").any()
