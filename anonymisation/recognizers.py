@@ -23,10 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from anonymisation import isbt128
+
 if TYPE_CHECKING:
     from presidio_analyzer import PatternRecognizer
 
 Validator = Callable[[str], bool]
+#: True when a checksum confirms a match (Presidio then scores it 1.0), None for no opinion.
+Confirmer = Callable[[str], bool | None]
 
 
 def nhs_checksum_ok(text: str) -> bool:
@@ -72,6 +76,9 @@ class ValuePattern:
     flags: int = re.IGNORECASE
     strong: bool = True
     numeric_ok: bool = False  # also meaningful on integer columns (digits only)
+    # A checksum that raises confidence without being required (a DIN's check character: a
+    # DIN with a mistyped one is still a DIN and must still be pseudonymised).
+    confirm: Confirmer | None = None
     _compiled: dict[str, re.Pattern[str]] = field(default_factory=dict, compare=False, repr=False)
 
     def _re(self, which: str) -> re.Pattern[str]:
@@ -119,12 +126,15 @@ class ValuePattern:
             patterns=[Pattern(self.name, _presidio_regex(self.text_regex, self.flags), self.score)],
             context=list(self.context),
             validator=self.validator,
+            confirm=self.confirm,
         )
 
 
 def _presidio_regex(source: str, flags: int) -> str:
-    """Presidio compiles with its own flags; carry case-insensitivity inline."""
-    return f"(?i:{source})" if flags & re.IGNORECASE else source
+    """Presidio compiles with its own flags (case-insensitive by default); carry the
+    pattern's own case rule inline, so that "W1234 24 123456 was" does not read "wa" as
+    DIN flags."""
+    return f"(?i:{source})" if flags & re.IGNORECASE else f"(?-i:{source})"
 
 
 @cache
@@ -136,15 +146,25 @@ def _recognizer_class() -> Any:
     class _ValidatedPatternRecognizer(PatternRecognizer):
         """PatternRecognizer whose ``validate_result`` is a plain function (NHS checksum)."""
 
-        def __init__(self, *args: object, validator: Validator | None = None, **kwargs: object):
+        def __init__(
+            self,
+            *args: object,
+            validator: Validator | None = None,
+            confirm: Confirmer | None = None,
+            **kwargs: object,
+        ):
             self._validator = validator
+            self._confirm = confirm
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
 
         def validate_result(self, pattern_text: str) -> bool | None:
-            # None means "no opinion" (keep the pattern score); False drops the match.
-            if self._validator is None:
-                return None
-            return bool(self._validator(pattern_text))
+            # None means "no opinion" (keep the pattern score); False drops the match; True
+            # raises the score to the maximum.
+            if self._validator is not None and not self._validator(pattern_text):
+                return False
+            if self._confirm is not None and self._confirm(pattern_text):
+                return True
+            return None if self._validator is None else True
 
     return _ValidatedPatternRecognizer
 
@@ -154,16 +174,28 @@ _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 
 # CGT identifiers ---------------------------------------------------------------------------
 
+
+def din_confirmed(text: str) -> bool:
+    """A DIN whose check character (printed, or encoded in the flags) is right."""
+    return isbt128.din_check_ok(text) is True
+
+
 ISBT_DIN = ValuePattern(
     "IsbtDin",
     "ISBT_DIN",
-    # Facility (letter + 4 digits), 2-digit year, 6-digit sequence; optional 2 flag
-    # characters and a check character (printed boxed, sometimes after a space).
-    r"[A-NP-Z]\d{4}\s?\d{2}\s?\d{6}(?:\s?[0-9A-Z]{2})?(?:\s?[0-9A-Z*])?",
-    r"\b[A-NP-Z]\d{4}\s?\d{2}\s?\d{6}(?:\s?[0-9A-Z]{2})?\b",
+    # ISBT 128 data structure 001 (see :mod:`anonymisation.isbt128`): FIN (letter + 4 digits),
+    # 2-digit year, 6-digit sequence; optional "=" data identifier, 2 flag characters and the
+    # mod 37-2 check character (printed boxed, sometimes after a space). A wrong check
+    # character does not stop the match (a mistyped DIN is still a DIN); a right one raises
+    # Presidio's score.
+    r"=?\s?[A-NP-Z]\d{4}[\s\-]?\d{2}[\s\-]?\d{6}(?:[\s\-]?[0-9A-Z]{2})?(?:\s?[0-9A-Z*])?",
+    # In text: the check character only when glued or after the flags, so that "DIN
+    # W1234 24 123456 A patient ..." does not take the "A".
+    r"\b[A-NP-Z]\d{4}[\s\-]?\d{2}[\s\-]?\d{6}(?:\s?[0-9A-Z]{2}(?:\s?[0-9A-Z*])?|[0-9A-Z*])?\b",
     0.7,
     ("din", "donation", "unit", "bag", "isbt", "apheresis"),
     flags=0,
+    confirm=din_confirmed,
 )
 ISBT_PRODUCT_CODE = ValuePattern(
     "IsbtProductCode",

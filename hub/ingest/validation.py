@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import take
 
+from anonymisation import isbt128
 from contracts.cdm import Column, ColumnType, IdentifierClass, Table
 from hub.exports import QUOTING, csv_safe_series
 from hub.exports import csv_safe as csv_safe  # re-exported for callers of this module
@@ -52,6 +53,8 @@ FALSE_TOKENS = frozenset({"no", "n", "false", "f", "0", "nein", "non"})
 MASKED_CLASSES = frozenset(
     {IdentifierClass.DIRECT, IdentifierClass.LINKABLE, IdentifierClass.FREE_TEXT}
 )
+#: Columns holding ISBT 128 DINs, by the CDM's ``standard`` annotation.
+DIN_STANDARD = "ISBT 128 data structure 001"
 REPORT_COLUMNS = ("row", "column", "source_column", "rule", "value", "message")
 ROW_ERROR_COLUMNS = ("row", "column", "source_column", "rule", "value", "message")
 
@@ -758,6 +761,9 @@ def validate(
                     f"release `{col.references.split('.')[0]}` first so they can be checked"
                 )
         reports.append(report)
+        din_warning = _din_check_warning(work, first_row, mask_identifiers)
+        if din_warning:
+            report.warnings.append(din_warning)
         counts = np.bincount(np.append(work.status, _EMPTY)[work.codes], minlength=7)
         report.empty = int(counts[_EMPTY])
         report.parsed = int(n - counts[_EMPTY] - counts[_BAD_TYPE])
@@ -813,6 +819,47 @@ def validate(
         "ignored_columns": extra,
     }
     return ValidationResult(table.name, result_frame, valid, reports, row_errors, summary, warnings)
+
+
+def _din_check_warning(work: _Work, first_row: int, mask: bool) -> str | None:
+    """A warning (not a rule: the rows are kept) when DINs carry a check character that
+    ISO 7064 mod 37-2 says is wrong, most likely a typing error. Checked once per distinct
+    value; values without a check character are not judged."""
+    if not work.present or not (work.col.standard or "").startswith(DIN_STANDARD):
+        return None
+    # vectorised pre-filter: only values longer than the bare 13 characters can carry a
+    # check character (printed, or encoded in the flags)
+    compact = work.text.str.replace(r"[\s=\-]", "", regex=True).str.len()
+    candidates = np.flatnonzero((work.status == _OK) & (compact > 13).to_numpy())
+    wrong = [
+        int(i)
+        for i in candidates
+        if isbt128.parse_din(str(work.text.iloc[i])) is not None
+        and isbt128.din_check_ok(str(work.text.iloc[i])) is False
+    ]
+    if not wrong:
+        return None
+    rows = np.flatnonzero(np.isin(work.codes, wrong)) + first_row
+    examples = []
+    for i in wrong[:2]:
+        din = isbt128.parse_din(str(work.text.iloc[i]))
+        if din is None:  # cannot happen: kept above only when parsed
+            continue
+        shown = (
+            mask_value(din.din13)
+            if mask and work.col.identifier in MASKED_CLASSES
+            else din.eye_readable
+        )
+        examples.append(
+            f"DIN {shown} has check character {din.given_check}; ISBT 128 says it should be "
+            f"{din.expected_check}"
+        )
+    count = len(rows)
+    return (
+        f"{count} DIN{'' if count == 1 else 's'} with a check character that does not match "
+        f"({_rows_text(rows, count)}): {'; '.join(examples)}: a typing error? The rows are "
+        "kept; compare with the bag label and correct the DIN or its check character"
+    )
 
 
 def _check_keys(

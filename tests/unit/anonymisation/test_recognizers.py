@@ -206,3 +206,77 @@ def test_ner_batch_order_duplicates_and_cache(offline_analyzer: AnalyzerEngine) 
     assert ("PERSON", "Sarah Jones") in {(label, texts[0][s:e]) for s, e, label in spans[0]}
     assert spans[1] == []
     assert texts[0] in nlp._ner_cache
+
+
+# ISBT 128 by structure ----------------------------------------------------------------------
+
+_DIN_FORMS = [
+    "W123424123456",
+    "W1234 24 123456",
+    "W1234-24-123456",
+    "=W123424123456 00",
+    "W1234 24 123456 00 4",
+    "W1234241234564",
+    "A0102 03 040506",
+    "G1234 98 654321 00 H",
+    "Z0001 00 000000",
+]
+
+
+def test_dins_are_dins_and_never_phones_dates_or_national_numbers() -> None:
+    values = pd.Series(_DIN_FORMS, dtype=object)
+    in_text = values.map(lambda v: f"Unit {v} issued on request.")
+    assert ISBT_DIN.fullmatch(values).all()
+    assert ISBT_DIN.contains(in_text).all()
+    for other in (PHONE, DATE, US_SSN, UK_NHS):
+        assert not other.fullmatch(values).any(), other.name
+        assert not other.contains(in_text).any(), other.name
+
+
+def test_din_in_text_takes_the_check_character_but_not_the_next_word() -> None:
+    spans = [m.group(0) for m in ISBT_DIN.text_re.finditer("DIN W1234 24 123456 00 4 ok")]
+    assert spans == ["W1234 24 123456 00 4"]
+    spans = [m.group(0) for m in ISBT_DIN.text_re.finditer("DIN W1234 24 123456 A patient")]
+    assert spans == ["W1234 24 123456"]
+
+
+def test_din_with_a_wrong_check_character_is_still_pseudonymised() -> None:
+    # A mistyped check character must not let the DIN through de-identification.
+    assert _full(ISBT_DIN, ["W1234 24 123456 00 K"]) == [True]
+
+
+def test_presidio_din_score_raised_by_the_checksum(offline_analyzer: AnalyzerEngine) -> None:
+    def score(text: str) -> float:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(socket.socket, "connect", _refuse)
+            found = offline_analyzer.analyze(text, language="en", entities=["ISBT_DIN"])
+        return max(r.score for r in found)
+
+    # no context words, so only the checksum can move the score
+    assert score("Ref W1234 24 123456 00 4 ok") == 1.0
+    assert score("Ref W1234 24 123456 00 K ok") < 1.0
+
+
+def test_presidio_reads_a_din_whole_and_case_sensitively(offline_analyzer: AnalyzerEngine) -> None:
+    text = "Bag W123424123456 was issued and A0102 03 040506 returned."
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", _refuse)
+        found = offline_analyzer.analyze(text, language="en")
+    dins = [(r.start, r.end) for r in found if r.entity_type == "ISBT_DIN"]
+    assert [text[s:e] for s, e in dins] == ["W123424123456", "A0102 03 040506"]
+    # Presidio's own phone and date recognisers may fire inside a DIN; every such hit lies
+    # within the DIN's span, so the longer DIN span wins when spans are merged.
+    for r in found:
+        if r.entity_type in ("PHONE_NUMBER", "DATE_TIME"):
+            assert any(s <= r.start and r.end <= e for s, e in dins), text[r.start : r.end]
+
+
+def test_engine_replaces_a_din_in_text_as_one_isbt_span() -> None:
+    from anonymisation.engine import _text_pattern_spans
+    from anonymisation.scrub import merge_spans
+
+    text = "Bag A0102 03 040506 issued; call +44 20 7946 0000."
+    spans = merge_spans(_text_pattern_spans([text])[0])
+    kinds = {text[s:e]: k for s, e, k in spans}
+    assert kinds["A0102 03 040506"] == "ISBT_DIN"
+    assert "PHONE_NUMBER" in kinds.values()

@@ -507,3 +507,55 @@ def test_two_hundred_thousand_rows_map_and_validate():
     assert result.report("din").by_rule[Rule.DUPLICATE_KEY].rows == [79, 80]
     assert result.summary["invalid_rows"] == 5
     assert result.frame["alc_pre"].between(0.1, 4.0).sum() == n - 3
+
+
+# ISBT 128 check characters ------------------------------------------------------------------
+
+
+def test_din_with_a_wrong_check_character_is_a_warning_not_an_error(cdm):
+    from anonymisation.isbt128 import ALPHABET, din_check_character
+
+    t = cdm.table("collection")
+    expected = din_check_character("A999924000004")
+    wrong = ALPHABET[(ALPHABET.index(expected) + 1) % 36]  # certainly not the right one
+    upload = raw(
+        DIN=[
+            f"A9999 24 000001 00 {din_check_character('A999924000001')}",
+            "A9999 24 000002",  # no check character: not judged
+            f"A9999 24 000003 00 {din_check_character('A999924000003')}",
+            f"A9999 24 000004 00 {wrong}",
+        ],
+        **{"Patient ID": ["COI-1", "COI-2", "COI-3", "COI-4"]},
+    )
+    mapped = apply_mapping(upload, propose_mapping(upload, t), t)
+
+    result = validate(mapped, t, mask_identifiers=False)
+    warnings = [w for w in result.report("din").warnings if "check character" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("1 DIN with a check character that does not match (row 5)")
+    assert (
+        f"DIN A9999 24 000004 has check character {wrong}; ISBT 128 says it should be "
+        f"{expected}: a typing error?" in warnings[0]
+    )
+    assert "{" not in warnings[0] and "Din(" not in warnings[0]
+    # a warning, not a rule: no row is held back for it
+    assert Rule.TYPE not in result.report("din").by_rule
+    assert result.report("din").errors == []
+
+    masked = validate(mapped, t)
+    shown = [w for w in masked.report("din").warnings if "check character" in w][0]
+    assert "A9999 24 000004" not in shown and "DIN A…4 has check character" in shown
+
+
+def test_dins_with_right_or_no_check_characters_raise_no_warning(cdm):
+    from anonymisation.isbt128 import din_check_character
+
+    t = cdm.table("collection")
+    dins = [f"A999924{n:06d}" for n in range(1, 40)]
+    upload = raw(
+        DIN=[d + din_check_character(d) for d in dins] + ["A9999 24 000777"],
+        **{"Patient ID": [f"COI-{i}" for i in range(40)]},
+    )
+    mapped = apply_mapping(upload, propose_mapping(upload, t), t)
+    result = validate(mapped, t)
+    assert not [w for w in result.report("din").warnings if "check character" in w]
