@@ -115,7 +115,7 @@ _FUNCTIONS = (
     exp.Least,
     exp.Greatest,
 )
-_PREDICATES = (
+COMPARISONS = (
     exp.EQ,
     exp.NEQ,
     exp.GT,
@@ -124,6 +124,10 @@ _PREDICATES = (
     exp.LTE,
     exp.NullSafeEQ,
     exp.NullSafeNEQ,
+)
+"""The allowed comparisons (``typecheck`` refuses text compared with a number)."""
+_PREDICATES = (
+    *COMPARISONS,
     exp.And,
     exp.Or,
     exp.Not,

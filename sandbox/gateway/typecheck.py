@@ -19,21 +19,11 @@ from sqlglot import exp
 
 from sandbox.gateway.errors import QueryRejected
 from sandbox.gateway.facts import NUMERIC_TYPES, Facts
-from sandbox.gateway.sql import AGGREGATES, NUMBER_FUNCTIONS, CheckedQuery
+from sandbox.gateway.sql import AGGREGATES, COMPARISONS, NUMBER_FUNCTIONS, CheckedQuery
 
 _TEXT = {"VARCHAR", "TEXT", "STRING", "CHAR"}
 _DATES = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "TIME"}
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.Pow)
-_COMPARISONS = (
-    exp.EQ,
-    exp.NEQ,
-    exp.GT,
-    exp.GTE,
-    exp.LT,
-    exp.LTE,
-    exp.NullSafeEQ,
-    exp.NullSafeNEQ,
-)
 
 
 class _Text:
@@ -200,7 +190,7 @@ class _Types:
         if isinstance(node, exp.If):
             self.kind(node.this)
             return self.same([node.args.get("true"), node.args.get("false")], node)
-        if isinstance(node, _COMPARISONS):
+        if isinstance(node, COMPARISONS):
             self.comparable(node.this, [node.expression], node)
             return "b"
         if isinstance(node, exp.Between):
