@@ -77,6 +77,7 @@ ENTITY_CLASS: dict[str, str] = {
     "DEVICE_SERIAL": LINKABLE,
     "DATE_TIME": QUASI,
     "AGE": QUASI,
+    "ISBT_FIN": LINKABLE,
     "ISBT_PRODUCT_CODE": SAFE,
 }
 
@@ -303,6 +304,13 @@ _NAME_PRIORS: tuple[tuple[re.Pattern[str], str, str | None, float], ...] = tuple
             r"(^|_)(din|donation(_id)?|unit_(id|no|number)|bag_(id|no|number)|unit_din)(_|$)",
             LINKABLE,
             "ISBT_DIN",
+            0.7,
+        ),
+        (
+            r"(^|_)(fin|facility_(id|code|no|number|identification(_number)?)|isbt_facility)"
+            r"(_|$)",
+            LINKABLE,
+            "ISBT_FIN",
             0.7,
         ),
         (r"(^|_)(lot|batch|charge)(_|$)", LINKABLE, "LOT_ID", 0.7),
@@ -610,8 +618,9 @@ def _decide(
             continue
         note = ""
         label = _labels(hit, n) and not free_text
-        if label and not hit.strong and not lotish_name:
-            label, note = False, "weak pattern: counts only in a lot/batch column"
+        named_for_it = prior is not None and prior[1] == hit.entity
+        if label and not hit.strong and not (lotish_name or named_for_it):
+            label, note = False, "weak pattern: counts only where the column's name agrees"
         if label and shared_name and hit.entity in ("LOT_ID", "DEVICE_SERIAL"):
             label, note = False, "reagent/equipment column: shared lots and serials are safe"
         if label:

@@ -219,6 +219,20 @@ COI_ID = ValuePattern(
     ("coi", "chain of identity", "identity", "subject", "patient id"),
     flags=0,
 )
+ISBT_FIN = ValuePattern(
+    "IsbtFacility",
+    "ISBT_FIN",
+    # Facility identification number (FIN, the first five characters of a DIN): one letter
+    # A-N or P-Z and four digits. Too short to stand on its own, so weak: it labels a column
+    # only when the column's name says FIN or facility ID; in text only after "FIN".
+    r"=?\s?[A-NP-Z]\d{4}",
+    r"(?:(?<=FIN )|(?<=FIN:)|(?<=FIN: )|(?<=FIN#)|(?<=FIN-))[A-NP-Z]\d{4}\b",
+    0.5,
+    ("fin", "facility", "isbt"),
+    flags=0,
+    strong=False,
+    validator=lambda text: isbt128.is_fin(text.lstrip("= ")),
+)
 LOT_ID = ValuePattern(
     "LotNumber",
     "LOT_ID",
@@ -363,6 +377,7 @@ VALUE_PATTERNS: tuple[ValuePattern, ...] = (
     IP_ADDRESS,
     UK_POSTCODE,
     LOT_CODE,
+    ISBT_FIN,
     PHONE,
 )
 

@@ -752,12 +752,18 @@ def site_export(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], list[lis
     """An apheresis unit's log as a site exports it: (frame, known PII strings, the
     organisation names each note quotes). DINs come with and without their check
     character, staff names repeat on every row under six headers, and notes name patients,
-    staff, suppliers and the processing facility with its town (half of the notes; the
-    other half are routine notes that name nobody)."""
+    staff, suppliers, the processing facility with its town and FINs (five notes in nine; the
+    others are routine notes that name nobody)."""
     rng = random.Random(seed)
     patients = [f"{rng.choice(FIRST)} {rng.choice(LAST)}" for _ in range(max(rows // 4, 1))]
     mrns = [f"MRN{7_000_000 + i}" for i in range(len(patients))]
-    out: dict[str, list[object]] = {"Unit DIN": [], "Patient": [], "Hosp No": []}
+    out: dict[str, list[object]] = {
+        "Unit DIN": [],
+        "Collection FIN": [],
+        "COI": [],
+        "Patient": [],
+        "Hosp No": [],
+    }
     for header in SITE_STAFF_HEADERS:
         out[header] = []
     out.update({c: [] for c in ("Processing facility", *SITE_SAFE, "Notes")})
@@ -769,6 +775,8 @@ def site_export(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], list[lis
         out["Unit DIN"].append(
             f"{din[:5]} {din[5:7]} {din[7:]} {isbt_check(din)}" if i % 2 else din
         )
+        out["Collection FIN"].append(din[:5])
+        out["COI"].append(f"{din[:5]}26C{200000 + p:06d}")
         out["Patient"].append(patients[p])
         out["Hosp No"].append(mrns[p])
         for header in SITE_STAFF_HEADERS:
@@ -790,6 +798,7 @@ def site_export(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], list[lis
                     f"Bag {out['Unit DIN'][-1]} checked by {staff}, kit from {supplier}.",
                     f"{patients[p]} ({mrns[p]}) rebooked; {staff} informed {facility}.",
                     f"Reagent from {supplier} released by {staff} at {facility}.",
+                    f"{out['COI'][-1]} shipped to FIN {din[:5]}; courier booked.",
                     # Routine notes that name nobody, as half of a real log's notes do.
                     f"Collection completed; bag labelled and stored, volume {volume} mL.",
                     f"Patient stable; sample sent to lab, volume {volume} mL.",
@@ -802,7 +811,8 @@ def site_export(rows: int, seed: int) -> tuple[pd.DataFrame, list[str], list[lis
     frame = pd.DataFrame(out)
     frame["Notes"] = frame["Notes"].astype(object)
     known = sorted(
-        {*patients, *mrns, *SITE_STAFF, *(str(d) for d in out["Unit DIN"])}
+        {*patients, *mrns, *SITE_STAFF, *(str(d) for c in ("Unit DIN", "COI") for d in out[c])}
+        | {str(f) for f in out["Collection FIN"]}
         | {w.strip(",.") for s in SITE_STAFF for w in s.split()[1:] if len(w.strip(",.")) > 3}
     )
     return frame, known, org_quotes

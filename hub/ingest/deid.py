@@ -438,6 +438,7 @@ def _entity_words(entity: str | None) -> str:
         "LOT_ID": "lot numbers",
         "DEVICE_SERIAL": "device serial numbers",
         "ISBT_PRODUCT_CODE": "product codes",
+        "ISBT_FIN": "facility identification numbers (FINs)",
     }.get(str(entity or ""), str(entity or "identifiers").replace("_", " ").lower())
 
 

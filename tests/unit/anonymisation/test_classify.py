@@ -419,3 +419,27 @@ def test_allow_list_is_honoured() -> None:
     assert (partial.klass, partial.entity) == (DIRECT, "PERSON")
     person = next(e for e in partial.evidence if e.entity == "PERSON")
     assert person.hit_rate == pytest.approx(2 / 3, abs=1e-3)
+
+
+# Facility identification numbers (ISBT 128 FIN) ------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["Collection FIN", "Facility ID", "isbt_facility"])
+def test_a_fin_column_is_linkable_when_its_name_says_so(header: str) -> None:
+    frame = pd.DataFrame({header: ["G1517", "G1518", "W0042", "A9999"] * 30})
+    (decision,) = classify_frame(frame)
+    assert (decision.klass, decision.entity) == (LINKABLE, "ISBT_FIN")
+    found = [e for e in decision.evidence if e.entity == "ISBT_FIN" and e.hit_rate is not None]
+    assert found and found[0].hit_rate == 1.0
+
+
+def test_fin_shapes_alone_do_not_label_a_column() -> None:
+    """Five characters (letter + four digits) are also reagent catalogue and room codes: the
+    weak FIN pattern needs the column's name to agree, and never reads as a phone or date."""
+    frame = pd.DataFrame({"room": ["G1517", "G1518", "W0042", "A9999"] * 30})
+    (decision,) = classify_frame(frame)
+    assert decision.entity not in ("ISBT_FIN", "PHONE_NUMBER", "DATE_TIME")
+    # "O" is not a FIN's first letter: such values are no FIN evidence (the name alone still
+    # makes the column linkable, the cautious reading).
+    (other,) = classify_frame(pd.DataFrame({"FIN": ["O1517", "O1518"] * 60}))
+    assert not [e for e in other.evidence if e.entity == "ISBT_FIN" and e.hit_rate is not None]

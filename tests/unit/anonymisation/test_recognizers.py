@@ -17,6 +17,7 @@ from anonymisation.recognizers import (
     DEVICE_SERIAL,
     EMAIL,
     ISBT_DIN,
+    ISBT_FIN,
     ISBT_PRODUCT_CODE,
     LOT_ID,
     MRN,
@@ -280,3 +281,14 @@ def test_engine_replaces_a_din_in_text_as_one_isbt_span() -> None:
     kinds = {text[s:e]: k for s, e, k in spans}
     assert kinds["A0102 03 040506"] == "ISBT_DIN"
     assert "PHONE_NUMBER" in kinds.values()
+
+
+def test_fin_by_structure_in_values_and_after_fin_in_text() -> None:
+    assert _full(ISBT_FIN, ["G1517", "=W0042", "A9999"]) == [True, True, True]
+    assert _full(ISBT_FIN, ["O1517", "G151", "G15170", "g1517"]) == [False] * 4
+    assert not ISBT_FIN.strong  # five characters are too common to label a column alone
+    text = "Shipped to FIN: W0042 and FIN G1517; room B1234 cleaned."
+    spans = [m.group(0) for m in ISBT_FIN.text_re.finditer(text)]
+    assert spans == ["W0042", "G1517"]  # "FIN" itself stays, room codes stay
+    for other in (PHONE, DATE, US_SSN, UK_NHS):
+        assert not other.fullmatch(pd.Series(["G1517", "W0042"])).any(), other.name
