@@ -225,13 +225,13 @@ ISBT_FIN = ValuePattern(
     # Facility identification number (FIN, the first five characters of a DIN): one letter
     # A-N or P-Z and four digits. Too short to stand on its own, so weak: it labels a column
     # only when the column's name says FIN or facility ID; in text only after "FIN".
-    r"=?\s?[A-NP-Z]\d{4}",
-    r"(?:(?<=FIN )|(?<=FIN:)|(?<=FIN: )|(?<=FIN#)|(?<=FIN-))[A-NP-Z]\d{4}\b",
+    # The FIN's shape is isbt128's own (case-sensitive, so no validator is needed on top).
+    rf"=?\s?{isbt128.FIN_RE}",
+    rf"(?:(?<=FIN )|(?<=FIN:)|(?<=FIN: )|(?<=FIN#)|(?<=FIN-)){isbt128.FIN_RE}\b",
     0.5,
     ("fin", "facility", "isbt"),
     flags=0,
     strong=False,
-    validator=lambda text: isbt128.is_fin(text.lstrip("= ")),
 )
 LOT_ID = ValuePattern(
     "LotNumber",
