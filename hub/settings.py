@@ -23,9 +23,19 @@ DEV_HMAC_KEY = "insecure-development-hmac-key"
 PUBLIC_KEYS = (DEV_SECRET_KEY, DEV_HMAC_KEY)
 
 KEYS_FILE = "keys.toml"
-"""In development mode, the secret and HMAC keys generated on first start: in the data
-directory, mode 0600 (production sets its own and never uses this file)."""
-GENERATED = ("secret_key", "hmac_key")
+"""In development mode, the secret, HMAC and ledger keys generated on first start: in the
+data directory, mode 0600 (production sets its own and never uses this file)."""
+GENERATED = ("secret_key", "hmac_key", "ledger_key")
+
+CHECKPOINT_KEY_FILE = "ledger-checkpoint-key.pem"
+"""In development mode, the Ed25519 key that signs ledger checkpoints: generated on first
+use in the data directory, mode 0600 (production names its own file in
+``checkpoint_key_path``)."""
+
+LEDGER_KEYS: dict[str, str] = {}
+"""The ledger key of each database this process has loaded settings for (the database URL
+as SQLAlchemy renders it -> key), so that ``hub.audit`` keys entries appended through any
+session of that database. The key itself never goes into the database."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,31 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "ledger_key",
+        "",
+        "Key of the audit ledger's per-entry HMAC-SHA256 (at least 32 characters in "
+        "production), kept out of the metadata database so that whoever can write the "
+        "database cannot forge an entry. Production: set it; development: generated like "
+        "`secret_key`. Not the pseudonym key: rotating that must not break the ledger "
+        "(docs/security.md).",
+        secret=True,
+    ),
+    Setting(
+        "checkpoint_key_path",
+        "",
+        "PEM file of the Ed25519 private key that signs ledger checkpoints, outside the "
+        "database. Production: required (make one with `cleanroom audit new-key FILE`); "
+        "development: empty means `<data_dir>/ledger-checkpoint-key.pem`, generated on "
+        "first use (mode 0600).",
+    ),
+    Setting(
+        "checkpoint_interval_minutes",
+        60,
+        "How often the workers sign a ledger checkpoint (when the ledger has grown) and "
+        "push new checkpoints to the institutions' witness stores, retrying failed pushes. "
+        "0 turns periodic checkpoints off (`cleanroom audit checkpoint` still makes one).",
+    ),
+    Setting(
         "deid_k",
         5,
         "The steward's floor for k-anonymity over each upload's quasi-identifiers. A "
@@ -127,8 +162,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "gateway_rate_per_minute",
         60,
-        "Sandbox requests (queries, fits, synthetic rows) a researcher may make per minute; "
-        "counted in the audit ledger, so across every process.",
+        "Sandbox requests naming an agreement (tables, budget, queries, fits, synthetic rows, "
+        "the sandbox catalogue) a researcher may make in a sliding minute; counted atomically "
+        "in the database, so across every process; beyond it, 429 with Retry-After.",
     ),
     Setting("gateway_timeout_seconds", 30, "Longest a sandbox query may run before it is stopped."),
     Setting("gateway_memory_limit", "1GB", "DuckDB memory limit of each agreement's views."),
@@ -421,6 +457,13 @@ class Settings(Mapping[str, Any]):
         return [k.encode() for k in previous if k] + [str(self.data["hmac_key"]).encode()]
 
     @property
+    def effective_checkpoint_key_path(self) -> Path:
+        """The checkpoint signing key's PEM file (``checkpoint_key_path`` or the data
+        directory's own)."""
+        path = self.data["checkpoint_key_path"]
+        return Path(path).expanduser().resolve() if path else self.data_path / CHECKPOINT_KEY_FILE
+
+    @property
     def is_production(self) -> bool:
         return bool(self.data["mode"] == "production")
 
@@ -453,7 +496,7 @@ class Settings(Mapping[str, Any]):
             return
         problems = [
             f"CLEANROOM_{n.upper()}"
-            for n in GENERATED
+            for n in ("secret_key", "hmac_key")
             if not self.data[n] or self.sources.get(n, "").startswith("generated")
         ]
         if problems:
@@ -472,6 +515,32 @@ class Settings(Mapping[str, Any]):
         if any(len(k) < 16 for k in self.key_chain):
             raise ConfigurationError(
                 "every key in CLEANROOM_HMAC_PREVIOUS_KEYS must be at least 16 bytes long."
+            )
+        self._check_ledger_keys()
+
+    def _check_ledger_keys(self) -> None:
+        """Production's ledger keys (issue 18): its own entry key and a checkpoint key file."""
+        ledger_key = str(self.data["ledger_key"])
+        if not ledger_key or self.sources.get("ledger_key", "").startswith("generated"):
+            raise ConfigurationError(
+                "production mode needs its own ledger key: set CLEANROOM_LEDGER_KEY to a long "
+                "random value (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+                ", kept outside the database and never changed."
+            )
+        if len(ledger_key) < 32:
+            raise ConfigurationError(
+                "production mode needs CLEANROOM_LEDGER_KEY to be at least 32 characters long."
+            )
+        if not self.data["checkpoint_key_path"]:
+            raise ConfigurationError(
+                "production mode needs CLEANROOM_CHECKPOINT_KEY_PATH: the PEM file of the "
+                "Ed25519 key that signs ledger checkpoints (make one with `cleanroom audit "
+                "new-key FILE`; mode 0600, outside the database)."
+            )
+        if not self.effective_checkpoint_key_path.is_file():
+            raise ConfigurationError(
+                f"CLEANROOM_CHECKPOINT_KEY_PATH names {self.effective_checkpoint_key_path}, "
+                "which does not exist: make the key with `cleanroom audit new-key FILE`."
             )
 
 
@@ -504,9 +573,33 @@ def _development_keys(data_dir: Path) -> dict[str, str]:
             f"{path} cannot be read ({err}); delete it to regenerate."
         ) from None
     missing = [n for n in GENERATED if not isinstance(found.get(n), str) or not found[n]]
+    if missing and set(missing) <= ADDED_LATER:
+        found = _add_keys(path, missing)
+        missing = []
     if missing:
         raise ConfigurationError(f"{path} lacks {', '.join(missing)}; delete it to regenerate.")
     return {n: found[n] for n in GENERATED}
+
+
+# Keys added to GENERATED after development data directories existed: appended to an
+# existing keys.toml (never regenerating the others, which the pool's pseudonyms depend on).
+ADDED_LATER = frozenset({"ledger_key"})
+
+
+def _add_keys(path: Path, names: list[str]) -> dict[str, Any]:
+    """Append generated ``names`` to an existing ``keys.toml``, under an exclusive lock so
+    that two processes starting at once add them once; the file's keys afterwards."""
+    import fcntl
+    import secrets
+
+    with path.open("r+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        found = tomllib.loads(fh.read())
+        added = {n: secrets.token_urlsafe(48) for n in names if not found.get(n)}
+        if added:
+            fh.seek(0, os.SEEK_END)
+            fh.write("".join(f'{name} = "{key}"\n' for name, key in added.items()))
+        return {**found, **added}
 
 
 def _read_instance_file(path: Path) -> dict[str, Any]:
@@ -567,12 +660,30 @@ def load_settings(
             if not values[name]:
                 values[name] = key
                 sources[name] = f"generated ({KEYS_FILE})"
+    if values["ledger_key"]:
+        LEDGER_KEYS[_rendered_url(values, data_dir)] = values["ledger_key"]
     if int(values["deid_k"]) < 2:
         raise ConfigurationError(
             f"setting deid_k ({sources.get('deid_k', 'default')}): k-anonymity needs k of at "
             "least 2."
         )
     return Settings(values, sources)
+
+
+def _rendered_url(values: Mapping[str, Any], data_dir: Any) -> str:
+    """The effective database URL as SQLAlchemy renders an engine's (the key of
+    :data:`LEDGER_KEYS`)."""
+    from sqlalchemy.engine import make_url
+
+    from hub.db import normalise_url
+
+    url = str(values["database_url"]) or (
+        f"sqlite:///{Path(data_dir).expanduser().resolve() / 'cleanroom.db'}"
+    )
+    try:
+        return make_url(normalise_url(url)).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 - an unusable URL is reported where it is opened
+        return url
 
 
 def settings_table() -> str:

@@ -16,6 +16,9 @@ class Role(enum.StrEnum):
     CONTRIBUTOR_ADMIN = "contributor_admin"
     CONTRIBUTOR = "contributor"
     RESEARCHER = "researcher"
+    # Reads the ledger, agreements, policies, release requests and spending across
+    # institutions, and exports a period's events; changes nothing (docs/auditor.md).
+    AUDITOR = "auditor"
 
 
 class InstitutionKind(enum.StrEnum):
@@ -33,6 +36,9 @@ class Institution(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Ledger checkpoints (issue 18, item 1): where the hub pushes each signed checkpoint,
+    # `file:///folder` or `s3://bucket/prefix`; empty means the admins' inbox only.
+    witness_store: Mapped[str] = mapped_column(String(500), default="")
 
     users: Mapped[list[User]] = relationship(back_populates="institution")
 

@@ -27,7 +27,7 @@ from hub.audit.models import AuditEntry
 from hub.audit.services import verify
 from hub.db import get_database, get_db, utcnow
 from hub.errors import CleanroomError, NotFound, web_text
-from hub.exports import SafeWriter
+from hub.exports import SafeWriter, record_export
 from hub.routing import MAX_ID
 from hub.web import actor, app_settings, guard
 
@@ -66,6 +66,30 @@ def institutions() -> ResponseReturnValue:
         form=form,
         kinds=[k.value for k in InstitutionKind],
     ), status
+
+
+# Ledger checkpoints (issue 18, item 1) -------------------------------------------------------
+
+
+@bp.route("/institutions/<int:institution_id>/witness-store", methods=["POST"])
+@guard("write", "admin/institutions")
+def witness_store(institution_id: int) -> ResponseReturnValue:
+    """Where the hub delivers the institution's copies of the ledger checkpoints."""
+    from hub.audit.checkpoints import set_witness_store
+
+    db = get_db()
+    institution = db.get(Institution, institution_id)
+    if institution is None:
+        raise NotFound(f"no institution {institution_id}.")
+    try:
+        set_witness_store(db, institution.slug, request.form.get("store", ""), actor=actor())
+        db.commit()
+        where = institution.witness_store or "its admins' inbox only"
+        flash(f"{institution.name}: ledger checkpoints now go to {where}.", "info")
+    except CleanroomError as err:
+        db.rollback()
+        flash(web_text(err.message), "error")
+    return redirect(url_for("admin.institutions"))
 
 
 @bp.route("/users", methods=["GET", "POST"])
@@ -353,9 +377,18 @@ def audit_entry(entry_id: int) -> ResponseReturnValue:
 @bp.route("/audit.csv")
 @guard("read", "admin/audit")
 def audit_csv() -> ResponseReturnValue:
-    q, _ = _audit_query()
+    q, filters = _audit_query()
     database = get_database()
-    get_db().rollback()  # the request's own transaction ends before streaming starts
+    db = get_db()
+    db.rollback()
+    record_export(
+        db,
+        actor=actor(),
+        target="ledger",
+        fmt="csv",
+        detail={"filter": {k: v for k, v in filters.items() if v}},
+    )
+    db.commit()  # recorded, and the request's own transaction ends before streaming starts
 
     def rows() -> Iterator[str]:
         """Page by id with a session of its own, holding no transaction between pages, so

@@ -41,6 +41,7 @@ BUILTIN_TASK_MODULES: tuple[str, ...] = (
     "hub.ingest.rotation",
     "hub.synth.services",
     "hub.releases.services",
+    "hub.audit.checkpoints",
 )
 
 

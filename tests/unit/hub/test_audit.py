@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text, update
 
-from hub.audit.models import AuditEntry
+from hub.audit.models import AuditEntry, AuditHead
 from hub.audit.services import GENESIS, entry_hash, record, verify
 from hub.db import Database
 from hub.jobs.services import job_dict
@@ -150,7 +150,8 @@ def test_edit_is_named(database: Database) -> None:
 
 
 def test_edit_with_recomputed_hash_is_named(database: Database) -> None:
-    """An editor who also recomputes the entry's own hash breaks the next entry's link."""
+    """An editor who also recomputes the entry's own hash cannot make its key signature
+    (the ledger key is not in the database), and breaks the next entry's link."""
     from hub.audit.services import entry_hash
 
     _fill(database)
@@ -161,7 +162,84 @@ def test_edit_with_recomputed_hash_is_named(database: Database) -> None:
         e.entry_hash = entry_hash(e.prev_hash, e.at, e.actor, e.action, e.target, e.detail)
     with database.session() as s:
         result = verify(s)
-    assert (result.ok, result.entry_id, result.kind) == (False, 2, "edited")
+    assert [(p.entry_id, p.kind) for p in result.problems] == [(2, "forged"), (2, "edited")]
+    assert "forged or edited without the ledger key" in str(result)
+
+
+def test_entries_are_keyed_with_a_key_outside_the_database(
+    database: Database, settings, data_dir
+) -> None:
+    """Each entry carries HMAC-SHA256(ledger key, entry hash); the key is the settings'
+    (development: keys.toml), never a database value."""
+    import hashlib
+    import hmac
+
+    _fill(database, 3)
+    key = settings.ledger_key.encode()
+    assert key and key != settings.hmac_key.encode()
+    assert "ledger_key" in (data_dir / "keys.toml").read_text()
+    with database.session() as s:
+        for e in s.scalars(select(AuditEntry)):
+            want = hmac.new(key, bytes.fromhex(e.entry_hash), hashlib.sha256).hexdigest()
+            assert e.entry_mac == want
+        dump = " ".join(
+            str(v) for row in s.execute(text("SELECT * FROM audit_entries")).all() for v in row
+        )
+    assert settings.ledger_key not in dump
+
+
+def test_a_whole_chain_rewritten_without_the_key_is_named_at_its_first_entry(
+    database: Database,
+) -> None:
+    """Someone who can write the database rewrites the chain from entry 3 with correct
+    SHA-256 hashes: the chain links, but the key signatures name entry 3 onwards."""
+    from hub.audit.services import entry_hash
+
+    _fill(database, 6)
+    with database.session() as s:
+        assert verify(s).ok  # control
+        prev = s.get(AuditEntry, 2).entry_hash  # type: ignore[union-attr]
+        for i in range(3, 7):
+            e = s.get(AuditEntry, i)
+            assert e is not None
+            e.detail = '{"rows":0}'
+            e.prev_hash = prev
+            e.entry_hash = prev = entry_hash(prev, e.at, e.actor, e.action, e.target, e.detail)
+        s.execute(update(AuditHead).values(last_hash=prev))
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.entry_id, result.kind) == (False, 3, "forged")
+    assert [p.entry_id for p in result.problems] == [3, 4, 5, 6]
+
+
+def test_entries_from_before_keying_are_noted_then_sealed_once(database: Database, runner) -> None:
+    """Entries written before keyed entries carry no MAC: verify notes them (not a break)
+    while they come first; `cleanroom audit seal` keys them after checking their chain."""
+    from hub.cli import cli
+
+    _fill(database, 4)
+    with database.session() as s:
+        s.execute(update(AuditEntry).where(AuditEntry.id <= 2).values(entry_mac=None))
+    with database.session() as s:
+        result = verify(s)
+    assert result.ok and result.unkeyed == 2
+    assert "entries 1-2 are unkeyed (written before keyed entries" in str(result)
+    sealed = runner.invoke(cli, ["audit", "seal"])
+    assert sealed.exit_code == 0, sealed.output
+    assert "2 entries" in sealed.output
+    with database.session() as s:
+        result = verify(s)
+        last = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(1)).one()
+        assert result.ok and result.unkeyed == 0
+        assert last.action == "audit.seal"
+        # A MAC stripped from an entry after keyed ones is a break, not an old entry.
+        s.execute(update(AuditEntry).where(AuditEntry.id == 3).values(entry_mac=None))
+    with database.session() as s:
+        result = verify(s)
+    assert (result.ok, result.entry_id, result.kind) == (False, 3, "forged")
+    again = runner.invoke(cli, ["audit", "seal"])
+    assert again.exit_code == 1 and "cannot be sealed" in again.output
+    assert "Traceback" not in again.output
 
 
 def test_deletion_is_named(database: Database) -> None:
@@ -176,7 +254,7 @@ def test_deletion_is_named(database: Database) -> None:
 
 def test_reordering_is_named(database: Database) -> None:
     _fill(database)
-    cols = ("at", "actor", "action", "target", "detail", "prev_hash", "entry_hash")
+    cols = ("at", "actor", "action", "target", "detail", "prev_hash", "entry_hash", "entry_mac")
     with database.session() as s:
         a, b = s.get(AuditEntry, 3), s.get(AuditEntry, 4)
         assert a is not None and b is not None
