@@ -25,12 +25,18 @@ per-answer budget (ε = 1), against the exact answer from plain DuckDB, for cell
 50 and at least 200 patients, over ``--trials`` noisy answers of counts, means and
 proportions grouped by public keys. Goals: ≤ 10 % and ≤ 3 %.
 
+**Rate check** (``--rate``): one sandbox rate check as the hub now makes it (one
+conditional ``UPDATE`` of the researcher's counter row, committed) against the check it
+replaced (counting the researcher's ledger rows of the last minute), on a SQLite database
+(or ``--database-url``) whose ledger holds ``--ledger`` entries of 50 researchers.
+
 **Notebooks** (``--notebooks``): seeds the demo consortium in a temporary directory, serves
 it, runs the three example notebooks as the demo researcher and prints the ε they spend under
 each agreement (the default yearly budget is 20).
 
 Run: ``.venv/bin/python benchmarks/gateway.py [--rows 1000000] [--repeat 21] [--http]
-[--utility --trials 30] [--notebooks]``; ``--rows 360`` is the demo consortium's size.
+[--utility --trials 30] [--rate [--ledger 20000] [--database-url URL]] [--notebooks]``;
+``--rows 360`` is the demo consortium's size.
 """
 
 from __future__ import annotations
@@ -325,6 +331,70 @@ def notebook_budget() -> dict[str, dict[str, float]]:
             stop(server)
 
 
+def rate_check(tmp: Path, repeat: int, ledger: int, url: str | None) -> dict[str, float]:
+    """Median ms of one rate check, new and old, timed in turns (see the module's doc)."""
+    from datetime import timedelta
+
+    from sqlalchemy import func, insert, select
+
+    from hub import schema
+    from hub.audit.models import AuditEntry
+    from hub.audit.services import record
+    from hub.db import Database, utcnow
+    from hub.gateway.services import check_rate
+    from hub.settings import load_settings
+
+    values: dict[str, object] = {"data_dir": str(tmp / "rate"), "log_level": "WARNING"}
+    if url:
+        values["database_url"] = url
+    settings = load_settings({**values, "gateway_rate_per_minute": 10**9}, environ={})
+    database = Database(settings.effective_database_url)
+    schema.upgrade(database)
+    with database.session() as s:
+        record(s, actor="bench", action="bench.start", target="bench", detail={})
+        at = utcnow().isoformat(timespec="microseconds").replace("+00:00", "Z")
+        first = int(s.scalar(select(func.max(AuditEntry.id))) or 0) + 1
+        # The ledger's columns as the old check reads them (the chain is not what is timed).
+        s.execute(
+            insert(AuditEntry),
+            [
+                {
+                    "id": first + n,
+                    "at": at,
+                    "actor": f"user:r{n % 50}",
+                    "action": "sandbox.query",
+                    "target": "agreement:bench",
+                    "detail": "{}",
+                    "prev_hash": "0" * 64,
+                    "entry_hash": f"{n:064x}",
+                }
+                for n in range(ledger)
+            ],
+        )
+
+    def old() -> None:
+        with database.session() as s:
+            since = (utcnow() - timedelta(minutes=1)).isoformat(timespec="microseconds")
+            s.scalar(
+                select(func.count())
+                .select_from(AuditEntry)
+                .where(
+                    AuditEntry.actor == "user:r7",
+                    AuditEntry.action.startswith("sandbox."),
+                    AuditEntry.at >= since.replace("+00:00", "Z"),
+                )
+            )
+
+    def new() -> None:
+        with database.session() as s:
+            check_rate(s, settings, "user:r7")
+
+    try:
+        return medians_ms({"old": old, "new": new}, repeat)
+    finally:
+        database.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -336,6 +406,9 @@ def main() -> None:
     parser.add_argument(
         "--notebooks", action="store_true", help="Also the ε the example notebooks spend."
     )
+    parser.add_argument("--rate", action="store_true", help="Also time one rate check.")
+    parser.add_argument("--ledger", type=int, default=20_000)
+    parser.add_argument("--database-url", default=None, help="For --rate (default: SQLite).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         sources = write_pool(Path(tmp), args.rows)
@@ -359,6 +432,11 @@ def main() -> None:
             runs["http"] = stack.enter_context(http_route(Path(tmp), sources, args.threads))
         median = medians_ms(runs, args.repeat)
         errors = utility(gateway, views, paths, args.trials) if args.utility else None
+        rate = (
+            rate_check(Path(tmp), args.repeat, args.ledger, args.database_url)
+            if args.rate
+            else None
+        )
     baseline, through, over_http = median["duckdb"], median["gateway"], median.get("http")
 
     print(f"rows: {args.rows:,} in 3 Parquet files; threads: {args.threads}")
@@ -371,6 +449,15 @@ def main() -> None:
     if over_http is not None:
         print(f"hub HTTP route (token, policy, pool, gateway, ledger): median {over_http:.1f} ms")
         print(f"ratio over HTTP: {over_http / baseline:.2f}x (target <= 2.00x)")
+    if rate is not None:
+        print(
+            f"rate check, counted in the ledger ({args.ledger:,} entries; baseline): "
+            f"median {rate['old']:.2f} ms"
+        )
+        print(
+            f"rate check, one conditional UPDATE, committed: median {rate['new']:.2f} ms "
+            f"({rate['new'] / rate['old']:.2f}x)"
+        )
     if args.notebooks:
         for slug, budget in notebook_budget().items():
             print(

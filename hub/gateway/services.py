@@ -12,23 +12,27 @@ is given. The hub decides what those views hold and who may see them:
 * every answered or refused request is in the audit ledger (``sandbox.query``,
   ``sandbox.fit``, ``sandbox.refused``) with the agreement, the query text and hashes, the
   suppressions and the institutions whose data it read (for their transparency page);
-* each researcher gets ``gateway_rate_per_minute`` requests a minute, counted in the
-  ledger, so the limit holds across processes.
+* each researcher gets ``gateway_rate_per_minute`` requests a sliding minute, checked and
+  counted in one conditional ``UPDATE`` (:func:`check_rate`), so the limit holds across
+  processes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select, update
+from sqlalchemy import Float, case, literal, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
@@ -38,21 +42,15 @@ from contracts.cdm import load_cdm
 from hub.accounts.models import User
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord, AgreementSignature
-from hub.audit.models import AuditEntry
 from hub.audit.services import record
 from hub.db import utcnow
 from hub.errors import CleanroomError, Forbidden
-from hub.gateway.models import GatewayAnswer, PrivacyBudget
+from hub.gateway.models import GatewayAnswer, PrivacyBudget, RateCounter
 from hub.ingest.models import DatasetVersion
 from hub.settings import Settings
 from hub.storage import LocalStorage, Storage
 from policies.store import SyncedPolicy
 from sandbox.gateway import AgreementViews, Gateway, Source
-
-
-class RateLimited(CleanroomError):
-    status = 429
-    code = "rate_limited"
 
 
 @dataclass
@@ -191,24 +189,124 @@ def views(gateway: Gateway, scope: Scope) -> AgreementViews:
     return gateway.views(scope.stored.slug, tables, columns=scope.columns, links=scope.links)
 
 
-def check_rate(session: Session, settings: Settings, actor: str) -> None:
-    """Refuse (429) a researcher's request beyond ``gateway_rate_per_minute``."""
-    since = (utcnow() - timedelta(minutes=1)).isoformat(timespec="microseconds")
-    since = since.replace("+00:00", "Z")  # the ledger's own format: ISO 8601 strings sort
-    used = session.scalar(
-        select(func.count())
-        .select_from(AuditEntry)
-        .where(
-            AuditEntry.actor == actor,
-            AuditEntry.action.startswith("sandbox."),
-            AuditEntry.at >= since,
-        )
-    )
+RATE_WINDOW_SECONDS = 60
+
+
+class RateLimited(CleanroomError):
+    """Beyond ``gateway_rate_per_minute``; ``retry_after`` (whole seconds) says when the
+    next request would be accepted, for the ``Retry-After`` header."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def check_rate(
+    session: Session, settings: Settings, actor: str, now: datetime | None = None
+) -> None:
+    """Count one of ``actor``'s sandbox requests, or refuse it (429) beyond
+    ``gateway_rate_per_minute``. Commits the session: the count is its own short
+    transaction, so a request that later fails or is refused still counted.
+
+    A sliding minute, estimated from two fixed minutes: the requests of the previous minute
+    are taken as evenly spread, so at a fraction ``f`` into this minute the last sixty
+    seconds hold ``used + previous × (1 − f)``. A request is accepted when that estimate,
+    rounded up, stays below the limit; a burst across a minute's boundary gets no fresh
+    allowance. The check and the count are one conditional ``UPDATE`` of the researcher's
+    one row, which rolls the minutes forward in the same statement, so concurrent requests
+    in any number of processes cannot together exceed the limit (on PostgreSQL the row lock
+    orders them and each re-checks the condition; on SQLite writers take turns). Refused
+    requests are not counted: waiting is what lets a researcher back in.
+    """
     limit = int(settings.gateway_rate_per_minute)
-    if (used or 0) >= limit:
-        raise RateLimited(
-            f"more than {limit} sandbox requests in a minute; wait a minute and try again."
+    seconds = (now or utcnow()).timestamp()
+    minute = int(seconds // RATE_WINDOW_SECONDS)
+    elapsed = seconds - minute * RATE_WINDOW_SECONDS
+    carry = 1.0 - elapsed / RATE_WINDOW_SECONDS  # the previous minute's share still inside
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
+        # A count lost to a crash in the next fraction of a second costs nothing; waiting
+        # for the disk on every request would cost more than the check itself.
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    counted = _count_request(session, actor, minute, carry, limit)
+    if not counted:
+        # No room, or no row yet (the researcher's first request, or a row another
+        # process is making now): make sure the row exists (waiting for that process, on
+        # PostgreSQL), then the same statement again decides.
+        insert = pg_insert if postgres else sqlite_insert
+        session.execute(
+            insert(RateCounter)
+            .values(actor=actor, minute=minute, used=0, previous=0)
+            .on_conflict_do_nothing(index_elements=["actor"])
         )
+        counted = _count_request(session, actor, minute, carry, limit)
+    if counted:
+        session.commit()
+        return
+    row = session.scalar(
+        select(RateCounter)
+        .where(RateCounter.actor == actor)
+        .execution_options(populate_existing=True)
+    )
+    session.commit()
+    wait = _retry_after(row, minute, elapsed, limit)
+    raise RateLimited(
+        f"more than {limit} sandbox request{'s' if limit != 1 else ''} in a minute; try "
+        f"again in {wait} second{'s' if wait != 1 else ''}.",
+        retry_after=wait,
+    )
+
+
+def _count_request(session: Session, actor: str, minute: int, carry: float, limit: int) -> bool:
+    """The one statement: count a request if the sliding minute has room. False: not
+    counted (no room, or no row for ``actor``)."""
+    row = RateCounter
+    # What the row says of this minute and the one before, read in the statement itself.
+    # A row stamped later than ``minute`` (another process's clock a little ahead) counts
+    # as this minute.
+    used = case((row.minute >= minute, row.used), else_=0)
+    previous = case(
+        (row.minute >= minute, row.previous), (row.minute == minute - 1, row.used), else_=0
+    )
+    result = session.execute(
+        update(row)
+        .where(
+            row.actor == actor,
+            # 1e-9: a share that is exactly the room left, in floating point, fits
+            used + 1 + previous * literal(carry, Float) <= limit + 1e-9,
+        )
+        .values(
+            used=used + 1,
+            previous=previous,
+            minute=case((row.minute > minute, row.minute), else_=minute),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def _retry_after(row: RateCounter | None, minute: int, elapsed: float, limit: int) -> int:
+    """Whole seconds until the sliding minute has room again (at least 1); ``elapsed``:
+    seconds into ``minute``."""
+    window = RATE_WINDOW_SECONDS
+    if row is None or limit < 1:
+        return window
+    used = row.used if row.minute >= minute else 0
+    previous = row.previous if row.minute >= minute else row.used if row.minute == minute - 1 else 0
+    if used + 1 <= limit and previous:
+        # Room comes as the previous minute's share fades: previous × (1 − t/60) ≤ room.
+        wait = window - window * (limit - 1 - used) / previous - elapsed
+    else:
+        # Not before the next minute, where this minute's requests are the previous ones.
+        wait = window - elapsed + (max(0.0, window - window * (limit - 1) / used) if used else 0)
+    return max(1, math.ceil(wait - 1e-6))
 
 
 def suppression_summary(suppressed: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, after_this_request, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import IntegrityError
 
@@ -57,10 +57,22 @@ def _body(*required: str) -> dict[str, Any]:
 
 
 def _scope(slug: str, action: str) -> services.Scope:
+    """Count the request against the caller's rate (its own transaction: it counts even if
+    the request then fails), then the views they may ``action`` under ``slug``."""
     user = current_user()
     assert user is not None
     db = get_db()
-    services.check_rate(db, _settings(), actor())
+    try:
+        services.check_rate(db, _settings(), actor())
+    except services.RateLimited as err:
+        headers = err.headers  # the error's response is made after this function returns
+
+        def retry_after(response: Response) -> Response:
+            response.headers.update(headers)
+            return response
+
+        after_this_request(retry_after)
+        raise
     storage: Storage = current_app.extensions["cleanroom.storage"]
     return services.scope(db, get_policy(), _settings(), storage, user, slug, action=action)
 
