@@ -19,8 +19,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+from hub.audit.services import record
+
 if TYPE_CHECKING:
     import pandas as pd
+    from sqlalchemy.orm import Session
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """Characters that make a spreadsheet read a cell as a formula."""
@@ -112,3 +115,17 @@ def formula_cells(
             }
         )
     return found
+
+
+def record_export(
+    session: Session, *, actor: str, target: str, fmt: str, detail: dict[str, Any] | None = None
+) -> None:
+    """An ``export.download`` ledger entry: who took which file out of the hub, in what
+    format. Every download view calls it before the first byte leaves."""
+    record(
+        session,
+        actor=actor,
+        action="export.download",
+        target=target,
+        detail={"format": fmt, **(detail or {})},
+    )

@@ -25,9 +25,10 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-import policies
 from hub.accounts.models import User
-from hub.accounts.services import resume_session, verify_token
+from hub.accounts.services import TOKEN_SCOPES, resume_session, verify_token
+from hub.accounts.services import may as may  # re-exported: views ask through hub.web
+from hub.accounts.services import roles_of as roles_of
 from hub.audit.services import record
 from hub.db import get_database, get_db
 from hub.errors import CleanroomError, DatabaseUnavailable, Forbidden, Unauthorized
@@ -80,12 +81,18 @@ def current_user() -> User | None:
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value:
-                raise Unauthorized(
+                refused = Unauthorized(
                     "send the API token as `Authorization: Bearer crt_...`.",
                     code="invalid_token",
                 )
+                _record_token_failure(get_db(), "", refused)
+                raise refused
             db = get_db()
-            token = verify_token(db, value)
+            try:
+                token = verify_token(db, value)
+            except Unauthorized as err:
+                _record_token_failure(db, value, err)
+                raise
             g.user, g.token = token.user, token
             if not SELF_RECORDING & {request.blueprint, request.endpoint}:
                 record(
@@ -105,12 +112,6 @@ def current_user() -> User | None:
         else:
             g.user = user
     return cast(User | None, g.user)
-
-
-def roles_of(user: User) -> tuple[str, ...]:
-    """The roles a user holds for :mod:`policies`: their one role, and ``output_checker``
-    when the steward named them so (they review release requests)."""
-    return (user.role, "output_checker") if user.is_output_checker else (user.role,)
 
 
 def app_settings() -> Settings:
@@ -153,22 +154,79 @@ def agreement_domain(slug: str, **_: Any) -> str:
     return f"agreement:{slug}"
 
 
+def _scopes(scope: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if scope is None:
+        return ()
+    found = (scope,) if isinstance(scope, str) else tuple(scope)
+    unknown = [s for s in found if s not in TOKEN_SCOPES]
+    if unknown or not found:
+        raise ValueError(f"guard scope {scope!r}: name one or more of {', '.join(TOKEN_SCOPES)}")
+    return found
+
+
+def _record_refusal(user: User, act: str, target: str, code: str) -> None:
+    """An ``access.refused`` entry: who was refused what, on which route (committed now,
+    since the refusal ends the request). The sandbox's routes record each of their requests
+    themselves, refusals included (``sandbox.refused``): one entry per request there."""
+    if SELF_RECORDING & {request.blueprint, request.endpoint}:
+        return
+    db = get_db()
+    db.rollback()  # nothing the request began is kept with the entry
+    record(
+        db,
+        actor=f"user:{user.username}",
+        action="access.refused",
+        target=f"route:{request.endpoint}",
+        detail={
+            "action": act,
+            "object": target,
+            "method": request.method,
+            "path": request.path[:500],
+            "reason": code,
+            "token": g.token.lookup if g.get("token") is not None else None,
+        },
+    )
+    db.commit()
+
+
+def _record_token_failure(db: Any, presented: str, err: Unauthorized) -> None:
+    """A ``token.failure`` entry for a bearer token refused (malformed, unknown, revoked,
+    expired, of a disabled account): the failed sign-in of the API. Only the token's public
+    lookup part is kept, never its secret."""
+    parts = presented.strip().split("_")
+    lookup = parts[1] if len(parts) >= 3 and parts[0] == "crt" and len(parts[1]) == 16 else ""
+    db.rollback()
+    record(
+        db,
+        actor="anonymous",
+        action="token.failure",
+        target=f"token:{lookup}" if lookup.isalnum() else "token:malformed",
+        detail={"reason": err.code, "method": request.method, "path": request.path[:500]},
+    )
+    db.commit()
+
+
 def guard(
     action: str,
     obj: str,
     *,
-    scope: str | None = None,
+    scope: str | tuple[str, ...] | None = None,
     owner: Callable[..., bool] | None = None,
     domain: Callable[..., str] | None = None,
 ) -> Callable[[F], F]:
     """Sign-in and permission check for a view, decided by :mod:`policies`.
 
     ``obj`` may name view arguments (``"jobs/{job_id}"``). ``scope`` is the API-token scope
-    the route needs. ``owner(user, **view_args)`` says whether the object is the caller's own,
-    for rules that apply only to owners. ``domain(**view_args)`` names an agreement domain:
-    the decision is then the user's (``user:<id>``) in that agreement, made by the
-    process's :func:`get_policy`; without it, the user's global role decides.
+    (or scopes, any one of which suffices) the route accepts: every route under ``/api/``
+    must declare one (:func:`check_api_scopes` refuses an app with such a route, and the
+    guard refuses every token on it); portal pages keep ``None``. ``owner(user,
+    **view_args)`` says whether the object is the caller's own, for rules that apply only to
+    owners. ``domain(**view_args)`` names an agreement domain: the decision is then the
+    user's (``user:<id>``) in that agreement, made by the process's :func:`get_policy`;
+    without it, the user's global role decides. A refusal leaves an ``access.refused``
+    entry in the ledger.
     """
+    scopes = _scopes(scope)
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
@@ -181,10 +239,14 @@ def guard(
                         code="missing_token",
                     )
                 return redirect(url_for("auth.login", next=request.full_path))
-            if scope is not None and is_api_request():
-                if g.token is None or scope not in g.token.scope_set:
+            target, act = obj.format(**kwargs), action.format(**kwargs)
+            if is_api_request():
+                held = g.token.scope_set if g.get("token") is not None else set()
+                if not scopes or not held & set(scopes):
+                    _record_refusal(user, act, target, "insufficient_scope")
+                    needed = " or ".join(repr(s) for s in scopes) or "a declared"
                     raise Forbidden(
-                        f"this API token lacks the {scope!r} scope; create one that has it.",
+                        f"this API token lacks the {needed} scope; create one that has it.",
                         code="insufficient_scope",
                     )
             if (
@@ -194,7 +256,6 @@ def guard(
             ):
                 flash("Choose your own password before you go on.", "info")
                 return redirect(url_for("auth.password"))
-            target, act = obj.format(**kwargs), action.format(**kwargs)
             is_owner = bool(owner(user, **kwargs)) if owner is not None else False
             if domain is not None:
                 ok = get_policy().allowed(
@@ -206,17 +267,34 @@ def guard(
                     refresh=False,
                 )
             else:
-                ok = any(
-                    policies.allowed(role, act, target, owner=is_owner) for role in roles_of(user)
-                )
+                ok = may(user, act, target, owner=is_owner)
             if not ok:
+                _record_refusal(user, act, target, "forbidden")
                 raise Forbidden(f"you may not {act} {target}.")
             return view(*args, **kwargs)
 
         wrapper._cleanroom_guard = (action, obj, domain)  # type: ignore[attr-defined]
+        wrapper._cleanroom_scopes = scopes  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
+
+
+def check_api_scopes(app: Flask) -> None:
+    """Refuse an app in which a guarded route under ``/api/`` declares no token scope.
+    (JupyterHub's service endpoints take the service secret, not a token: not guarded.)"""
+    missing = sorted(
+        f"{rule.rule} ({rule.endpoint})"
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api/")
+        and getattr(app.view_functions[rule.endpoint], "_cleanroom_guard", None)
+        and not getattr(app.view_functions[rule.endpoint], "_cleanroom_scopes", ())
+    )
+    if missing:
+        raise RuntimeError(
+            "every API route must declare the token scopes it accepts "
+            f"(guard(..., scope=...)); these do not: {', '.join(missing)}"
+        )
 
 
 def open_endpoint(view: F) -> F:
@@ -243,7 +321,9 @@ def _render_error(status: int, code: str, message: str) -> Response:
 def _handle_cleanroom(err: CleanroomError) -> Response:
     if err.status >= 500:
         log.error("%s: %s", err.code, err.message)
-    return _render_error(err.status, err.code, err.message)
+    resp = _render_error(err.status, err.code, err.message)
+    resp.headers.update(getattr(err, "headers", None) or {})  # e.g. Retry-After on a 429
+    return resp
 
 
 def _handle_csrf(err: CSRFError) -> Response:
@@ -254,7 +334,37 @@ def _handle_csrf(err: CSRFError) -> Response:
     )
 
 
+#: Endpoints that take an uploaded file: a body refused for its size there (413, before the
+#: view runs) is a refused upload, and recorded as one.
+UPLOAD_ENDPOINTS = frozenset({"datasets.upload", "uploads_api.api_upload"})
+
+
+def _record_too_large() -> None:
+    try:
+        who = actor()
+    except CleanroomError:  # a bad token: refused for that too, and recorded there
+        who = "anonymous"
+    db = get_db()
+    db.rollback()
+    user = g.get("user")
+    record(
+        db,
+        actor=who,
+        action="upload.refused",
+        target=f"institution:{user.institution.slug if user and user.institution else '-'}",
+        detail={
+            "reason": "too_large",
+            "status": 413,
+            "table": request.args.get("table", "")[:64],
+            "filename": request.args.get("filename", "")[:200],
+        },
+    )
+    db.commit()
+
+
 def _handle_http(err: HTTPException) -> Response:
+    if err.code == 413 and request.endpoint in UPLOAD_ENDPOINTS:
+        _record_too_large()
     code = (err.name or "error").lower().replace(" ", "_")
     messages = {
         404: "there is nothing at this address.",
@@ -324,8 +434,6 @@ def init_app(app: Flask) -> None:
         user = g.get("user")
 
         def can(action: str, obj: str) -> bool:
-            return user is not None and any(
-                policies.allowed(role, action, obj) for role in roles_of(user)
-            )
+            return may(user, action, obj)
 
         return {"current_user": user, "can": can}

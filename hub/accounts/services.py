@@ -15,6 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, joinedload
 
+import policies
 from hub.accounts import passwords
 from hub.accounts.models import (
     ApiToken,
@@ -40,6 +41,25 @@ USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 MIN_PASSWORD = 12  # the default of the `password_min_length` setting
 TOKEN_SCOPES = ("upload", "sandbox", "read")
 TOKEN_RE = re.compile(r"^crt_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{20,})$")
+
+
+# Access ------------------------------------------------------------------------------------
+
+
+def roles_of(user: User) -> tuple[str, ...]:
+    """The roles a user holds for :mod:`policies`: their one role, and ``output_checker``
+    when the steward named them so (they review release requests). The one place that turns
+    a user into policy subjects; nothing else reads a role to decide."""
+    return (user.role, "output_checker") if user.is_output_checker else (user.role,)
+
+
+def may(user: User | None, action: str, obj: str, *, owner: bool = False) -> bool:
+    """May ``user`` (active) do ``action`` on ``obj``, as the global rules of :mod:`policies`
+    decide for any of their roles? Agreement-scoped questions go to the process's
+    :class:`policies.store.SyncedPolicy` with the user as subject instead."""
+    if user is None or not user.is_active:
+        return False
+    return any(policies.allowed(role, action, obj, owner=owner) for role in roles_of(user))
 
 
 # Passwords ---------------------------------------------------------------------------------

@@ -121,6 +121,15 @@ def password() -> ResponseReturnValue:
         )
     except CleanroomError as err:
         db.rollback()
+        if err.code == "wrong_password":  # a signed-in browser failing the password check
+            record(
+                db,
+                actor=actor(),
+                action="password.failure",
+                target=f"user:{user.username}",
+                detail={"reason": "wrong current password"},
+            )
+            db.commit()
         flash(err.message, "error")
         return render_template(
             "password.html",

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session, contains_eager
 
+from contracts.agreements import RESEARCHER as AGREEMENT_RESEARCHER
 from contracts.agreements import (
     TEMPLATES,
     Agreement,
@@ -34,14 +35,15 @@ from contracts.agreements import (
     contributing_institutions,
     load_agreement,
 )
-from hub.accounts.models import Institution, Role, User
+from hub.accounts.models import Institution, User
+from hub.accounts.services import may
 from hub.agreements.models import AgreementRecord, AgreementSignature
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound, without_repeats
 from hub.ingest.models import DatasetVersion, VersionState
 from policies import store
-from policies.enforcer import Rule, parse_window, user_subject
+from policies.enforcer import PolicyEngine, Rule, parse_window, user_subject
 from policies.store import SyncedPolicy
 
 EVENTS = tuple(e.value for e in Event)
@@ -139,14 +141,13 @@ def subjects(session: Session, agreement: Agreement) -> Subjects:
     }
     admins: dict[str, list[User]] = {}
     for slug, inst in insts.items():
+        # A party's admins: its users whom the policy lets sign agreements for it.
         admins[slug] = [
             u
             for u in session.scalars(
-                select(User)
-                .where(User.institution_id == inst.id, User.role == Role.CONTRIBUTOR_ADMIN)
-                .order_by(User.id)
+                select(User).where(User.institution_id == inst.id).order_by(User.id)
             )
-            if u.is_active
+            if may(u, "sign", "agreements")
         ]
     recipients = {
         insts[p.institution].id for p in agreement.parties if p.recipient and p.institution in insts
@@ -160,10 +161,10 @@ def subjects(session: Session, agreement: Agreement) -> Subjects:
         user = named.get(name)
         if user is None:
             unmatched.append(f"{name}: no such user")
-        elif user.role != Role.RESEARCHER:
-            unmatched.append(f"{name}: is a {user.role}, not a researcher")
         elif not user.is_active:
             unmatched.append(f"{name}: account disabled")
+        elif not may(user, "query", "sandbox"):  # who may be named: who may use the sandbox
+            unmatched.append(f"{name}: is a {user.role}, not a researcher")
         elif user.institution_id not in recipients:
             where = user.institution.slug if user.institution else "no institution"
             unmatched.append(f"{name}: belongs to {where}, not to a recipient party")
@@ -339,7 +340,7 @@ def transition(session: Session, stored: AgreementRecord, event: str, *, actor: 
 
 def sign(session: Session, stored: AgreementRecord, user: User, *, actor: str) -> State:
     """The user's institution signs the current terms; the last signature activates."""
-    if user.role != Role.CONTRIBUTOR_ADMIN or user.institution is None:
+    if user.institution is None or not may(user, "sign", "agreements"):
         raise Forbidden("only an institution's contributor admin signs agreements for it.")
     before = contract_of(stored)
     institution = user.institution.slug
@@ -441,6 +442,17 @@ def may_query(
     obj = f"data/{table}" if column is None else f"data/{table}/{column}"
     return policy.allowed(
         user_subject(user.id), action, obj, domain=f"agreement:{agreement_slug}", refresh=refresh
+    )
+
+
+def in_force(policy: SyncedPolicy | PolicyEngine, agreement_slug: str, table: str) -> bool:
+    """Does the agreement grant access to ``table``'s pooled data now (active, within its
+    validity window, covering the table)? Asked of the policy as the database holds it (a
+    :class:`SyncedPolicy` refreshes; a job reads the rules afresh): a suspension committed
+    by any process counts at once. (The agreement's researcher role holds ``query`` on the
+    table exactly then.)"""
+    return policy.allowed(
+        AGREEMENT_RESEARCHER, "query", f"data/{table}", domain=f"agreement:{agreement_slug}"
     )
 
 

@@ -34,7 +34,7 @@ from hub.errors import CleanroomError, NotFound, web_text
 from hub.gateway import services as gateway_services
 from hub.releases import services as releases
 from hub.releases.models import ReleaseRequest
-from hub.web import actor, agreement_domain, current_user, get_policy, guard
+from hub.web import actor, agreement_domain, current_user, get_policy, guard, may
 from policies import store
 from policies.enforcer import user_subject
 from policies.explorer import reachable, who_can
@@ -388,11 +388,7 @@ def _form_context(db: Any) -> dict[str, Any]:
     """What the agreement form offers: the hub's institutions, its researchers, the CDM."""
     return {
         "institutions": db.scalars(select(Institution).order_by(Institution.name)).all(),
-        "researchers": db.scalars(
-            select(User)
-            .where(User.role == Role.RESEARCHER, User.is_active.is_(True))
-            .order_by(User.display_name, User.username)
-        ).all(),
+        "researchers": _nameable(db),
         "cdm": load_cdm(),
         "disclosure_fields": forms.DISCLOSURE_FIELDS,
         "disclosure_flags": forms.DISCLOSURE_FLAGS,
@@ -401,8 +397,17 @@ def _form_context(db: Any) -> dict[str, Any]:
 
 def _known(db: Any) -> tuple[list[str], list[str]]:
     insts = list(db.scalars(select(Institution.slug)))
-    people = list(db.scalars(select(User.username).where(User.role == Role.RESEARCHER)))
+    people = [u.username for u in _nameable(db)]
     return insts, people
+
+
+def _nameable(db: Any) -> list[User]:
+    """Who may be named a researcher on an agreement: the active users the policy lets use
+    the sandbox (query), by name."""
+    found = db.scalars(
+        select(User).where(User.is_active.is_(True)).order_by(User.display_name, User.username)
+    )
+    return [u for u in found if may(u, "query", "sandbox")]
 
 
 def _description(text: str) -> str:

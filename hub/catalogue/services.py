@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import policies
 from contracts.agreements import Agreement, State, contributing_institutions
 from contracts.cdm import Column, ColumnType, CommonDataModel, IdentifierClass, Table, load_cdm
 from hub.accounts.models import Institution, User
+from hub.accounts.services import may
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord
 from hub.errors import CleanroomError, NotFound
@@ -318,9 +318,7 @@ def patient_tables() -> tuple[str, ...]:
 
 
 def _may(user: User, action: str, obj: str) -> bool:
-    from hub.web import roles_of
-
-    return any(policies.allowed(role, action, obj) for role in roles_of(user))
+    return may(user, action, obj)
 
 
 def concerning(

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hub.accounts import services as accounts
-from hub.accounts.models import ApiToken, Role, User
+from hub.accounts.models import ApiToken, User
 from hub.audit.services import record
 from hub.db import get_db, utcnow
 from hub.errors import BadRequest, Unauthorized
@@ -73,6 +73,15 @@ def service_guard(view: F) -> F:
             or not presented
             or not hmac.compare_digest(presented.encode(), expected.encode())
         ):
+            db = get_db()
+            record(
+                db,
+                actor="anonymous",
+                action="access.refused",
+                target=f"route:{request.endpoint}",
+                detail={"reason": "service_secret_required", "path": request.path[:500]},
+            )
+            db.commit()
             raise Unauthorized(
                 "this endpoint is for the sandbox's JupyterHub and needs its service secret.",
                 code="service_secret_required",
@@ -90,7 +99,7 @@ def sandbox_agreements(session: Session, policy: SyncedPolicy, user: User) -> li
     """The agreements under which ``user`` may query at least one table now."""
     from hub.agreements import services as agreements
 
-    if user.role != Role.RESEARCHER or not user.is_active:
+    if not accounts.may(user, "query", "sandbox"):
         return []
     return [q.stored.slug for q in agreements.queryable(session, policy, user)]
 
@@ -157,7 +166,7 @@ def login() -> ResponseReturnValue:
                 "Your password was set by someone else: sign in to the Cleanroom portal, "
                 "choose your own, then come back."
             )
-        elif user.role != Role.RESEARCHER:
+        elif not accounts.may(user, "query", "sandbox"):
             reason = (
                 "The notebook sandbox is for researchers. Your Cleanroom account is a "
                 f"{user.role.replace('_', ' ')} account: use the portal instead."

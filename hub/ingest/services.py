@@ -32,7 +32,7 @@ from contracts.cdm import CommonDataModel, Table, load_cdm
 from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
-from hub.errors import BadRequest, Conflict, NotFound
+from hub.errors import BadRequest, CleanroomError, Conflict, NotFound
 from hub.exports import SafeWriter, formula_cells
 from hub.ingest import deid
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
@@ -47,6 +47,7 @@ from hub.ingest.parsing import (
     sniff,
 )
 from hub.ingest.validation import Rule, report_csv, validate
+from hub.jobs import tasks as job_tasks
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -211,7 +212,7 @@ def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
     return json.loads(row.mapping) if row else {}
 
 
-def _fail(database: Database, storage: Storage, version_id: int, error: IngestError) -> None:
+def _fail(database: Database, storage: Storage, version_id: int, error: CleanroomError) -> None:
     """The file cannot be ingested: say why, and keep nothing of it (the record stays, as
     history; the quarantine objects go once the state says so). The reason may quote the
     file, so the ledger, which the steward reads, gets only its kind."""
@@ -239,11 +240,32 @@ def _read(ctx: JobContext, version: DatasetVersion, path: Path, sheet: str | Non
     return read_table(path, FileKind(version.file_kind), sheet=sheet or None)
 
 
+def _recheck(ctx: JobContext, storage: Storage, version_id: int) -> None:
+    """Before it reads the file, the job asks the policy again whether whoever queued it may
+    still work on the version (an active user of its institution with the ``map`` right):
+    a user disabled, moved or given another role while the job waited is refused, the
+    version fails (nothing of the file kept) and the ledger says why."""
+    with ctx.database.session() as s:
+        institution = get_version(s, version_id).institution_id
+    try:
+        job_tasks.recheck(
+            ctx,
+            "map",
+            f"datasets/{version_id}",
+            owner=lambda user: user.institution_id == institution,
+            what="process this upload",
+        )
+    except job_tasks.JobRefused as err:
+        _fail(ctx.database, storage, version_id, err)
+        raise
+
+
 @task("ingest.profile")
 def profile_job(ctx: JobContext) -> dict[str, Any]:
     """Parse the upload and propose a column mapping."""
     version_id = int(ctx.payload["version_id"])
     storage = get_storage(ctx.settings)
+    _recheck(ctx, storage, version_id)
     with ctx.database.session() as s:
         version = get_version(s, version_id)
         version.state = VersionState.PROFILING
@@ -648,6 +670,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     Runs again, with the contributor's stronger choices, when they ask for them."""
     version_id = int(ctx.payload["version_id"])
     storage = get_storage(ctx.settings)
+    _recheck(ctx, storage, version_id)
     chain = ctx.settings.key_chain
     with ctx.database.session() as s:
         version = get_version(s, version_id)

@@ -21,15 +21,16 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
 from sqlalchemy import select
 
-import policies
 from hub.accounts.models import User
+from hub.audit.services import record
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound
+from hub.exports import record_export
 from hub.ingest import services
 from hub.ingest.deid import STRONGER, action_words, class_words, evidence_words
 from hub.ingest.models import ACTIVE_STATES, DatasetVersion
 from hub.jobs.models import Job
-from hub.web import actor, current_user, guard
+from hub.web import actor, current_user, guard, may
 from hub.web import app_settings as _settings
 from hub.web import app_storage as _storage
 
@@ -89,12 +90,19 @@ def _sees_content(user: User, version: DatasetVersion) -> bool:
     category values, the header's names)? :mod:`policies` decides: the uploading
     institution's own users; the steward gets the content-free record."""
     own = user.institution_id is not None and version.institution_id == user.institution_id
-    return policies.allowed(user.role, "read", f"datasets/{version.id}/content", owner=own)
+    return may(user, "read", f"datasets/{version.id}/content", owner=own)
+
+
+#: A version of another institution, as the policy is asked about it (``datasets/:id``
+#: with ``owner`` false).
+ANOTHER_INSTITUTIONS_VERSION = "datasets/others"
 
 
 def _visible_versions(user: User) -> list[DatasetVersion]:
     q = select(DatasetVersion).order_by(DatasetVersion.id.desc()).limit(200)
-    if user.institution_id is not None and user.role != "steward":
+    # Whoever may read a version that is not their own institution's (the steward: the
+    # content-free record) lists every institution's; everyone else their own.
+    if not may(user, "read", ANOTHER_INSTITUTIONS_VERSION, owner=False):
         q = q.where(DatasetVersion.institution_id == user.institution_id)
     return list(get_db().scalars(q))
 
@@ -123,6 +131,27 @@ def _user() -> User:
 def _version(version: DatasetVersion) -> dict[str, Any]:
     """``version`` as JSON for the signed-in caller (content-free unless theirs)."""
     return services.version_dict(version, content=_sees_content(_user(), version))
+
+
+def _record_refused(table: str, filename: str, err: CleanroomError) -> None:
+    """An ``upload.refused`` entry: who tried to upload what, and why it was refused (the
+    rule's code, never the file's content)."""
+    user = _user()
+    db = get_db()
+    db.rollback()
+    record(
+        db,
+        actor=f"user:{user.username}",
+        action="upload.refused",
+        target=f"institution:{user.institution.slug if user.institution else '-'}",
+        detail={
+            "reason": err.code,
+            "status": err.status,
+            "table": table[:64],
+            "filename": filename[:200],
+        },
+    )
+    db.commit()
 
 
 def _upload(
@@ -166,6 +195,8 @@ def index() -> ResponseReturnValue:
 @bp.route("", methods=["POST"])
 @guard("upload", "datasets")
 def upload() -> ResponseReturnValue:
+    # A body over the declared limit is refused (413) before this view, and recorded, by
+    # hub.web's error handler.
     file = request.files.get("file")
     table = request.form.get("table", "")
     if file is None or not file.filename:
@@ -180,6 +211,7 @@ def upload() -> ResponseReturnValue:
             additional=_flag(request.form.get("additional_rows")),
         )
     except CleanroomError as err:
+        _record_refused(table, file.filename, err)
         flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.index")), 303
     flash(
@@ -391,7 +423,14 @@ def download(version_id: int, which: str) -> ResponseReturnValue:
     if not key:
         raise NotFound("this report is not available (yet, or any more).")
     name = f"{version.cdm_table}-v{version.version}-{which}.csv"
-    get_db().rollback()  # hold no transaction while a slow client reads the file
+    record_export(
+        get_db(),
+        actor=actor(),
+        target=f"dataset:{version.id}",
+        fmt="csv",
+        detail={"file": which, "table": version.cdm_table, "version": version.version},
+    )
+    get_db().commit()  # recorded before the first byte leaves; no transaction while it streams
     return Response(
         stream_with_context(_storage().iter_chunks(key)),
         mimetype="text/csv",
@@ -408,7 +447,22 @@ def api_upload() -> ResponseReturnValue:
     """Raw body (``Content-Type: application/octet-stream``) streamed straight to the store;
     ``table``, ``filename`` and optional ``sheet`` and ``additional_rows=true`` (keep the
     released version beside this one instead of replacing it) as query parameters. A
-    multipart form with a ``file`` field is accepted too."""
+    multipart form with a ``file`` field is accepted too. A refused upload leaves an
+    ``upload.refused`` entry in the ledger."""
+    table, filename = request.args.get("table", ""), request.args.get("filename", "")
+    try:
+        version = _api_upload()
+    except CleanroomError as err:
+        _record_refused(table, filename, err)
+        raise
+    return (
+        jsonify({**_version(version), **_next_steps(version)}),
+        201,
+        {"Location": url_for("uploads_api.api_show", version_id=version.id)},
+    )
+
+
+def _api_upload() -> DatasetVersion:
     table = request.args.get("table") or request.form.get("table", "")
     sheet = request.args.get("sheet") or request.form.get("sheet", "")
     additional = _flag(request.args.get("additional_rows") or request.form.get("additional_rows"))
@@ -416,20 +470,14 @@ def api_upload() -> ResponseReturnValue:
         file = request.files.get("file")
         if file is None:
             raise BadRequest("the form has no `file` field.")
-        version = _upload(table, file.filename or "upload", file.stream, sheet, additional)
-    else:
-        filename = request.args.get("filename", "")
-        if not filename:
-            raise BadRequest(
-                "give the file's name as ?filename=… (its type is checked by "
-                "content, the name is kept for your records)."
-            )
-        version = _upload(table, filename, request.stream, sheet, additional)
-    return (
-        jsonify({**_version(version), **_next_steps(version)}),
-        201,
-        {"Location": url_for("uploads_api.api_show", version_id=version.id)},
-    )
+        return _upload(table, file.filename or "upload", file.stream, sheet, additional)
+    filename = request.args.get("filename", "")
+    if not filename:
+        raise BadRequest(
+            "give the file's name as ?filename=… (its type is checked by "
+            "content, the name is kept for your records)."
+        )
+    return _upload(table, filename, request.stream, sheet, additional)
 
 
 @api.route("")
@@ -447,8 +495,10 @@ def api_list() -> ResponseReturnValue:
     )
 
 
+# The upload script follows its own upload with the token that sent it (upload scope);
+# a read token reads it too.
 @api.route("/<int:version_id>")
-@guard("read", "datasets/{version_id}", owner=_same_institution)
+@guard("read", "datasets/{version_id}", scope=("read", "upload"), owner=_same_institution)
 def api_show(version_id: int) -> ResponseReturnValue:
     version = services.get_version(get_db(), version_id)
     content = _sees_content(_user(), version)

@@ -28,15 +28,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import policies
 from contracts.agreements import contributing_institutions
-from hub.accounts.models import Institution, Role, User
+from hub.accounts.models import Institution, User
+from hub.accounts.services import may
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound
 from hub.gateway import services as gateway_services
+from hub.jobs import tasks as job_tasks
 from hub.jobs.services import periodic
 from hub.notices.services import notify
 from hub.releases import acro_evidence
@@ -49,6 +50,7 @@ from hub.releases.models import (
 )
 from hub.settings import Settings
 from hub.storage import Storage
+from policies.enforcer import user_subject
 from policies.store import SyncedPolicy
 from sandbox.gateway import Gateway, GatewayError
 from sandbox.gateway import fit as exact_fit
@@ -416,12 +418,12 @@ def may_see(db: Session, user: User, request: ReleaseRequest, action: str = "rea
     obj = f"releases/{request.id}"
     if action == "review":
         return may_review(user, request)
-    if user.is_output_checker and policies.allowed("output_checker", action, obj):
+    if may(user, action, obj, owner=user.id == request.researcher_id):
         return True
-    if user.role == Role.CONTRIBUTOR_ADMIN:
-        mine = user.institution is not None and user.institution.slug in contributing(db, request)
-        return policies.allowed(user.role, action, obj, owner=mine)
-    return policies.allowed(user.role, action, obj, owner=user.id == request.researcher_id)
+    # As a contributing institution's admin: "owner" = its institution's data is in it.
+    if not may(user, action, f"{obj}/contributing", owner=True):
+        return False
+    return user.institution is not None and user.institution.slug in contributing(db, request)
 
 
 def visible(db: Session, user: User) -> list[ReleaseRequest]:
@@ -432,11 +434,9 @@ def visible(db: Session, user: User) -> list[ReleaseRequest]:
 
 def may_review(user: User, request: ReleaseRequest) -> bool:
     """Output checkers review, never their own requests."""
-    if not user.is_output_checker or not user.is_active:
-        return False
     if user.id == request.researcher_id:
         return False
-    return policies.allowed("output_checker", "review", f"releases/{request.id}")
+    return may(user, "review", f"releases/{request.id}")
 
 
 def review(
@@ -638,7 +638,7 @@ def resolve(
 ) -> ReleaseRequest:
     """The steward decides an objection: ``upheld`` rejects the request (the note says
     why); ``dismissed`` lets it go on."""
-    if not policies.allowed(steward.role, "resolve", f"releases/{request.id}"):
+    if not may(steward, "resolve", f"releases/{request.id}"):
         raise Forbidden("the steward resolves objections.")
     if objection.request_id != request.id or objection.resolution:
         raise Conflict("that objection is not open on this request.")
@@ -673,15 +673,31 @@ def resolve(
     return request
 
 
+def still_granted(db: Session, request: ReleaseRequest) -> bool:
+    """Does the agreement still stand for the request's researcher at the moment its outputs
+    would leave? Asked of the policy as the database holds it now (an agreement suspended,
+    terminated or expired, or a researcher no longer named or disabled, says no); while it
+    does not, an approved request waits instead of being released."""
+    stored = db.get(AgreementRecord, request.agreement_id)
+    if stored is None or not request.researcher.is_active:
+        return False
+    domain = f"agreement:{stored.slug}"
+    return job_tasks.policy_now(db, domain).allowed(
+        user_subject(request.researcher_id), "read", f"agreements/{stored.slug}", domain=domain
+    )
+
+
 def settle(db: Session, request: ReleaseRequest, now: datetime | None = None) -> bool:
-    """Release an approved request whose window has passed with no open objection; True
-    when it was released now."""
+    """Release an approved request whose window has passed with no open objection, while
+    its agreement still stands for its researcher (:func:`still_granted`); True when it was
+    released now."""
     now = now or utcnow()
     if (
         request.state != "approved"
         or request.window_ends_at is None
         or now < request.window_ends_at
         or open_objections(request)
+        or not still_granted(db, request)
     ):
         return False
     request.state = "released"
@@ -818,6 +834,8 @@ def _link(request: ReleaseRequest) -> str:
 
 def _checkers(db: Session, request: ReleaseRequest) -> list[User]:
     """The output checkers who may review ``request`` (never its author)."""
+    # A data selection (who to notify), narrowed first to those named output checkers; the
+    # policy decides who of them may review.
     found = db.scalars(select(User).where(User.is_output_checker.is_(True)))
     return [u for u in found if may_review(u, request)]
 
@@ -834,9 +852,7 @@ def _admins(db: Session, request: ReleaseRequest) -> list[User]:
 
 
 def _stewards(db: Session) -> list[User]:
-    return [
-        u for u in db.scalars(select(User)) if policies.allowed(u.role, "resolve", "releases/0")
-    ]
+    return [u for u in db.scalars(select(User)) if may(u, "resolve", "releases/0")]
 
 
 def _log(

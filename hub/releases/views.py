@@ -31,12 +31,12 @@ from hub.agreements import services as agreement_services
 from hub.agreements.models import AgreementRecord
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, Forbidden, NotFound
-from hub.exports import SafeWriter, xlsx_bytes
+from hub.exports import SafeWriter, record_export, xlsx_bytes
 from hub.gateway import services as gateway_services
 from hub.gateway.views import app_gateway
 from hub.releases import services
 from hub.releases.models import ReleaseComment, ReleaseObjection, ReleaseOutput, ReleaseRequest
-from hub.web import app_settings, current_user, get_policy, guard
+from hub.web import actor, app_settings, current_user, get_policy, guard
 from sandbox.gateway import GatewayError
 from sandbox.gateway import fit as exact_fit
 from sandbox.gateway.sql import check_query
@@ -830,6 +830,14 @@ def download(request_id: int, position: int, fmt: str) -> ResponseReturnValue:
                 [f"result hash {item['result_hash']}"],
             ]
             name = f"release-{request_id}-{position}.{fmt}"
+            record_export(
+                get_db(),
+                actor=actor(),
+                target=f"release:{request_id}",
+                fmt=fmt,
+                detail={"output": position, "result_hash": item["result_hash"]},
+            )
+            get_db().commit()
             if fmt == "csv":
                 out = io.StringIO()
                 writer = SafeWriter(out)

@@ -53,6 +53,7 @@ from hub.errors import BadRequest, Conflict, NotFound
 from hub.ingest.models import DatasetVersion, VersionState
 from hub.ingest.services import cdm_table
 from hub.jobs import services as jobs
+from hub.jobs import tasks as job_tasks
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -613,10 +614,54 @@ def _all_or_none(reports: dict[str, dict[str, Any]], group: dict[str, Any]) -> l
     return failed
 
 
+def _recheck(ctx: JobContext, ids: Sequence[int]) -> None:
+    """Before it reads the pool, the job asks the policy again: may whoever queued it still
+    have it made, and does the agreement (for an agreement's tables) still grant its data?
+    When not, the versions fail and the job stops with the reason (and a ledger entry)."""
+    with ctx.database.session() as s:
+        members = [get(s, i) for i in ids]
+        version_id, slug = members[0].dataset_version_id, members[0].agreement_slug
+        tables = [m.cdm_table for m in members]
+        version = s.get(DatasetVersion, version_id) if version_id is not None else None
+        institution = version.institution_id if version is not None else None
+        who, _user = job_tasks.queued_by(s, ctx.job_id)
+        off: list[str] = []
+        if slug:  # an agreement's pooled tables: does the agreement still grant them?
+            policy = job_tasks.policy_now(s, f"agreement:{slug}")
+            off = [t for t in tables if not agreements.in_force(policy, slug, t)]
+    try:
+        if version_id is not None:
+            job_tasks.recheck(
+                ctx,
+                "synthesise",
+                f"datasets/{version_id}",
+                owner=lambda user: user.institution_id == institution,
+                what="have this version synthesised",
+            )
+            return
+        job_tasks.recheck(ctx, "synthesise", "synthetic", what="have syntheses made")
+        if off:
+            job_tasks.refuse(
+                ctx,
+                who,
+                "synthesise",
+                f"agreement:{slug}",
+                f"stopped: agreement `{slug}` no longer grants its {', '.join(off)} data "
+                "(suspended, terminated or expired while the synthesis waited); nothing was "
+                "read. Synthesise again once it is active.",
+                reason="agreement not in force",
+                tables=off,
+            )
+    except job_tasks.JobRefused as err:
+        _failed(ctx.database, ids, err.message)
+        raise
+
+
 def _run(ctx: JobContext) -> dict[str, Any]:
     payload = ctx.payload
     ids = [int(i) for i in payload.get("synthetic_ids", [payload.get("synthetic_id")])]
     storage = get_storage(ctx.settings)
+    _recheck(ctx, ids)
     plan, problem = _start(ctx.database, ids)
     if problem:
         _failed(ctx.database, ids, problem)
