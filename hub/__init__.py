@@ -24,6 +24,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.agreements.views import api as agreements_api
     from hub.agreements.views import bp as agreements_bp
     from hub.api.views import bp as api_bp
+    from hub.audit.views import api as ledger_api
+    from hub.audit.views import bp as ledger_bp
+    from hub.auditor.views import api as auditor_api
+    from hub.auditor.views import bp as auditor_bp
     from hub.catalogue.views import api as catalogue_api
     from hub.catalogue.views import bp as catalogue_bp
     from hub.gateway.service import service_api as sandbox_service_api
@@ -92,6 +96,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         notices_api,
         catalogue_bp,
         catalogue_api,
+        auditor_bp,
+        auditor_api,
+        ledger_bp,
+        ledger_api,
     ):
         app.register_blueprint(bp)
     for bp in (
@@ -104,7 +112,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         releases_api,
         notices_api,
         catalogue_api,
+        auditor_api,
+        ledger_api,
     ):
         csrf.exempt(bp)  # bearer tokens only, never cookies: nothing to forge
+    web.check_api_scopes(app)  # every route under /api/ names the token scopes it accepts
     app.register_error_handler(GatewayError, gateway_error)
     return app

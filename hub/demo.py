@@ -39,6 +39,8 @@ USERS = (
     ("kelvin-data", "Lena Fischer", "contributor", "kelvin-institute"),
     ("researcher", "Rosa Ibarra", "researcher", "kelvin-institute"),
     ("checker", "Olu Adeyemi", "steward", "cleanroom-steward"),
+    # An independent auditor: read-only across institutions, belongs to none of them.
+    ("auditor", "Ines Moreau", "auditor", None),
 )
 
 #: The steward's office checks researchers' release requests (docs/releases.md): two
@@ -422,7 +424,9 @@ def demo_seed(hub: Hub, data: bool, patients: int, synthetic: bool, data_dir: st
     click.echo(f"  logins (also in {_logins_file(hub.settings.data_path)}):")
     for username, _display, role, inst in USERS:
         checks = " + output checker" if username in OUTPUT_CHECKERS else ""
-        click.echo(f"    {username:<18} {passwords[username]:<18} {role + checks:<34} {inst}")
+        click.echo(
+            f"    {username:<18} {passwords[username]:<18} {role + checks:<34} {inst or '—'}"
+        )
     click.echo(f"  researcher sandbox token: {researcher_token(hub)}")
     click.echo(f"    e.g. curl -H 'Authorization: Bearer <token>' {url}/api/v1/sandbox/agreements")
     click.echo(

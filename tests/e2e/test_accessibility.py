@@ -23,7 +23,7 @@ from tests.e2e.conftest import LiveServer, sign_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 
-ROLES = ("steward", "northbridge-admin", "northbridge-data", "researcher")
+ROLES = ("steward", "northbridge-admin", "northbridge-data", "researcher", "auditor")
 # Not pages: the API, files, scripts and style sheets, plots (SVG), the health check.
 SKIP_PREFIXES = ("/api/", "/static/", "/healthz")
 SKIP_SUFFIXES = (".csv", ".xlsx", ".js", ".css", ".json", "/plots/<name>")

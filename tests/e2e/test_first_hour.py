@@ -449,3 +449,34 @@ def test_an_output_checkers_first_hour(fresh_page: Page, demo: Demo, shots: Path
     expect(page.locator("main")).to_contain_text(title)
     walk.check("releases")
     walk.finish()
+
+
+def test_an_auditors_first_hour(fresh_page: Page, demo: Demo, shots: Path) -> None:
+    """The demo's auditor reads the period's events the Five Safes way, an agreement with its
+    compiled policy and spending, the ledger, and downloads the period's events."""
+    page = fresh_page
+    walk = Walk(page, demo, "auditor", shots)
+    walk.sign_in("auditor", "Ines Moreau")
+    expect(page.get_by_test_id("auditor-card")).to_be_visible()
+    walk.nav("Audit")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Audit")
+    safes = page.get_by_test_id("safes")
+    for safe in ("people", "projects", "settings", "data", "outputs"):
+        expect(safes).to_contain_text(f"Safe {safe}")
+    # The demo's seed signed agreements and released data today: counted, not zero.
+    expect(safes.locator('tr[data-safe="projects"] td').nth(1)).not_to_have_text("0")
+    expect(safes.locator('tr[data-safe="data"] td').nth(1)).not_to_have_text("0")
+    walk.check("overview")
+    with page.expect_download() as download:
+        page.get_by_test_id("export-jsonl").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert '"record": "checkpoint"' in lines[0] and len(lines) > 10
+    page.get_by_test_id("agreements").get_by_role("link", name=re.compile("manufacturing")).click()
+    expect(page.get_by_test_id("policy-words")).to_contain_text("researcher")
+    expect(page.get_by_test_id("spending")).to_be_visible()
+    expect(page.locator("main form")).to_have_count(0)  # read-only: nothing to submit
+    walk.check("agreement")
+    page.get_by_role("link", name="its ledger entries").click()
+    expect(page.get_by_role("heading", level=1)).to_be_visible()
+    walk.check("ledger")
+    walk.finish()
