@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 DEFAULT_PATH = Path(__file__).with_name("cdm.yaml")
+CHANGELOG_PATH = Path(__file__).with_name("CDM-CHANGELOG.md")  # one entry per CDM version
 
 
 class IdentifierClass(StrEnum):
@@ -103,10 +104,11 @@ class Relationship:
 
 @dataclass(frozen=True)
 class CommonDataModel:
-    """The whole contract: a version and its tables."""
+    """The whole contract: a version (semantic, ``MAJOR.MINOR.PATCH``) and its tables."""
 
     version: str
     tables: tuple[Table, ...]
+    description: str = ""
 
     def table(self, name: str) -> Table:
         for table in self.tables:
@@ -148,6 +150,7 @@ _COLUMN_KEYS = _COLUMN_REQUIRED | {
     "standard",
 }
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_SEMVER_RE = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 _NUMERIC = {ColumnType.INTEGER, ColumnType.NUMBER}
 
 
@@ -185,6 +188,11 @@ def load_cdm(path: Path | None = None) -> CommonDataModel:
     if path is None:
         return _load_default()
     return _load(Path(path))
+
+
+def cdm_version(path: Path | None = None) -> str:
+    """The contract's semantic version (``"1.0.0"``), as declared in its YAML file."""
+    return load_cdm(path).version
 
 
 @lru_cache(maxsize=1)
@@ -242,11 +250,17 @@ def _build(raw: Any) -> CommonDataModel:
             f"not the number {version!r}"
         )
     version = _text(version, "top level: `version`")
+    if not _SEMVER_RE.match(version or ""):
+        raise ValueError(
+            f"top level: `version` must be a semantic version MAJOR.MINOR.PATCH such as "
+            f'"1.0.0", not {version!r}'
+        )
+    description = _text(raw.get("description"), "top level: `description`", optional=True)
     tables_raw = raw.get("tables")
     if not isinstance(tables_raw, dict) or not tables_raw:
         raise ValueError("top level: `tables` must be a non-empty mapping of table name to table")
     tables = tuple(_build_table(name, spec) for name, spec in tables_raw.items())
-    cdm = CommonDataModel(version=version or "", tables=tables)
+    cdm = CommonDataModel(version=version or "", tables=tables, description=description or "")
     _check_references(cdm)
     return cdm
 
@@ -529,7 +543,59 @@ def render_markdown(cdm: CommonDataModel) -> str:
                 )
                 + " |"
             )
+    out += ["", _CONTRACT_SECTION.format(version=cdm.version).rstrip()]
+    from contracts.fhir import render_markdown as fhir_section  # it imports this module
+
+    out += ["", fhir_section().rstrip()]
     return "\n".join(out) + "\n"
+
+
+# Hand-written, kept here because docs/cdm.md is generated whole from this module.
+_CONTRACT_SECTION = """\
+## The CDM as a data contract
+
+The model is a contract other projects can build on, not only Cleanroom's own format.
+
+**Versions.** This is version {version}. The version is a semantic version: a new *major*
+version can make a valid file invalid or change what a value means (a column removed or
+renamed, a range narrowed, an allowed value withdrawn, an optional column made required);
+a new *minor* version only adds (a table, an optional column, an allowed value, a wider
+range); a *patch* changes wording, synonyms or references to standards. Each version is
+described in `contracts/CDM-CHANGELOG.md`, newest first. `cleanroom cdm version` prints the
+current one; in Python, `contracts.cdm.cdm_version()`.
+
+**Exports.** Two standard forms of the same contract, written by
+`cleanroom cdm export --format jsonschema|frictionless --out FOLDER` (or returned as
+dictionaries by `contracts.export.json_schemas()` and `contracts.export.data_package()`):
+
+- `jsonschema`: one JSON Schema (draft 2020-12) per table, `<table>.schema.json`, for one
+  row as a JSON object: each column's type, the required columns, allowed values as `enum`,
+  ranges as `minimum`/`maximum`, dates as `YYYY-MM-DD` and times as `YYYY-MM-DDThh:mm:ss`
+  (a UTC offset allowed); an optional column may be `null` or left out, an unknown column
+  is refused. Unit and description are in each column's `description`; what JSON Schema
+  cannot express is in annotations validators ignore: `x-cleanroom-class` (the identifier
+  class), `x-cleanroom-unit`, `x-cleanroom-alternate-units`, `x-cleanroom-references`,
+  `x-cleanroom-standard`, `x-cleanroom-synonyms`, and per table
+  `x-cleanroom-primary-key` and `x-cleanroom-cdm-version`.
+- `frictionless`: a Frictionless Data Package, `datapackage.json`, with one tabular
+  resource per table (`<table>.csv`); each Table Schema lists the fields with their `type`,
+  `constraints` (`required`, `enum`, `minimum`, `maximum`) and `description`, the primary
+  key and the foreign keys of the relationships above.
+
+Both describe rows as a contributor maps them: CDM column names, canonical units (convert
+the alternate units first), real dates, before de-identification. The pool researchers
+query differs: identifiers are pseudonyms, dates are day offsets, direct identifiers are
+gone.
+
+**Using them in another project.** Export once and keep the files with the project,
+named by version. To check rows a system produces before sending them, validate each
+row with any draft 2020-12 validator, for example in Python
+`jsonschema.Draft202012Validator(schema).iter_errors(row)`. To check a folder of CSV files,
+write one file per table named after it (`episode.csv`, `batch.csv`, …) beside
+`datapackage.json` and run `frictionless validate datapackage.json`; it checks types,
+required cells, allowed values, ranges, primary keys and the references between the files.
+When the CDM's major version changes, read its changelog entry before updating the files.
+"""
 
 
 if __name__ == "__main__":

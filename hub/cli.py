@@ -266,6 +266,7 @@ def _register() -> None:
     from hub.accounts.cli import institution, token, user
     from hub.agreements.cli import agreement
     from hub.audit.cli import audit
+    from hub.cdm_cli import cdm
     from hub.demo import demo
     from hub.demodata.cli import demo_data
     from hub.gateway.cli import sandbox
@@ -287,6 +288,7 @@ def _register() -> None:
         agreement,
         sandbox,
         synth,
+        cdm,
     ):
         cli.add_command(command)
 

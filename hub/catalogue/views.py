@@ -112,6 +112,26 @@ def api_catalogue() -> ResponseReturnValue:
     return jsonify(services.catalogue())
 
 
+@api.route("/catalogue/schema")
+@guard("read", "catalogue", scope="read")
+def api_schema() -> ResponseReturnValue:
+    """The common data model as a data contract others can use (docs/cdm.md):
+    ``?format=jsonschema`` (one JSON Schema per table, the default) or
+    ``?format=frictionless`` (a Frictionless Data Package)."""
+    from contracts import export
+    from contracts.cdm import cdm_version
+
+    form = request.args.get("format", "jsonschema")
+    if form == "jsonschema":
+        return jsonify({"version": cdm_version(), "tables": export.json_schemas()})
+    if form == "frictionless":
+        return jsonify(export.data_package())
+    raise BadRequest(
+        f"format {form[:40]!r}: ask for format=jsonschema (one JSON Schema per table) or "
+        "format=frictionless (a Frictionless Data Package)."
+    )
+
+
 @api.route("/catalogue/<table>")
 @guard("read", "catalogue", scope="read")
 def api_table(table: str) -> ResponseReturnValue:

@@ -390,3 +390,33 @@ def test_pages_show_tables_and_only_the_agreements_that_concern_the_reader(
     auth.login("rosa")
     text = client.get("/catalogue/agreements/v2v").get_data(as_text=True)
     assert "about 70" in text and 'href="/agreements/v2v"' in text  # she may read the terms
+
+
+def test_the_cdm_is_served_as_a_data_contract(
+    client: FlaskClient, users: Users, database: Database, settings: Settings
+) -> None:
+    """``/api/v1/catalogue/schema``: one JSON Schema per table that refuses a row with a
+    column the CDM lacks (tests/unit/contracts/test_export.py validates real rows); the
+    Frictionless package names every table; an unknown format is explained."""
+    import jsonschema
+
+    users.make("nadia", "researcher")
+    headers = bearer(database, settings, "nadia", ("read",))
+    found = client.get("/api/v1/catalogue/schema", headers=headers)
+    assert found.status_code == 200
+    body = found.get_json()
+    cdm = load_cdm()
+    assert body["version"] == cdm.version and set(body["tables"]) == set(cdm.table_names)
+    schema = body["tables"]["episode"]
+    row = {c.name: None for c in cdm.table("episode").columns if not c.required}
+    validator = jsonschema.Draft202012Validator(schema)
+    assert list(validator.iter_errors({**row, "unexpected_column": 1}))  # refused
+    package = client.get("/api/v1/catalogue/schema?format=frictionless", headers=headers)
+    names = {r["name"] for r in package.get_json()["resources"]}
+    assert names == set(cdm.table_names)
+    bad = client.get("/api/v1/catalogue/schema?format=xml", headers=headers)
+    assert bad.status_code == 400 and "format=jsonschema" in bad.get_json()["error"]["message"]
+    refused = client.get(
+        "/api/v1/catalogue/schema", headers=bearer(database, settings, "nadia", ("upload",))
+    )
+    assert refused.status_code == 403
