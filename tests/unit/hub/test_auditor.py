@@ -233,6 +233,8 @@ def test_export_groups_a_period_the_five_safes_way(
     # The overview counts the same events.
     page = client.get(f"/auditor?since={today}&until={today}").get_data(as_text=True)
     assert "Safe outputs" in page and "asked a question of the pooled data (1)" in page
+    data_row = page.split('data-safe="data"')[1].split("</tr>")[0]
+    assert "uploaded a file (1)" in data_row, data_row
 
 
 def test_csv_export_has_every_event_and_neutralises_formulas(
