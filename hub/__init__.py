@@ -30,6 +30,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.auditor.views import bp as auditor_bp
     from hub.catalogue.views import api as catalogue_api
     from hub.catalogue.views import bp as catalogue_bp
+    from hub.fhir_views import api as fhir_api
+    from hub.fhir_views import bp as fhir_bp
     from hub.gateway.service import service_api as sandbox_service_api
     from hub.gateway.views import api as sandbox_api
     from hub.gateway.views import gateway_error
@@ -100,6 +102,8 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         auditor_api,
         ledger_bp,
         ledger_api,
+        fhir_bp,
+        fhir_api,
     ):
         app.register_blueprint(bp)
     for bp in (

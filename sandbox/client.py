@@ -18,6 +18,8 @@ environment, so::
     >>> df.withheld                          # the same as a table: row, column, reason
     >>> cr.fit("batch", ["culture_days", "moi"], "viability")        # linear
     >>> cr.fit("batch", ["viability"], "failed", kind="logistic")
+    >>> cr.synthetic("batch")                # synthetic rows, where the agreement allows
+    >>> cr.synthetic_fhir("batch", path="batch.ndjson")   # the same as FHIR R5 resources
 
 Outside a notebook: ``connect("https://cleanroom.example.org", token="crt_…")``.
 
@@ -37,6 +39,7 @@ notebook a refusal prints one line, the reason and what to do; ``sandbox.verbose
 from __future__ import annotations
 
 import html
+import json
 import os
 import sys
 from typing import Any
@@ -258,6 +261,13 @@ def _raise_for(resp: requests.Response) -> None:
     raise SandboxError(message, code=code, status=resp.status_code)
 
 
+class FhirResources(list[dict[str, Any]]):
+    """FHIR R5 resources (dicts); ``left_out`` names, in a sentence, the columns the hub left
+    out of them (de-identified dates and ranges have no FHIR form), empty when none was."""
+
+    left_out: str = ""
+
+
 class Client:
     """A connection to the gateway (see the module docstring for a tour)."""
 
@@ -461,6 +471,37 @@ class Client:
             body = self._get(f"/synthetic/{table}", agreement=slug, offset=body["next_offset"])
             rows.extend(body["rows"])
         return pd.DataFrame(rows, columns=columns)
+
+    def synthetic_fhir(
+        self,
+        table: str,
+        agreement: str | None = None,
+        *,
+        form: str = "ndjson",
+        path: str | os.PathLike[str] | None = None,
+    ) -> FhirResources:
+        """The whole synthetic version of ``table`` as HL7 FHIR R5 resources (dicts), where
+        the agreement allows synthetic rows. ``form`` is what the gateway sends: ``"ndjson"``
+        (one resource a line) or ``"bundle"`` (one collection Bundle); with ``path`` the
+        file is also saved there as received, for a FHIR server or another tool. Columns
+        FHIR R5 cannot carry are named in ``.left_out``."""
+        if form not in ("ndjson", "bundle"):
+            raise SandboxError(f'form must be "ndjson" or "bundle", not {form!r}.')
+        slug = self._agreement(agreement)
+        resp = self._send(
+            "GET",
+            f"{self.url}/synthetic/{table}",
+            params={"agreement": slug, "format": f"fhir-{form}"},
+        )
+        if path is not None:
+            with open(path, "wb") as fh:
+                fh.write(resp.content)
+        if form == "bundle":
+            found = FhirResources(e["resource"] for e in resp.json().get("entry", []))
+        else:
+            found = FhirResources(json.loads(ln) for ln in resp.text.splitlines() if ln.strip())
+        found.left_out = resp.headers.get("X-Cleanroom-Left-Out", "")
+        return found
 
     def fit(
         self,

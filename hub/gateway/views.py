@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from flask import Blueprint, Response, after_this_request, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import IntegrityError
 
 from hub.db import get_db
-from hub.errors import BadRequest, Forbidden, NotFound
+from hub.errors import BadRequest, Conflict, Forbidden, NotFound
+from hub.exports import FHIR_FILES, FHIR_FORMATS, FhirExportError, fhir_file, fhir_response_headers
 from hub.gateway import services
 from hub.storage import Storage
 from hub.synth import services as synth
@@ -350,10 +352,20 @@ def fit() -> ResponseReturnValue:
 @api.route("/synthetic/<table>")
 @guard("synthetic", "sandbox", scope="sandbox")
 def synthetic(table: str) -> ResponseReturnValue:
-    """Synthetic rows of ``table`` under ``?agreement=slug``, where the agreement allows."""
+    """Synthetic rows of ``table`` under ``?agreement=slug``, where the agreement allows:
+    a page of JSON rows, or (``format=fhir-ndjson|fhir-bundle``) the whole synthetic table
+    as FHIR R5, every resource validated before it is sent."""
     slug = request.args.get("agreement", "")
     if not slug:
         raise BadRequest("name the agreement: ?agreement=<slug>.")
+    fmt = request.args.get("format", "json")
+    if fmt != "json" and fmt not in FHIR_FORMATS:
+        raise BadRequest(f"`format` must be json, {' or '.join(FHIR_FORMATS)}; not {fmt[:40]!r}.")
+    if fmt != "json" and ("limit" in request.args or "offset" in request.args):
+        raise BadRequest(
+            "`limit` and `offset` page the JSON rows; a FHIR export holds the whole "
+            "synthetic table: leave them out."
+        )
     limit = _int_arg("limit", synth.DEFAULT_PAGE, 1, synth.MAX_PAGE)
     offset = _int_arg("offset", 0, 0, None)
     scope = _scope(slug, "synthetic")
@@ -374,8 +386,10 @@ def synthetic(table: str) -> ResponseReturnValue:
     # The same columns as the views: those the agreement covers, nothing else.
     covered = set(scope.columns.get(table, ()))
     frame = frame[[c for c in frame.columns if c in covered]]
-    body = synth.page(frame, limit=limit, offset=offset)
     ids = [p.id for p in published]
+    if fmt != "json":
+        return _synthetic_fhir(slug, table, frame, ids, fmt)
+    body = synth.page(frame, limit=limit, offset=offset)
     _log(
         "sandbox.synthetic",
         slug,
@@ -399,6 +413,32 @@ def synthetic(table: str) -> ResponseReturnValue:
             **body,
         }
     )
+
+
+def _synthetic_fhir(
+    slug: str, table: str, frame: pd.DataFrame, ids: list[int], fmt: str
+) -> ResponseReturnValue:
+    """The whole synthetic ``frame`` as FHIR R5, recorded like a page of rows (one
+    ``sandbox.synthetic`` entry, with the format) before it is sent."""
+    try:
+        fhir = fhir_file({table: frame}, FHIR_FORMATS[fmt])
+    except FhirExportError as err:
+        raise Conflict(str(err), code="fhir_export_refused") from None
+    _log(
+        "sandbox.synthetic",
+        slug,
+        {
+            "table": table,
+            "synthetic_versions": ids,
+            "format": fmt,
+            "rows": len(frame),
+            "left_out": sorted(fhir.left_out),
+        },
+    )
+    get_db().commit()
+    ext, mimetype = FHIR_FILES[fmt]
+    name = f"{table}-synthetic-{slug}.{ext}"
+    return Response(fhir.body, mimetype=mimetype, headers=fhir_response_headers(fhir, name))
 
 
 def _int_arg(name: str, default: int, low: int, high: int | None) -> int:

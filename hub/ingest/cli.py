@@ -44,7 +44,11 @@ def _error(resp: requests.Response) -> str:
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--table", required=True, help="CDM table, e.g. batch.")
+@click.option(
+    "--table",
+    default="",
+    help="CDM table, e.g. batch (not for a FHIR R5 file: it fills the tables it has records for).",
+)
 @click.option("--sheet", default="", help="Workbook sheet (XLSX with several sheets).")
 @click.option("--url", default=None, help="Hub URL (default: the public_url setting).")
 @click.option(
@@ -71,7 +75,8 @@ def upload(
     wait: bool,
 ) -> None:
     """Upload FILE into quarantine over the JSON API and follow its processing. Released,
-    it replaces the institution's released version of the table unless --additional-rows."""
+    it replaces the institution's released version of the table unless --additional-rows.
+    A FHIR R5 Bundle or NDJSON file becomes one version per table it fills."""
     base = (url or hub.settings.public_url).rstrip("/")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
     params = {"table": table, "filename": file.name, "sheet": sheet}
@@ -93,16 +98,19 @@ def upload(
                 body.close()
         if resp.status_code != 201:
             raise click.ClickException(_error(resp))
-        version = resp.json()
-        click.echo(
-            f"uploaded: dataset version {version['id']} ({table} v{version['version']},"
-            f" sha256 {version['sha256'][:12]}…)"
-        )
-        for gap in version.get("upload_first") or []:
+        answer = resp.json()
+        versions = answer.get("versions") or [answer]
+        for version in versions:
+            click.echo(
+                f"uploaded: dataset version {version['id']} ({version['table']}"
+                f" v{version['version']}, sha256 {version['sha256'][:12]}…)"
+            )
+        for gap in answer.get("upload_first") or []:
             click.echo(f"warning: {gap['message'].replace('`', '')}", err=True)
         if not wait:
             return
-        _follow(base, headers, version["id"])
+        for version in versions:
+            _follow(base, headers, version["id"])
     except requests.ConnectionError:
         raise click.ClickException(f"cannot reach the hub at {base}; check --url.") from None
 

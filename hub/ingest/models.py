@@ -75,6 +75,9 @@ class DatasetVersion(Base):
     deid_floor: Mapped[str] = mapped_column(Text, default="{}")
     # Length of the pseudonym key chain the staged/pooled pseudonyms were computed with.
     key_epoch: Mapped[int] = mapped_column(Integer, default=1)
+    # The common data model version the rows were validated against ("1.0.0"); None until
+    # validated.
+    cdm_version: Mapped[str | None] = mapped_column(String(32))
     error: Mapped[str] = mapped_column(Text, default="")
     # "Share synthetic only": the contributor shares this version's synthetic equivalent and
     # keeps its real rows out of every agreement's views (pool_versions skips it).

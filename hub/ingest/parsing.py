@@ -74,6 +74,7 @@ class FileKind(StrEnum):
     CSV = "csv"
     XLSX = "xlsx"
     PARQUET = "parquet"
+    FHIR = "fhir"  # an HL7 FHIR R5 Bundle or NDJSON, read by contracts.fhir
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class ParsedTable:
 # Sniffing ------------------------------------------------------------------------------------
 
 _UPLOAD_ADVICE = "upload CSV, XLSX or Parquet"
+_JSON_START = re.compile(rb"^(?:\xef\xbb\xbf)?\s*[{\[]")
+_RESOURCE_TYPE = re.compile(rb'"resourceType"\s*:')
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -199,8 +202,9 @@ def _markup(text: str) -> str | None:
 
 
 def sniff(head: bytes, filename: str) -> FileKind:
-    """Tell CSV, XLSX and Parquet apart from the first bytes of a file (``SNIFF_BYTES`` is
-    plenty) and refuse everything else.
+    """Tell CSV, XLSX, Parquet and FHIR R5 (JSON whose first object has a ``resourceType``:
+    a Bundle or NDJSON) apart from the first bytes of a file (``SNIFF_BYTES`` is plenty)
+    and refuse everything else.
 
     The decision is made on content: a text file named ``.xls`` is read as CSV, a ZIP archive
     is taken for a workbook and checked when opened. ``filename`` only sharpens messages.
@@ -226,6 +230,13 @@ def sniff(head: bytes, filename: str) -> FileKind:
     for magic, what in _BINARY_MAGICS:
         if head.startswith(magic):
             raise _binary(shown, what)
+    if _JSON_START.match(head):
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and _RESOURCE_TYPE.search(head):
+            return FileKind.FHIR
+        raise IngestError(
+            f"{shown} is JSON but not FHIR R5: it has no `resourceType`. Upload a FHIR R5 "
+            "Bundle or NDJSON (one resource per line), or CSV, XLSX or Parquet."
+        )
 
     encoding = _bom_encoding(head) or _utf16_without_bom(head)
     if encoding is not None and encoding != "utf-8-sig":
@@ -1298,4 +1309,6 @@ def read_table(
         return _read_csv(path, limits)
     if kind is FileKind.XLSX:
         return _read_xlsx(path, sheet, limits)
+    # A FHIR upload is split into one Parquet object per CDM table when it arrives (see
+    # hub.ingest.services.start_upload); each version reads its own table from there.
     return _read_parquet(path, limits)

@@ -28,16 +28,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from anonymisation.pseudonyms import KeyChain, pseudonymise
-from contracts.cdm import CommonDataModel, Table, load_cdm
+from contracts.cdm import CommonDataModel, Table, cdm_version, load_cdm
+from contracts.fhir import FhirError, read_fhir
 from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, CleanroomError, Conflict, NotFound
 from hub.exports import SafeWriter, formula_cells
 from hub.ingest import deid
-from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
+from hub.ingest.mapping import ColumnMatch, MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
 from hub.ingest.parsing import (
+    DEFAULT_LIMITS,
     SNIFF_BYTES,
     FileKind,
     IngestError,
@@ -97,7 +99,39 @@ def start_upload(
     sheet: str = "",
     additional: bool = False,
 ) -> DatasetVersion:
+    """:func:`upload_versions` for callers that expect one version (the first, for a FHIR
+    file that fills several tables)."""
+    return upload_versions(
+        session,
+        settings,
+        storage,
+        user=user,
+        table=table,
+        filename=filename,
+        stream=stream,
+        sheet=sheet,
+        additional=additional,
+    )[0]
+
+
+def upload_versions(
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    *,
+    user: User,
+    table: str,
+    filename: str,
+    stream: BinaryIO,
+    sheet: str = "",
+    additional: bool = False,
+) -> list[DatasetVersion]:
     """Stream an upload into quarantine, sniff it, record the version and queue profiling.
+
+    A FHIR R5 file (Bundle or NDJSON) is read at once instead: it becomes one version per
+    CDM table it fills, in the data model's order (``table`` is not used), each with its
+    mapping confirmed (the columns are the data model's) and processing queued; a file the
+    FHIR reader refuses leaves nothing behind.
 
     ``additional``: the file holds rows to add beside the institution's released version of
     the table; without it, releasing this version replaces (withdraws) that one.
@@ -105,7 +139,8 @@ def start_upload(
     serialises writers); this function begins its own after the object is stored."""
     if user.institution is None:
         raise BadRequest("only members of an institution can upload datasets.")
-    cdm_table(table)
+    if table:
+        cdm_table(table)  # before the bytes stream; a FHIR file needs no table (see below)
     slug = user.institution.slug
     name = safe_filename(filename)
     key = f"quarantine/{slug}/{uuid.uuid4().hex}/raw"
@@ -114,6 +149,16 @@ def start_upload(
         with storage.open(key) as fh:
             head = fh.read(SNIFF_BYTES)
         kind = sniff(head, name)
+        if kind is FileKind.FHIR:
+            versions = _fhir_versions(session, settings, storage, key, info, user, name, additional)
+            storage.delete(key)  # each table's rows are in its own version's object now
+            return versions
+        if not table:
+            raise BadRequest(
+                f"choose the table of the common data model that {name} holds (one of "
+                f"{', '.join(cdm().table_names)}); only a FHIR R5 file needs none.",
+                code="unknown_table",
+            )
         version = DatasetVersion(
             institution_id=user.institution_id,
             cdm_table=table,
@@ -157,7 +202,177 @@ def start_upload(
         session.rollback()
         storage.delete(key)  # nothing left behind
         raise
-    return version
+    return [version]
+
+
+FHIR_REASON = "the FHIR file's own element for this column (contracts/fhir_r5.yaml)"
+"""Why a FHIR version's mapping was confirmed without asking: the reader already named the
+columns as the data model's."""
+
+
+def _fhir_versions(
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    key: str,
+    info: Any,
+    user: User,
+    name: str,
+    additional: bool,
+) -> list[DatasetVersion]:
+    """Read the FHIR upload at ``key`` and record one version per CDM table it fills, each
+    with its rows as a Parquet object in its own quarantine folder and processing queued.
+    Objects are written first and deleted again if anything fails, so a refused file
+    leaves no version and no object."""
+    slug = user.institution.slug if user.institution else "-"
+    actor = f"user:{user.username}"
+    with tempfile.TemporaryDirectory(prefix="cleanroom-fhir-") as tmp:
+        path = Path(tmp) / "upload.fhir"
+        with path.open("wb") as out:
+            for chunk in storage.iter_chunks(key):
+                out.write(chunk)
+        try:
+            imported = read_fhir(
+                path,
+                max_bytes=settings.max_upload_mb << 20,
+                max_resources=DEFAULT_LIMITS.max_rows,
+            )
+        except FhirError as err:
+            raise IngestError(f"{name} cannot be imported as FHIR R5: {err}.") from None
+    report = imported.report
+    order = dependency_order(list(imported.frames))
+    if not order:
+        raise IngestError(
+            f"{name} holds no resource the common data model has a table for ("
+            + "; ".join(report.lines())
+            + "). Check that the file was exported as FHIR R5."
+        )
+    written: list[str] = []
+    try:
+        keys: dict[str, str] = {}
+        brought: dict[str, list[str]] = {}
+        for table_name in order:
+            table_key = f"quarantine/{slug}/{uuid.uuid4().hex}/raw"
+            written.append(table_key)
+            frame = _fhir_frame(imported.frames[table_name], table_name)
+            put_frame(storage, table_key, frame)
+            keys[table_name] = table_key
+            brought[table_name] = [str(c) for c in frame.columns]
+        fhir_info = {
+            "upload": uuid.uuid4().hex,
+            "tables": order,
+            "report": report.lines(),
+            "ok": report.ok,
+            "unknown_types": dict(report.unknown_types),
+            "unmapped_elements": len(report.unmapped_elements),
+            "invalid": report.invalid_count,
+            "missing_references": report.missing_reference_count,
+        }
+        versions: list[DatasetVersion] = []
+        for table_name in order:
+            table = cdm_table(table_name)
+            frame = imported.frames[table_name]
+            columns = brought[table_name]
+            version = DatasetVersion(
+                institution_id=user.institution_id,
+                cdm_table=table_name,
+                version=_next_version(session, user.institution_id, table_name),
+                state=VersionState.PROCESSING,
+                filename=name,
+                file_kind=FileKind.FHIR,
+                size=info.size,
+                sha256=info.sha256 or "",
+                raw_key=keys[table_name],
+                rows=len(frame),
+                additional_rows=additional,
+                created_by=actor,
+                profile=json.dumps(
+                    {"rows": len(frame), "columns": len(columns), "fhir": fhir_info}
+                ),
+                mapping=json.dumps(_fhir_mapping(columns, table).to_dict()),
+            )
+            session.add(version)
+            session.flush()
+            versions.append(version)
+            record(
+                session,
+                actor=actor,
+                action="upload",
+                target=f"dataset:{version.id}",
+                detail={
+                    "table": table_name,
+                    "filename": name,
+                    "size": info.size,
+                    "sha256": info.sha256,
+                    "institution": slug,
+                    "additional_rows": additional,
+                    "fhir": True,
+                    "rows": len(frame),
+                },
+            )
+            _queue_processing(
+                session,
+                settings,
+                version,
+                actor,
+                "ingest.map",
+                {"columns": sorted(columns), "unused_sources": 0, "automatic": "fhir"},
+            )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        for table_key in written:
+            storage.delete(table_key)
+        raise
+    return versions
+
+
+def dependency_order(tables: list[str]) -> list[str]:
+    """``tables`` so that each comes after the tables it links to (``episode`` before
+    ``collection`` before ``batch`` before ``custody_event``), otherwise in the data model's
+    order: the order to release them in, so every link can be checked."""
+    model = cdm()
+    wanted = [t for t in model.table_names if t in tables]
+    needs = {
+        t: {
+            c.references.split(".", 1)[0]
+            for c in model.table(t).columns
+            if c.references and c.references.split(".", 1)[0] in wanted
+        }
+        - {t}
+        for t in wanted
+    }
+    order: list[str] = []
+    while len(order) < len(wanted):
+        ready = [t for t in wanted if t not in order and needs[t] <= set(order)]
+        if not ready:  # a cycle (none in the data model): keep the model's order
+            ready = [t for t in wanted if t not in order]
+        order.append(ready[0])
+    return order
+
+
+def _fhir_frame(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """The columns a FHIR import filled (and the required ones, so validation reports them
+    if empty): the mapping page then lists only what the file brought."""
+    required = {c.name for c in cdm_table(table).columns if c.required}
+    keep = [c for c in frame.columns if c in required or frame[c].notna().any()]
+    return frame[keep or list(frame.columns)]
+
+
+def _fhir_mapping(columns: list[str], table: Table) -> MappingProposal:
+    """Every column onto itself, in the data model's unit (the reader converted them)."""
+    matches = [
+        ColumnMatch(
+            source=c,
+            target=c,
+            confidence=1.0,
+            reason=FHIR_REASON,
+            unit=table.column(c).unit or None,
+            factor=1.0,
+        )
+        for c in columns
+    ]
+    return MappingProposal(table=table.name, columns=matches)
 
 
 def _next_version(session: Session, institution_id: int | None, table: str) -> int:
@@ -566,15 +781,46 @@ def _known_keys(
                     DatasetVersion.state == VersionState.RELEASED,
                 )
             ).all()
-        if not rows:
+        sibling = _fhir_sibling(database, version, ref_table)
+        if not rows and sibling is None:
             continue
         pseudonyms: set[str] = set()
         for keys_key, pool_key in rows:
             with storage.open(keys_key or pool_key) as fh:
                 column = pq.read_table(pa.BufferReader(fh.read()), columns=[ref_column])
             pseudonyms.update(str(v) for v in column.column(0).to_pylist() if v is not None)
+        if sibling is not None and storage.exists(sibling):
+            # The linked table came in the same FHIR file: its records count as known, so a
+            # collection links to the episode uploaded with it before that is released.
+            with storage.open(sibling) as fh:
+                parquet = pq.ParquetFile(pa.BufferReader(fh.read()))
+            if ref_column in parquet.schema_arrow.names:
+                raw = parquet.read(columns=[ref_column]).column(0).to_pylist()
+                values = pd.Series([str(v) for v in raw if v is not None], dtype=object)
+                pseudonyms.update(pseudonymise(values, key))
         known[ref] = _PseudonymKeys(frozenset(pseudonyms), key)
     return known
+
+
+def _fhir_sibling(database: Database, version: DatasetVersion, table: str) -> str | None:
+    """The raw object of ``table`` from the same FHIR upload as ``version``, if it is still
+    pending or released (not discarded, failed or withdrawn)."""
+    upload = json.loads(version.profile or "{}").get("fhir", {}).get("upload")
+    if not upload or version.file_kind != FileKind.FHIR:
+        return None
+    with database.session() as s:
+        candidates = s.scalars(
+            select(DatasetVersion).where(
+                DatasetVersion.institution_id == version.institution_id,
+                DatasetVersion.cdm_table == table,
+                DatasetVersion.file_kind == FileKind.FHIR,
+                DatasetVersion.state.in_([*PENDING_STATES, VersionState.RELEASED]),
+            )
+        ).all()
+        for other in candidates:
+            if json.loads(other.profile or "{}").get("fhir", {}).get("upload") == upload:
+                return other.raw_key or None
+    return None
 
 
 def _formulas(raw: pd.DataFrame, proposal: MappingProposal) -> list[dict[str, Any]]:
@@ -750,6 +996,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
         if not choices.columns and choices.k is None:
             v.deid_floor = json.dumps(deid.floor_of(report))
         v.key_epoch = len(chain)
+        v.cdm_version = cdm_version()
         v.state = VersionState.AWAITING_REVIEW
         record(
             s,
@@ -763,6 +1010,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
                 "k": report["k"],
                 "rows_suppressed": report["risk"]["rows_suppressed"],
                 "choices": choices.to_dict(),
+                "cdm_version": v.cdm_version,
             },
         )
     return {"state": VersionState.AWAITING_REVIEW, "valid_rows": int(result.valid_mask.sum())}
@@ -1009,6 +1257,7 @@ def version_dict(version: DatasetVersion, *, content: bool) -> dict[str, Any]:
         "key_epoch": version.key_epoch,
         "synthetic_only": version.synthetic_only,
         "additional_rows": version.additional_rows,
+        "cdm_version": version.cdm_version,
         "created_at": version.created_at.isoformat() if version.created_at else None,
         "released_at": version.released_at.isoformat() if version.released_at else None,
         "withdrawn_at": version.withdrawn_at.isoformat() if version.withdrawn_at else None,

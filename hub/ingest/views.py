@@ -156,12 +156,13 @@ def _record_refused(table: str, filename: str, err: CleanroomError) -> None:
 
 def _upload(
     table: str, filename: str, stream: Any, sheet: str, additional: bool = False
-) -> DatasetVersion:
+) -> list[DatasetVersion]:
+    """The versions the upload made: one, or one per table a FHIR file fills."""
     user = current_user()
     assert user is not None
     db = get_db()
     db.commit()  # end the request's transaction: no lock is held while the bytes stream
-    return services.start_upload(
+    return services.upload_versions(
         db,
         _settings(),
         _storage(),
@@ -203,7 +204,7 @@ def upload() -> ResponseReturnValue:
         flash("Choose a file to upload.", "error")
         return redirect(url_for("datasets.index"), 303)
     try:
-        version = _upload(
+        versions = _upload(
             table,
             file.filename,
             file.stream,
@@ -214,6 +215,16 @@ def upload() -> ResponseReturnValue:
         _record_refused(table, file.filename, err)
         flash(code_marks(err.message), "error")
         return redirect(url_for("datasets.index")), 303
+    version = versions[0]
+    if version.file_kind == "fhir":
+        listed = ", ".join(f"{v.cdm_table} version {v.version}" for v in versions)
+        flash(
+            f"“{version.filename}” read as FHIR R5: {len(versions)} "
+            f"version{'' if len(versions) == 1 else 's'} ({listed}), being validated now. "
+            "Review and release each one, in this order.",
+            "info",
+        )
+        return redirect(url_for("datasets.index"), 303)
     flash(
         f"“{version.filename}” uploaded as {version.cdm_table} version {version.version}.", "info"
     )
@@ -446,23 +457,33 @@ def download(version_id: int, which: str) -> ResponseReturnValue:
 def api_upload() -> ResponseReturnValue:
     """Raw body (``Content-Type: application/octet-stream``) streamed straight to the store;
     ``table``, ``filename`` and optional ``sheet`` and ``additional_rows=true`` (keep the
-    released version beside this one instead of replacing it) as query parameters. A
+    released version beside this one instead of replacing it) as query parameters. A FHIR
+    R5 file needs no ``table``: it makes one version per table it fills (``versions``). A
     multipart form with a ``file`` field is accepted too. A refused upload leaves an
     ``upload.refused`` entry in the ledger."""
     table, filename = request.args.get("table", ""), request.args.get("filename", "")
     try:
-        version = _api_upload()
+        versions = _api_upload()
     except CleanroomError as err:
         _record_refused(table, filename, err)
         raise
+    version = versions[0]
+    # ``versions``: every version the upload made, in release order (a FHIR file makes one
+    # per table it fills; the top level is the first of them).
     return (
-        jsonify({**_version(version), **_next_steps(version)}),
+        jsonify(
+            {
+                **_version(version),
+                **_next_steps(version),
+                "versions": [_version(v) for v in versions],
+            }
+        ),
         201,
         {"Location": url_for("uploads_api.api_show", version_id=version.id)},
     )
 
 
-def _api_upload() -> DatasetVersion:
+def _api_upload() -> list[DatasetVersion]:
     table = request.args.get("table") or request.form.get("table", "")
     sheet = request.args.get("sheet") or request.form.get("sheet", "")
     additional = _flag(request.args.get("additional_rows") or request.form.get("additional_rows"))

@@ -26,11 +26,19 @@ from hub.accounts.models import User
 from hub.agreements import services as agreements
 from hub.db import get_db
 from hub.errors import BadRequest, CleanroomError, NotFound, web_text
+from hub.exports import (
+    FHIR_FILES,
+    FHIR_FORMATS,
+    FhirExportError,
+    fhir_file,
+    fhir_response_headers,
+    record_export,
+)
 from hub.ingest import services as ingest
 from hub.ingest.views import _same_institution, _version
 from hub.routing import MAX_ID
 from hub.synth import services
-from hub.synth.models import SyntheticVersion
+from hub.synth.models import SyntheticVersion, SynthState
 from hub.web import actor, guard
 from hub.web import app_settings as _settings
 from hub.web import app_storage as _storage
@@ -281,6 +289,56 @@ def plot(synthetic_id: int, name: str) -> ResponseReturnValue:
             "Cache-Control": "private, max-age=3600",
         },
     )
+
+
+@bp.route("/synthetic/<int:synthetic_id>/fhir.ndjson")
+@guard("read", "synthetic/{synthetic_id}", owner=_owns_synthetic)
+def fhir_ndjson(synthetic_id: int) -> ResponseReturnValue:
+    """A published synthetic version's rows as FHIR R5 NDJSON."""
+    return _fhir(synthetic_id, "fhir-ndjson")
+
+
+@bp.route("/synthetic/<int:synthetic_id>/fhir-bundle.json")
+@guard("read", "synthetic/{synthetic_id}", owner=_owns_synthetic)
+def fhir_bundle(synthetic_id: int) -> ResponseReturnValue:
+    """A published synthetic version's rows as one FHIR R5 collection Bundle."""
+    return _fhir(synthetic_id, "fhir-bundle")
+
+
+def _fhir(synthetic_id: int, fmt: str) -> ResponseReturnValue:
+    """The rows as the FHIR file ``fmt``, recorded in the ledger before the first byte
+    leaves; a version that is not published has no rows to give."""
+    db = get_db()
+    synthetic = services.get(db, synthetic_id)
+    try:
+        if synthetic.state != SynthState.PUBLISHED or not synthetic.data_key:
+            raise FhirExportError(
+                f"synthetic version {synthetic.id} is not published "
+                f"({str(synthetic.state).replace('_', ' ')}): only published synthetic "
+                "versions can be downloaded."
+            )
+        frame = services.read_rows(_storage(), [synthetic])
+        fhir = fhir_file({synthetic.cdm_table: frame}, FHIR_FORMATS[fmt])
+    except FhirExportError as err:
+        flash(web_text(str(err)), "error")
+        return redirect(url_for("synthetic.show", synthetic_id=synthetic_id), 303)
+    record_export(
+        db,
+        actor=actor(),
+        target=f"synthetic:{synthetic.id}",
+        fmt=fmt,
+        detail={
+            "table": synthetic.cdm_table,
+            "rows": len(frame),
+            "bytes": len(fhir.body),
+            "left_out": sorted(fhir.left_out),
+        },
+    )
+    db.commit()
+    ext, mimetype = FHIR_FILES[fmt]
+    suffix = "" if fmt == "fhir-ndjson" else "-bundle"
+    name = f"{synthetic.cdm_table}-synthetic-{synthetic.id}-fhir{suffix}.{ext}"
+    return Response(fhir.body, mimetype=mimetype, headers=fhir_response_headers(fhir, name))
 
 
 # API ---------------------------------------------------------------------------------------
