@@ -256,7 +256,7 @@ def enforce_k(
         else:
             idx = np.flatnonzero(violating)
             distinct = [len(np.unique(c[idx][c[idx] != 0])) for c in codes]
-            if max(distinct) == 0:  # every QI already null: nothing left but the rows
+            if max(distinct, default=0) == 0:  # every QI already null: nothing left but the rows
                 keep[idx] = False
                 steps.append(f"drop {len(idx)} rows whose QIs are all suppressed")
                 sizes = _kept_sizes(codes, keep, k)

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.slow]
 ROLES = ("steward", "northbridge-admin", "northbridge-data", "researcher", "auditor")
 # Not pages: the API, files, scripts and style sheets, plots (SVG), the health check.
 SKIP_PREFIXES = ("/api/", "/static/", "/healthz")
-SKIP_SUFFIXES = (".csv", ".xlsx", ".js", ".css", ".json", "/plots/<name>")
+SKIP_SUFFIXES = (".csv", ".xlsx", ".js", ".css", ".json", ".jsonl", ".ndjson", "/plots/<name>")
 
 
 @dataclass(frozen=True)

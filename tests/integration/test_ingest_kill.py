@@ -83,7 +83,7 @@ def test_kill_mid_ingest(database: Database, settings, users, cli_env) -> None:
     try:
         _until(lambda: version()[0].state == "awaiting_mapping", "profiling", slow)
         with database.session() as s:
-            ingest.confirm_mapping(s, settings, ingest.get_version(s, vid), {}, actor="user:n")
+            ingest.confirm_mapping(s, settings, ingest.get_version(s, vid), {}, actor="user:nadia")
         _until(lambda: (version()[1].progress or 0) >= 60, "de-identification to start", slow)
         slow.send_signal(signal.SIGKILL)
         slow.wait(timeout=10)
