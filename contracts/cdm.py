@@ -544,8 +544,10 @@ def render_markdown(cdm: CommonDataModel) -> str:
                 + " |"
             )
     out += ["", _CONTRACT_SECTION.format(version=cdm.version).rstrip()]
+    from contracts.codes import render_markdown as codes_section  # it imports this module
     from contracts.fhir import render_markdown as fhir_section  # it imports this module
 
+    out += ["", codes_section().rstrip()]
     out += ["", fhir_section().rstrip()]
     return "\n".join(out) + "\n"
 
@@ -575,7 +577,8 @@ dictionaries by `contracts.export.json_schemas()` and `contracts.export.data_pac
   is refused. Unit and description are in each column's `description`; what JSON Schema
   cannot express is in annotations validators ignore: `x-cleanroom-class` (the identifier
   class), `x-cleanroom-unit`, `x-cleanroom-alternate-units`, `x-cleanroom-references`,
-  `x-cleanroom-standard`, `x-cleanroom-synonyms`, and per table
+  `x-cleanroom-standard`, `x-cleanroom-synonyms`, `x-cleanroom-codes` (a category
+  column's shared codes, see below), and per table
   `x-cleanroom-primary-key` and `x-cleanroom-cdm-version`.
 - `frictionless`: a Frictionless Data Package, `datapackage.json`, with one tabular
   resource per table (`<table>.csv`); each Table Schema lists the fields with their `type`,

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.cdm import Column, ColumnType, CommonDataModel, Table, load_cdm
+from contracts.codes import load_codes
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FORMATS = ("jsonschema", "frictionless")
@@ -97,9 +98,16 @@ def _description(column: Column) -> str:
     return text
 
 
-def _annotations(column: Column) -> dict[str, Any]:
+def _annotations(column: Column, table: str) -> dict[str, Any]:
     """What the CDM says beyond types and constraints, as ``x-cleanroom-*`` keywords."""
     out: dict[str, Any] = {"x-cleanroom-class": column.identifier.value}
+    codes = load_codes().column(table, column.name)
+    if codes is not None:
+        # The shared codes of a category column: the system, and each value's code in it.
+        out["x-cleanroom-codes"] = {
+            value: {"system": code.system.uri, "code": code.code, "display": code.display}
+            for value, code in codes.codes.items()
+        }
     if column.unit:
         out["x-cleanroom-unit"] = column.unit
     if column.alternate_units:
@@ -116,7 +124,7 @@ def _annotations(column: Column) -> dict[str, Any]:
 # JSON Schema ----------------------------------------------------------------------------
 
 
-def _property(column: Column) -> dict[str, Any]:
+def _property(column: Column, table: str) -> dict[str, Any]:
     json_type = _JSON_TYPES[column.type]
     prop: dict[str, Any] = {
         "title": column.name,
@@ -140,7 +148,7 @@ def _property(column: Column) -> dict[str, Any]:
         # The ingest reads a blank cell as missing, so a required text needs a character.
         prop["minLength"] = 1
         prop["pattern"] = r"\S"
-    prop.update(_annotations(column))
+    prop.update(_annotations(column, table))
     return prop
 
 
@@ -156,7 +164,7 @@ def json_schema(table: Table, cdm: CommonDataModel | None = None) -> dict[str, A
             "it: CDM column names, canonical units, real dates, before de-identification."
         ),
         "type": "object",
-        "properties": {column.name: _property(column) for column in table.columns},
+        "properties": {column.name: _property(column, table.name) for column in table.columns},
         "required": [column.name for column in table.columns if column.required],
         "additionalProperties": False,
         "x-cleanroom-cdm-version": cdm.version,
@@ -175,7 +183,7 @@ def json_schemas(cdm: CommonDataModel | None = None) -> dict[str, dict[str, Any]
 # Frictionless ---------------------------------------------------------------------------
 
 
-def _field(column: Column) -> dict[str, Any]:
+def _field(column: Column, table: str) -> dict[str, Any]:
     field: dict[str, Any] = {
         "name": column.name,
         "type": _TABLE_SCHEMA_TYPES[column.type],
@@ -193,7 +201,7 @@ def _field(column: Column) -> dict[str, Any]:
         constraints["maximum"] = _number(column.maximum)
     if constraints:
         field["constraints"] = constraints
-    field.update(_annotations(column))
+    field.update(_annotations(column, table))
     return field
 
 
@@ -201,7 +209,7 @@ def table_schema(table: Table, cdm: CommonDataModel | None = None) -> dict[str, 
     """The Frictionless Table Schema of ``table``: fields, primary key, foreign keys."""
     cdm = cdm or load_cdm()
     schema: dict[str, Any] = {
-        "fields": [_field(column) for column in table.columns],
+        "fields": [_field(column, table.name) for column in table.columns],
         "missingValues": [""],
         "primaryKey": list(table.primary_key),
     }

@@ -281,6 +281,7 @@ ACTION_WORDS = {
     "upload": "uploaded a file",
     "upload.refused": "had an upload refused",
     "ingest.map": "confirmed a column mapping",
+    "ingest.term_forget": "forgot a remembered term",
     "ingest.processed": "validated and de-identified an upload",
     "release": "released a dataset to the pool",
     "withdrawal": "withdrew a dataset from the pool",

@@ -1,4 +1,4 @@
-"""Uploaded dataset versions and each institution's remembered column mappings."""
+"""Uploaded dataset versions and each institution's remembered column mappings and terms."""
 
 from __future__ import annotations
 
@@ -107,6 +107,24 @@ class InstitutionMapping(Base):
     institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
     cdm_table: Mapped[str] = mapped_column(String(64))
     mapping: Mapped[str] = mapped_column(Text, default="{}")  # JSON {source: target}
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class InstitutionTerm(Base):
+    """A site term for a category value, as the institution confirmed it (``value`` empty:
+    its rows are held back), applied to the institution's next uploads without asking."""
+
+    __tablename__ = "institution_terms"
+    __table_args__ = (UniqueConstraint("institution_id", "cdm_table", "column", "term_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    institution_id: Mapped[int] = mapped_column(ForeignKey("institutions.id"))
+    cdm_table: Mapped[str] = mapped_column(String(64))
+    column: Mapped[str] = mapped_column(String(64))
+    term_key: Mapped[str] = mapped_column(String(200))  # contracts.codes.term_key(term)
+    term: Mapped[str] = mapped_column(String(200))  # as the site last wrote it
+    value: Mapped[str] = mapped_column(String(64))
+    confirmed_by: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from anonymisation.pseudonyms import KeyChain, pseudonymise
 from contracts.cdm import CommonDataModel, Table, cdm_version, load_cdm
+from contracts.codes import term_key
 from contracts.fhir import FhirError, read_fhir
 from hub.accounts.models import User
 from hub.audit.services import record
@@ -36,8 +37,9 @@ from hub.db import Database, utcnow
 from hub.errors import BadRequest, CleanroomError, Conflict, NotFound
 from hub.exports import SafeWriter, formula_cells
 from hub.ingest import deid
+from hub.ingest import terms as site_terms
 from hub.ingest.mapping import ColumnMatch, MappingProposal, apply_mapping, propose_mapping
-from hub.ingest.models import DatasetVersion, InstitutionMapping, VersionState
+from hub.ingest.models import DatasetVersion, InstitutionMapping, InstitutionTerm, VersionState
 from hub.ingest.parsing import (
     DEFAULT_LIMITS,
     SNIFF_BYTES,
@@ -427,6 +429,95 @@ def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
     return json.loads(row.mapping) if row else {}
 
 
+def remembered_terms(session: Session, version: DatasetVersion) -> dict[tuple[str, str], str]:
+    """``{(column, term_key): value}`` the version's institution confirmed for its table."""
+    rows = session.scalars(
+        select(InstitutionTerm).where(
+            InstitutionTerm.institution_id == version.institution_id,
+            InstitutionTerm.cdm_table == version.cdm_table,
+        )
+    )
+    return {(r.column, r.term_key): r.value for r in rows}
+
+
+def term_proposals(
+    session: Session, version: DatasetVersion, proposal: MappingProposal | None = None
+) -> dict[str, list[site_terms.Term]]:
+    """The site terms of ``version``'s category columns under its (or ``proposal``'s)
+    column mapping, each with what is proposed for it (:mod:`hub.ingest.terms`)."""
+    if version.state != VersionState.AWAITING_MAPPING:
+        return {}
+    proposal = proposal or MappingProposal.from_dict(json.loads(version.mapping))
+    distinct = json.loads(version.profile or "{}").get("distinct") or {}
+    return site_terms.propose(
+        cdm_table(version.cdm_table),
+        proposal.sources(),
+        distinct,
+        remembered_terms(session, version),
+    )
+
+
+def institution_terms(session: Session, institution_id: int | None) -> list[InstitutionTerm]:
+    """The institution's remembered terms, by table, column and term."""
+    return list(
+        session.scalars(
+            select(InstitutionTerm)
+            .where(InstitutionTerm.institution_id == institution_id)
+            .order_by(InstitutionTerm.cdm_table, InstitutionTerm.column, InstitutionTerm.term_key)
+        )
+    )
+
+
+def forget_term(
+    session: Session, institution_id: int | None, term_id: int, *, actor: str
+) -> InstitutionTerm:
+    """Forget one of the institution's remembered terms (its next use is asked about
+    again); another institution's term is not found."""
+    row = session.get(InstitutionTerm, term_id)
+    if row is None or row.institution_id != institution_id:
+        raise NotFound("no such remembered term for your institution.")
+    session.delete(row)
+    record(
+        session,
+        actor=actor,
+        action="ingest.term_forget",
+        target=f"institution:{institution_id}",
+        detail={"table": row.cdm_table, "column": row.column},
+    )
+    return row
+
+
+def _remember_terms(
+    session: Session, version: DatasetVersion, decided: Mapping[str, Mapping[str, str]], actor: str
+) -> None:
+    """Keep the institution's confirmed terms for its next uploads (the latest wins)."""
+    existing = {
+        (r.column, r.term_key): r
+        for r in session.scalars(
+            select(InstitutionTerm).where(
+                InstitutionTerm.institution_id == version.institution_id,
+                InstitutionTerm.cdm_table == version.cdm_table,
+            )
+        )
+    }
+    for column, chosen in decided.items():
+        for term, value in chosen.items():
+            key = term_key(term)
+            row = existing.get((column, key))
+            if row is None:
+                row = InstitutionTerm(
+                    institution_id=version.institution_id,
+                    cdm_table=version.cdm_table,
+                    column=column,
+                    term_key=key,
+                )
+                session.add(row)
+                existing[(column, key)] = row
+            elif row.value == value and row.term == term:
+                continue
+            row.term, row.value, row.confirmed_by = term[:200], value, actor
+
+
 def _fail(database: Database, storage: Storage, version_id: int, error: CleanroomError) -> None:
     """The file cannot be ingested: say why, and keep nothing of it (the record stays, as
     history; the quarantine objects go once the state says so). The reason may quote the
@@ -525,6 +616,7 @@ def profile_job(ctx: JobContext) -> dict[str, Any]:
                 "columns": parsed.columns,
                 "warnings": parsed.warnings,
                 "samples": sample_values(parsed.frame),
+                "distinct": site_terms.distinct_values(parsed.frame),
                 "looks_like": looks_like,
             }
         )
@@ -674,9 +766,18 @@ def confirm_mapping(
     choices: Mapping[str, Mapping[str, Any]],
     *,
     actor: str,
+    terms: Mapping[str, Mapping[str, str]] | None = None,
+    accept_proposed_terms: bool = False,
 ) -> None:
     """Apply the contributor's mapping: ``{source: {"target": cdm column or "", "unit":
-    label}}``. Remembers it for the institution's next upload and queues processing."""
+    label}}``, and their decisions on the file's terms for category values (``{column:
+    {term: value, or "" to hold its rows back}}``; ``accept_proposed_terms`` takes every
+    proposal as it stands). Remembers both for the institution's next upload and queues
+    processing.
+
+    While a term is still open (new, or proposed and not confirmed) nothing is queued: the
+    column mapping chosen so far is kept, so the page can ask about the terms of the
+    columns it now maps, and :class:`BadRequest` ``terms_unconfirmed`` names them."""
     _require_state(version, VersionState.AWAITING_MAPPING, doing="mapped")
     table = cdm_table(version.cdm_table)
     proposal = MappingProposal.from_dict(json.loads(version.mapping))
@@ -688,7 +789,18 @@ def confirm_mapping(
             + " have no source column; map them or fix the file and upload again.",
             code="missing_required",
         )
-    version.mapping = json.dumps(confirmed.to_dict())
+    listed = term_proposals(session, version, confirmed)
+    try:
+        decided = site_terms.decide(
+            listed, terms or {}, table, accept_proposals=accept_proposed_terms
+        )
+    except BadRequest as err:
+        if err.code == "terms_unconfirmed":
+            version.mapping = json.dumps(confirmed.to_dict())
+            session.commit()
+        raise
+    _remember_terms(session, version, decided, actor)
+    version.mapping = json.dumps({**confirmed.to_dict(), "terms": decided})
     remembered = session.scalar(
         select(InstitutionMapping).where(
             InstitutionMapping.institution_id == version.institution_id,
@@ -704,7 +816,16 @@ def confirm_mapping(
     # The ledger names the CDM columns only: the source names are the file's header (or,
     # in a file without one, its first row).
     targets = sorted(confirmed.as_mapping().values())
-    detail = {"columns": targets, "unused_sources": len(confirmed.columns) - len(targets)}
+    detail: dict[str, Any] = {
+        "columns": targets,
+        "unused_sources": len(confirmed.columns) - len(targets),
+    }
+    if decided:
+        chosen = [v for c in decided.values() for v in c.values()]
+        detail["terms"] = {
+            "mapped": sum(1 for v in chosen if v),
+            "held_back": sum(1 for v in chosen if not v),
+        }
     _queue_processing(session, settings, version, actor, "ingest.map", detail)
 
 
@@ -934,6 +1055,7 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
         return {"state": VersionState.FAILED}
     ctx.progress(25, "mapping columns")
     mapped = apply_mapping(parsed.frame, proposal, table)
+    mapped = site_terms.apply(mapped, json.loads(version.mapping).get("terms") or {})
     ctx.progress(40, "validating")
     known = _known_keys(ctx.database, storage, version, table, chain)
     # Examples in full: the report is read by the uploading institution only (its own data).

@@ -21,6 +21,7 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup, escape
 from sqlalchemy import select
 
+from contracts.codes import load_codes
 from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import get_db
@@ -28,7 +29,7 @@ from hub.errors import BadRequest, CleanroomError, NotFound
 from hub.exports import record_export
 from hub.ingest import services
 from hub.ingest.deid import STRONGER, action_words, class_words, evidence_words
-from hub.ingest.models import ACTIVE_STATES, DatasetVersion
+from hub.ingest.models import ACTIVE_STATES, DatasetVersion, VersionState
 from hub.jobs.models import Job
 from hub.web import actor, current_user, guard, may
 from hub.web import app_settings as _settings
@@ -129,8 +130,17 @@ def _user() -> User:
 
 
 def _version(version: DatasetVersion) -> dict[str, Any]:
-    """``version`` as JSON for the signed-in caller (content-free unless theirs)."""
-    return services.version_dict(version, content=_sees_content(_user(), version))
+    """``version`` as JSON for the signed-in caller (content-free unless theirs). While the
+    mapping waits for confirmation, the uploading institution also gets the file's terms
+    for category values, each with what is proposed for it (``open``: needs a decision)."""
+    content = _sees_content(_user(), version)
+    out = services.version_dict(version, content=content)
+    if content and version.state == VersionState.AWAITING_MAPPING:
+        out["terms"] = {
+            column: [t.to_dict() for t in listed]
+            for column, listed in services.term_proposals(get_db(), version).items()
+        }
+    return out
 
 
 def _record_refused(table: str, filename: str, err: CleanroomError) -> None:
@@ -233,6 +243,35 @@ def upload() -> ResponseReturnValue:
     return redirect(url_for("datasets.show", version_id=version.id), 303)
 
 
+@bp.route("/terms")
+@guard("upload", "datasets")
+def terms() -> ResponseReturnValue:
+    """The institution's remembered terms for category values, to check and forget."""
+    user = current_user()
+    assert user is not None
+    return render_template(
+        "datasets/terms.html",
+        terms=services.institution_terms(get_db(), user.institution_id),
+        codes=load_codes(),
+        hold_back=HOLD_BACK_CHOICE,
+    )
+
+
+@bp.route("/terms/<int:term_id>/forget", methods=["POST"])
+@guard("upload", "datasets")
+def forget_term(term_id: int) -> ResponseReturnValue:
+    user = current_user()
+    assert user is not None
+    db = get_db()
+    forgotten = services.forget_term(db, user.institution_id, term_id, actor=actor())
+    db.commit()
+    flash(
+        f"“{forgotten.term}” is forgotten: your next upload that uses it asks what it means.",
+        "info",
+    )
+    return redirect(url_for("datasets.terms"), 303)
+
+
 @bp.route("/<int:version_id>")
 @guard("read", "datasets/{version_id}", owner=_same_institution)
 def show(version_id: int) -> ResponseReturnValue:
@@ -260,6 +299,9 @@ def show(version_id: int) -> ResponseReturnValue:
         progress=_progress(version, content=content),
         profile=json.loads(version.profile or "{}") if content else {},
         mapping=reports["mapping"],
+        terms=services.term_proposals(db, version) if own and content else {},
+        hold_back=HOLD_BACK_CHOICE,
+        codes=load_codes(),
         validation=reports["validation"],
         deid=reports["deidentification"],
         floor=reports["deidentification_floor"],
@@ -333,8 +375,15 @@ def sheet(version_id: int) -> ResponseReturnValue:
     return redirect(url_for("datasets.show", version_id=version_id), 303)
 
 
-def _choices_from_form() -> dict[str, dict[str, str]]:
+HOLD_BACK_CHOICE = "-hold-"
+"""The term select's "hold these rows back" option (its empty option means "not chosen")."""
+
+
+def _choices_from_form() -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """``(columns, terms)`` from the mapping form: ``target::SOURCE`` and ``unit::SOURCE``
+    fields, and ``term::COLUMN::TERM`` selects (a term left unchosen is not decided)."""
     choices: dict[str, dict[str, str]] = {}
+    terms: dict[str, dict[str, str]] = {}
     for field, value in request.form.items():
         if field.startswith("target::"):
             source = field.removeprefix("target::")
@@ -342,7 +391,10 @@ def _choices_from_form() -> dict[str, dict[str, str]]:
         elif field.startswith("unit::"):
             source = field.removeprefix("unit::")
             choices.setdefault(source, {})["unit"] = value
-    return choices
+        elif field.startswith("term::") and value:
+            column, _, term = field.removeprefix("term::").partition("::")
+            terms.setdefault(column, {})[term] = "" if value == HOLD_BACK_CHOICE else value
+    return choices, terms
 
 
 @bp.route("/<int:version_id>/mapping", methods=["POST"])
@@ -350,8 +402,9 @@ def _choices_from_form() -> dict[str, dict[str, str]]:
 def mapping(version_id: int) -> ResponseReturnValue:
     db = get_db()
     version = services.get_version(db, version_id)
+    columns, terms = _choices_from_form()
     try:
-        services.confirm_mapping(db, _settings(), version, _choices_from_form(), actor=actor())
+        services.confirm_mapping(db, _settings(), version, columns, actor=actor(), terms=terms)
     except CleanroomError as err:
         db.rollback()
         flash(code_marks(err.message), "error")
@@ -525,7 +578,7 @@ def api_show(version_id: int) -> ResponseReturnValue:
     content = _sees_content(_user(), version)
     return jsonify(
         {
-            **services.version_dict(version, content=content),
+            **_version(version),
             "progress": _progress(version, content=content),
             **(_next_steps(version) if content else {}),
         }
@@ -562,15 +615,31 @@ def api_sheet(version_id: int) -> ResponseReturnValue:
 @api.route("/<int:version_id>/mapping", methods=["POST"])
 @guard("map", "datasets/{version_id}", scope="upload", owner=_same_institution)
 def api_mapping(version_id: int) -> ResponseReturnValue:
-    """Body: ``{"columns": {source: {"target": cdm_column | "", "unit": label}}}``; an empty
-    body accepts the proposal as it stands."""
+    """Body: ``{"columns": {source: {"target": cdm_column | "", "unit": label}}, "terms":
+    {column: {term: value | ""}}, "accept_proposed_terms": bool}``; an empty body accepts
+    the column mapping as it stands. The upload's ``terms`` (``GET`` it) lists the file's
+    terms for category values with what is proposed; each open one needs a decision (a
+    value, or ``""`` to hold its rows back), else 400 ``terms_unconfirmed``."""
     body = request.get_json(silent=True) or {}
     choices = body.get("columns", {})
     if not isinstance(choices, dict):
         raise BadRequest("`columns` must be an object {source: {target, unit}}.")
+    terms = body.get("terms", {})
+    if not isinstance(terms, dict) or not all(
+        isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) for v in terms.values()
+    ):
+        raise BadRequest('`terms` must be an object {column: {term: value or ""}}.')
     db = get_db()
     version = services.get_version(db, version_id)
-    services.confirm_mapping(db, _settings(), version, choices, actor=actor())
+    services.confirm_mapping(
+        db,
+        _settings(),
+        version,
+        choices,
+        actor=actor(),
+        terms=terms,
+        accept_proposed_terms=body.get("accept_proposed_terms") is True,
+    )
     db.commit()
     return jsonify(_version(version))
 
