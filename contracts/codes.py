@@ -54,9 +54,10 @@ class Code:
     value: str  # the CDM value, e.g. "endotoxin"
     system: CodeSystem
     code: str
-    display: str
+    display: str  # as the code system displays the code
+    label: str  # in plain words, for pages ("Large B-cell lymphoma")
     synonyms: tuple[str, ...] = ()
-    source: str = ""  # where the code was verified (a URL), empty for the CDM's own codes
+    source: str = ""  # where the code was verified, empty for the CDM's own codes
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class CodeList:
         and its code included (a file may carry codes instead of words)."""
         for value, code in self.codes.items():
             yield code.display, value
+            yield code.label, value
             if code.system.key != CDM_SYSTEM:
                 yield code.code, value
             for term in code.synonyms:
@@ -205,7 +207,7 @@ def _build_code(
     where: str,
 ) -> Code:
     where = f"{where}, value `{value}`"
-    allowed = {"system", "code", "display", "synonyms", "source"}
+    allowed = {"system", "code", "display", "label", "synonyms", "source"}
     if not isinstance(spec, dict) or not {"display"} <= set(spec) <= allowed:
         raise ValueError(f"{where}: must be a mapping with `display` and optionally {allowed}")
     system = _system(spec["system"], systems, where) if "system" in spec else default
@@ -220,11 +222,13 @@ def _build_code(
     synonyms = spec.get("synonyms", [])
     if not isinstance(synonyms, list):
         raise ValueError(f"{where}: `synonyms` must be a list of terms")
+    display = _text(spec["display"], f"{where}: `display`")
     return Code(
         value=value,
         system=system,
         code=code,
-        display=_text(spec["display"], f"{where}: `display`"),
+        display=display,
+        label=_text(spec.get("label", display), f"{where}: `label`"),
         synonyms=tuple(_text(s, f"{where}: synonym") for s in synonyms),
         source=str(spec.get("source") or ""),
     )
@@ -254,14 +258,28 @@ def render_markdown(book: CodeBook | None = None) -> str:
         f"Columns with more than {MAX_ASKED_TERMS} distinct values are not asked about: values "
         "outside the list are held back by validation.",
         "",
-        "| column | system | value | code | display | terms sites use |",
+        "**Where no standard code is given, and why.** Release tests keep the CDM's own "
+        "codes: the LOINC terms closest to them measure something else (CAR-T and CD3 cells "
+        "as counts, not percentages; viability of CD3 cells only; endotoxin in "
+        "non-biological fluid; mycoplasma by one probe method; bacteria in autologous blood "
+        "units), and a code that means something else is worse than none. ISBT 128 product "
+        "description codes are published to ICCBBA's licensees only; ISBT 128 stays the "
+        "standard of `product_code` and the DIN. Product statuses `processed`, `applied` "
+        "and `discarded` exist in the FHIR R6 ballot, not in R5 (which has `available` and "
+        "`unavailable`), so they keep CDM codes until R6 is published. Product names have no "
+        "code verified against its primary source yet. A standard code replaces a CDM code "
+        "in a minor version of the data model (the value stays).",
+        "",
+        "| column | system | value | code | display (in plain words) | terms sites use |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for codes in book:
         for value, code in codes.codes.items():
             out.append(
                 f"| `{codes.table}.{codes.column}` | {code.system.name} | `{value}` "
-                f"| `{code.code}` | {code.display} | "
+                f"| `{code.code}` | {code.display}"
+                + (f" ({code.label})" if code.label != code.display else "")
+                + " | "
                 + ", ".join(s.replace("|", "\\|") for s in code.synonyms)
                 + " |"
             )

@@ -130,7 +130,7 @@ def _propose_one(
         value, label = by_fold[folded]
         code = codes.codes[value]
         what = "its code" if label == code.code else f"the term “{label}”"
-        return Term(term, rows, value, "synonym", f"{what} for “{code.display}”")
+        return Term(term, rows, value, "synonym", f"{what} for “{code.label}”")
     if len(folded) >= 4:
         candidates = [f for f in by_fold if len(f) >= 4]
         close = difflib.get_close_matches(folded, candidates, n=1, cutoff=FUZZY_CUTOFF)

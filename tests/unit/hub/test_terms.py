@@ -119,7 +119,7 @@ def test_every_category_column_names_its_code_system() -> None:
                 if code.system.key == CDM_SYSTEM:
                     assert code.code == value
                 else:  # a standard code names where it was verified
-                    assert code.source.startswith("https://"), (value, code)
+                    assert code.source and code.code, (value, code)
 
 
 @pytest.mark.parametrize(
