@@ -253,6 +253,8 @@ def _fhir_versions(
     try:
         keys: dict[str, str] = {}
         brought: dict[str, list[str]] = {}
+        distinct: dict[str, dict[str, list[list[Any]]]] = {}
+        samples: dict[str, dict[str, list[str]]] = {}
         for table_name in order:
             table_key = f"quarantine/{slug}/{uuid.uuid4().hex}/raw"
             written.append(table_key)
@@ -260,6 +262,8 @@ def _fhir_versions(
             put_frame(storage, table_key, frame)
             keys[table_name] = table_key
             brought[table_name] = [str(c) for c in frame.columns]
+            distinct[table_name] = site_terms.distinct_values(frame)
+            samples[table_name] = sample_values(frame)
         fhir_info = {
             "upload": uuid.uuid4().hex,
             "tables": order,
@@ -275,11 +279,12 @@ def _fhir_versions(
             table = cdm_table(table_name)
             frame = imported.frames[table_name]
             columns = brought[table_name]
+            mapping = _fhir_mapping(columns, table)
             version = DatasetVersion(
                 institution_id=user.institution_id,
                 cdm_table=table_name,
                 version=_next_version(session, user.institution_id, table_name),
-                state=VersionState.PROCESSING,
+                state=VersionState.AWAITING_MAPPING,
                 filename=name,
                 file_kind=FileKind.FHIR,
                 size=info.size,
@@ -289,9 +294,15 @@ def _fhir_versions(
                 additional_rows=additional,
                 created_by=actor,
                 profile=json.dumps(
-                    {"rows": len(frame), "columns": len(columns), "fhir": fhir_info}
+                    {
+                        "rows": len(frame),
+                        "columns": len(columns),
+                        "fhir": fhir_info,
+                        "samples": samples[table_name],
+                        "distinct": distinct[table_name],
+                    }
                 ),
-                mapping=json.dumps(_fhir_mapping(columns, table).to_dict()),
+                mapping=json.dumps(mapping.to_dict()),
             )
             session.add(version)
             session.flush()
@@ -312,6 +323,14 @@ def _fhir_versions(
                     "rows": len(frame),
                 },
             )
+            # The columns are the data model's already; the file's codes for category
+            # values may not be: a code or term the institution has not confirmed yet is
+            # asked about on the version's page, like a spreadsheet's.
+            listed = term_proposals(session, version, mapping)
+            if any(t.open for ts in listed.values() for t in ts):
+                continue
+            decided = site_terms.decide(listed, {}, table)
+            version.mapping = json.dumps({**mapping.to_dict(), "terms": decided})
             _queue_processing(
                 session,
                 settings,

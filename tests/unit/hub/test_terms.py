@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from contracts.cdm import ColumnType, load_cdm
 from contracts.codes import CDM_SYSTEM, load_codes, term_key
+from contracts.fhir import write_fhir
 from hub.accounts import models as hub_accounts
 from hub.audit.models import AuditEntry
 from hub.db import Database
@@ -300,3 +301,44 @@ def test_remembered_terms_page_lists_and_forgets_for_the_own_institution_only(
         ).all()
     assert left == {"Yescarta"} and len(forgot) == 1
     assert "no-terms" in client.get("/datasets/terms").get_data(as_text=True)
+
+
+def test_a_fhir_file_with_standard_codes_is_asked_about_then_processed(
+    client: FlaskClient, token: str, database: Database, settings: Settings
+) -> None:
+    """A site's FHIR export that codes the indication in SNOMED CT: the code is proposed
+    as the data model's value (the code book knows it), and the version waits for the
+    contributor instead of holding the rows back or guessing."""
+    episodes = pd.DataFrame(
+        {
+            "coi_id": [f"COI-F{i:03d}" for i in range(12)],
+            "site": "St Aurelia",
+            "product_class": "autologous_car_t",
+            "indication": ["109969005"] * 6 + ["LBCL"] * 6,  # SNOMED CT for DLBCL, and ours
+            "age": 55,
+            "sex": "female",
+        }
+    )
+    body = write_fhir({"episode": episodes}, form="bundle")
+    resp = client.post(
+        "/api/v1/uploads?filename=site.json",
+        data=body,
+        headers={**_auth(token), "Content-Type": "application/octet-stream"},
+    )
+    assert resp.status_code == 201, resp.get_json()
+    (made,) = resp.get_json()["versions"]
+    asked = show(client, token, made["id"])
+    assert asked["state"] == "awaiting_mapping"
+    (term,) = asked["terms"]["indication"]
+    assert (term["term"], term["value"], term["how"], term["rows"]) == (
+        "109969005",
+        "LBCL",
+        "synonym",
+        6,
+    )
+    assert "its code" in term["why"]
+    assert _map(client, token, made["id"], {"accept_proposed_terms": True}).status_code == 200
+    drain(database, settings)
+    done = show(client, token, made["id"])
+    assert done["state"] == "awaiting_review", done["error"]
+    assert done["valid_rows"] == len(episodes)
