@@ -426,6 +426,20 @@ def hubs(
     return app, client, users, database, settings, settings_overrides, sqlite_template, tmp_path
 
 
+# Known product bugs this round trip shows (see the report of issue 19): the message the
+# fresh hub gives for the rows it holds back, by table. A test that meets one of them is
+# marked xfail with the hub's own message; any other failure fails. Once a bug is fixed its
+# test passes in full, and its entry here can go.
+KNOWN_BUGS = {
+    # contracts/export-side: FHIR R5 has no element for an age band or a day offset, so the
+    # export leaves them out, and the CDM requires both columns.
+    "episode": "column `age`: {n} empty values but the column is required",
+    "collection": "column `collection_date`: {n} empty values but the column is required",
+    # anonymisation/synthesis.py: release_test's composite key (lot_id, test) is not kept.
+    "release_test": "each key may appear only once",
+}
+
+
 def _release_in_fresh_hub(
     hubs: Hubs, tables: tuple[str, ...]
 ) -> tuple[Trip, dict[str, pd.DataFrame]]:
@@ -436,11 +450,19 @@ def _release_in_fresh_hub(
     with fresh_hub(tmp_path / "fresh", template, overrides) as fresh:
         made = import_into(fresh, trip)
         drain(fresh.database, fresh.settings)
+        known = []
         for table in tables:
             reviewed = show(fresh.client, fresh.token, made[table])
             assert reviewed["state"] == "awaiting_review", (table, reviewed["error"])
             rows = len(trip.synthetic[table])
-            assert reviewed["valid_rows"] == rows, (table, reviewed["validation"])
+            if reviewed["valid_rows"] == rows:
+                continue
+            messages = reviewed["validation"]["messages"]
+            words = KNOWN_BUGS.get(table, "").format(n=rows)
+            assert words and any(words in m for m in messages), (table, rows, messages)
+            known.append(f"{table}: {reviewed['valid_rows']} of {rows} rows valid ({messages})")
+        if known:
+            pytest.xfail("known product bug: " + "; ".join(known))
         release_all(fresh.client, fresh.token, [made[t] for t in tables])
         return trip, {t: pooled(fresh.app, fresh.database, t) for t in tables}
 
@@ -478,29 +500,17 @@ def test_synthetic_rows_through_fhir_into_a_fresh_hub_are_the_rows_exported(
     assert f"exported {round(old, 6)!r}, imported {round(old + 1.5, 6)!r}" in found[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: the FHIR export leaves out episode.age (a band in the pool) and "
-    "collection.collection_date (a day offset), both required by the CDM, so the fresh hub "
-    "holds back every episode and collection row",
-)
 def test_patients_and_collections_survive_the_round_trip_relinked(hubs: Hubs) -> None:
     """Patients, collections and lots released in the fresh hub, and every link among
-    them joins as in the synthetic data."""
+    them joins as in the synthetic data. (Today an xfail: ``KNOWN_BUGS``.)"""
     trip, fresh_pool = _release_in_fresh_hub(hubs, ("episode", "collection", "batch"))
     links = [f"{c}.{k} -> {p}.{pk}" for c, k, p, pk in LINKS if c != "release_test"]
     assert_relinked(trip, fresh_pool, links)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="product bug: synthetic release_test rows repeat the CDM's composite primary key "
-    "(lot_id, test), so the fresh hub holds the repeats back",
-)
 def test_release_tests_survive_the_round_trip_relinked(hubs: Hubs) -> None:
     """Lots and their release tests released in the fresh hub, each test joined to its lot
-    as in the synthetic data."""
+    as in the synthetic data. (Today an xfail: ``KNOWN_BUGS``; the repeats are in the
+    synthetic rows themselves.)"""
     trip, fresh_pool = _release_in_fresh_hub(hubs, ("batch", "release_test"))
     assert_relinked(trip, fresh_pool, ["release_test.lot_id -> batch.lot_id"])
