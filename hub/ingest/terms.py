@@ -36,6 +36,8 @@ from hub.ingest.validation import normalise_categories
 MAX_TERMS = MAX_ASKED_TERMS
 FUZZY_CUTOFF = 0.82
 """How alike (difflib ratio, on folded text) a term and a known term must be to propose."""
+_PEEK = 5_000
+"""Rows looked at first: a column with more distinct values than the limit there is skipped."""
 HOLD_BACK = ""
 """The decision that maps a term to nothing: its rows are held back by validation."""
 
@@ -65,10 +67,20 @@ def distinct_values(frame: pd.DataFrame, limit: int = MAX_TERMS) -> dict[str, li
     so terms can be asked about without reading the file again."""
     out: dict[str, list[list[Any]]] = {}
     for name in frame.columns:
-        values = frame[name].dropna().astype(str).str.strip()
-        counts = values[values != ""].value_counts()
+        column = frame[name]
+        if column.head(_PEEK).nunique(dropna=True) > limit:
+            continue  # an identifier, a number, a date: not a list of terms
+        raw = column.value_counts(dropna=True)  # counted as written, stripped afterwards
+        if len(raw) > 4 * limit:
+            continue
+        counts: dict[str, int] = {}
+        for value, n in raw.items():
+            text = str(value).strip()
+            if text:
+                counts[text] = counts.get(text, 0) + int(n)
         if 0 < len(counts) <= limit:
-            out[str(name)] = [[str(v), int(n)] for v, n in counts.items()]
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            out[str(name)] = [[v, n] for v, n in ranked]
     return out
 
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fhir.resources import get_fhir_model_class
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -50,6 +52,12 @@ LEFT_OUT = {
     "collection": {"collection_date"},
     "batch": {"release_date"},
     "release_test": {"test_date"},
+}
+RESOURCE = {
+    "episode": "Patient",
+    "collection": "BiologicallyDerivedProduct",
+    "batch": "BiologicallyDerivedProduct",
+    "release_test": "Observation",
 }
 # Child table → (its key column, parent table, the parent's key) for the CDM links kept.
 LINKS = (
@@ -120,11 +128,13 @@ def site_files() -> dict[str, str]:
 def _cell(value: Any) -> Any:
     """A cell as compared: missing as None, numbers as rounded floats, booleans as
     booleans, everything else as text."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if isinstance(value, str):
+        return str(value)
+    if value is None or pd.isna(value):
         return None
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if isinstance(value, (int, float)) or hasattr(value, "dtype"):
+    if isinstance(value, (int, float, np.number)):
         return round(float(value), 6)
     return str(value)
 
@@ -140,7 +150,8 @@ def differences(table: str, expected: pd.DataFrame, imported: pd.DataFrame) -> l
     were exported) in the columns FHIR carries, in words; empty when they are the same."""
     columns = [c for c in expected.columns if c not in LEFT_OUT[table]]
     problems = [f"{table}: column {c} was not imported" for c in columns if c not in imported]
-    extra = [c for c in imported.columns if c not in expected.columns and imported[c].notna().any()]
+    # Columns left out (or never in the rows) must come back empty.
+    extra = [c for c in imported.columns if c not in columns and imported[c].notna().any()]
     problems += [f"{table}: column {c} was not exported but has values" for c in extra]
     if len(expected) != len(imported):
         problems.append(f"{table}: {len(expected)} rows exported, {len(imported)} imported")
@@ -356,6 +367,12 @@ def site_to_synthetic_fhir(
         for column in LEFT_OUT[table]:
             assert f"{table}.{column} (" in left_out, (table, left_out)
         exported[table] = resp.data
+        # One resource per row, of the type the mapping names, each valid R5 by itself.
+        resources = [json.loads(line) for line in resp.data.decode().splitlines()]
+        assert len(resources) == body["total"], table
+        assert {r["resourceType"] for r in resources} == {RESOURCE[table]}, table
+        for resource in resources:
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
     # Synthetic keys are new (never the pool's pseudonyms) and join across tables.
     assert not set(synthetic["episode"]["coi_id"]) & set(pool["episode"]["coi_id"])
     assert synthetic["batch"]["din"].dropna().isin(synthetic["collection"]["din"]).all()
