@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -188,6 +188,24 @@ def load_cdm(path: Path | None = None) -> CommonDataModel:
     if path is None:
         return _load_default()
     return _load(Path(path))
+
+
+_Built = TypeVar("_Built")
+
+
+def read_contract(
+    path: Path, build: Callable[[Any, CommonDataModel], _Built], cdm: CommonDataModel
+) -> _Built:
+    """A YAML file that goes with the data model (``codes.yaml``, ``fhir_r5.yaml``), read
+    safely and built by ``build`` against ``cdm``; every error names the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return build(raw, cdm)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def cdm_version(path: Path | None = None) -> str:

@@ -20,9 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
-from contracts.cdm import ColumnType, CommonDataModel, load_cdm
+from contracts.cdm import ColumnType, CommonDataModel, load_cdm, read_contract
 
 DEFAULT_PATH = Path(__file__).with_name("codes.yaml")
 CDM_SYSTEM = "cdm"
@@ -107,14 +105,7 @@ def _load_default() -> CodeBook:
 
 
 def _load(path: Path, cdm: CommonDataModel) -> CodeBook:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    try:
-        return _build(raw, cdm)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    return read_contract(path, _build, cdm)
 
 
 def _text(value: Any, where: str) -> str:

@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import IO, Any, Literal, overload
 
 import pandas as pd
-import yaml
 from fhir.resources import get_fhir_model_class
 from pydantic import ValidationError
 
-from contracts.cdm import Column, ColumnType, CommonDataModel, load_cdm
+from contracts.cdm import Column, ColumnType, CommonDataModel, load_cdm, read_contract
 
 DEFAULT_MAPPING = Path(__file__).with_name("fhir_r5.yaml")
 
@@ -262,14 +261,7 @@ def _default_mapping() -> FhirMapping:
 
 
 def _load_mapping(path: Path, cdm: CommonDataModel) -> FhirMapping:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    try:
-        return _build_mapping(raw, cdm)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    return read_contract(path, _build_mapping, cdm)
 
 
 def _build_mapping(raw: Any, cdm: CommonDataModel) -> FhirMapping:
