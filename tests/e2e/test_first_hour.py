@@ -244,7 +244,7 @@ def test_a_data_managers_first_hour(
     expect(page.locator("main")).to_contain_text("episode first")
     walk.check("datasets")
 
-    page.get_by_label("Table", exact=True).select_option("deviation")
+    page.get_by_label("Table (not for FHIR files)", exact=True).select_option("deviation")
     page.get_by_label("File", exact=True).set_input_files(upload)
     page.get_by_role("button", name="Upload").click()
     expect(page).to_have_url(re.compile(r"/datasets/\d+$"))
