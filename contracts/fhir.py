@@ -22,7 +22,7 @@ import os
 import re
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -44,6 +44,10 @@ MAX_BYTES = 1 << 30  # 1 GiB
 MAX_RESOURCES = 2_000_000
 MAX_DEPTH = 32  # FHIR resources of the mapped types nest about 8 levels deep
 _LISTED = 50  # problems listed one by one in the report; the rest are counted
+WITHHELD_SYSTEM = "urn:cleanroom:cdm:withheld"
+"""``meta.tag`` system naming a CDM column (``table.column``) the exporting hub left out of
+a resource because its de-identified values have no FHIR form (ages as bands, dates as day
+offsets): an importing hub keeps rows without it instead of holding them back."""
 
 _BUNDLE_TYPES_READ = {"collection", "transaction", "batch", "searchset", "document"}
 _BUNDLE_TYPES_REFUSED = {
@@ -566,6 +570,7 @@ class FhirReport:
     invalid: list[FhirIssue] = field(default_factory=list)
     invalid_count: int = 0
     unconverted: Counter[str] = field(default_factory=Counter)  # "table.column: why" -> count
+    withheld: Counter[str] = field(default_factory=Counter)  # "table.column" -> resources
 
     @property
     def ok(self) -> bool:
@@ -584,6 +589,11 @@ class FhirReport:
             out.append(f"{element}: present in {_count(n)}, not mapped to any column.")
         for text, n in sorted(self.unconverted.items()):
             out.append(f"{text} ({_count(n)}); left empty.")
+        for column, n in sorted(self.withheld.items()):
+            out.append(
+                f"{column}: left out by the hub that exported this file (its de-identified "
+                f"values have no FHIR form) in {_count(n)}; those rows are kept without it."
+            )
         if self.missing_reference_count:
             out.append(
                 f"{self.missing_reference_count:,} references point to resources that are "
@@ -933,6 +943,12 @@ class _Reader:
         cache: _Cache = {}
         for cmap in profile.columns:
             columns[cmap.column.name].append(self._value(obj, cmap, profile, cache))
+        names = {f"{profile.table}.{c.column.name}" for c in profile.columns}
+        meta = obj.get("meta")
+        for tag in (meta.get("tag") or []) if isinstance(meta, dict) else []:
+            if isinstance(tag, dict) and tag.get("system") == WITHHELD_SYSTEM:
+                if tag.get("code") in names:
+                    report.withheld[str(tag["code"])] += 1
         _unmapped(obj, self.trie[profile.name], rtype, report.unmapped_elements)
 
     def _register(self, label: str, full_url: str | None, profile: str | None, row: int) -> None:
@@ -1269,6 +1285,7 @@ def write_fhir(
     form: Literal["bundle"] = "bundle",
     utc_offset: str = "+00:00",
     mapping: FhirMapping | None = None,
+    withheld: Collection[str] = (),
 ) -> bytes: ...
 
 
@@ -1279,6 +1296,7 @@ def write_fhir(
     form: Literal["ndjson"],
     utc_offset: str = "+00:00",
     mapping: FhirMapping | None = None,
+    withheld: Collection[str] = (),
 ) -> Iterator[bytes]: ...
 
 
@@ -1288,13 +1306,16 @@ def write_fhir(
     form: Literal["bundle", "ndjson"] = "bundle",
     utc_offset: str = "+00:00",
     mapping: FhirMapping | None = None,
+    withheld: Collection[str] = (),
 ) -> bytes | Iterator[bytes]:
     """Build FHIR R5 resources from CDM rows, each validated with ``fhir.resources``.
 
     ``form="bundle"`` returns one collection Bundle (bytes); ``form="ndjson"`` returns an
     iterator of lines, one resource each, built as they are read. The CDM keeps custody
     timestamps as local wall-clock time; FHIR needs an offset with a time of day, so
-    ``utc_offset`` is written with them (the site's offset when known).
+    ``utc_offset`` is written with them (the site's offset when known). ``withheld`` names
+    the columns (``table.column``) left out because their de-identified values have no FHIR
+    form; each resource of the table says so in ``meta.tag`` (:data:`WITHHELD_SYSTEM`).
     """
     mapping = mapping or load_mapping()
     if form not in {"bundle", "ndjson"}:
@@ -1303,18 +1324,22 @@ def write_fhir(
         raise FhirError(f"utc_offset must read like +01:00 or Z, not {utc_offset!r}")
     plan = _plan(frames, mapping)
     if form == "ndjson":
-        return _ndjson(plan, mapping, utc_offset)
+        return _ndjson(plan, mapping, utc_offset, withheld)
     entries = [
-        {"fullUrl": _urn(r), "resource": r} for r in _resources(plan, mapping, utc_offset, True)
+        {"fullUrl": _urn(r), "resource": r}
+        for r in _resources(plan, mapping, utc_offset, True, withheld)
     ]
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
     return json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _ndjson(
-    plan: list[tuple[Profile, pd.DataFrame]], mapping: FhirMapping, utc_offset: str
+    plan: list[tuple[Profile, pd.DataFrame]],
+    mapping: FhirMapping,
+    utc_offset: str,
+    withheld: Collection[str],
 ) -> Iterator[bytes]:
-    for resource in _resources(plan, mapping, utc_offset, False):
+    for resource in _resources(plan, mapping, utc_offset, False, withheld):
         yield json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
@@ -1351,7 +1376,11 @@ def _plan(
 
 
 def _resources(
-    plan: list[tuple[Profile, pd.DataFrame]], mapping: FhirMapping, utc_offset: str, urns: bool
+    plan: list[tuple[Profile, pd.DataFrame]],
+    mapping: FhirMapping,
+    utc_offset: str,
+    urns: bool,
+    withheld: Collection[str] = (),
 ) -> Iterator[dict[str, Any]]:
     ids: dict[str, dict[Any, str]] = {}  # profile -> key value -> reference
     for profile, frame in plan:
@@ -1372,6 +1401,13 @@ def _resources(
                 "resourceType": profile.resource,
                 "id": _id(profile, number),
             }
+            tags = [
+                {"system": WITHHELD_SYSTEM, "code": f"{profile.table}.{c.column.name}"}
+                for c in profile.columns
+                if f"{profile.table}.{c.column.name}" in withheld
+            ]
+            if tags:
+                resource["meta"] = {"tag": tags}
             for name, value in profile.fixed.items():
                 resource[name] = json.loads(json.dumps(value))  # a copy per resource
             for cmap in profile.columns:
@@ -1525,7 +1561,12 @@ def render_markdown(mapping: FhirMapping | None = None) -> str:
         "On export each CDM row becomes one resource, validated before it is written. "
         "Custody timestamps are local wall-clock times in the data model; FHIR needs an "
         "offset with a time of day, so the export writes the site's offset (UTC when not "
-        "known) and the import keeps the wall-clock time as written.",
+        "known) and the import keeps the wall-clock time as written. De-identified "
+        "values with no FHIR form (ages as bands, dates as day offsets since the "
+        "episode's first collection) are left out of the file, named in the download's "
+        f"`X-Cleanroom-Left-Out` header and in each resource's `meta.tag` (system "
+        f"`{WITHHELD_SYSTEM}`, code `table.column`); a hub importing such a file keeps the "
+        "rows although a required column is missing, and its report says which.",
         "",
         "Custody events come from `Provenance` resources (one per handling step, its "
         "`target` the unit and, once manufactured, the lot). "

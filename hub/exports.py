@@ -209,8 +209,9 @@ def fhir_file(frames: Mapping[str, pd.DataFrame], form: str) -> FhirFile:
 
     Columns whose de-identified values cannot take their FHIR type (dates as day offsets,
     ages as bands) are left out, never written as something they are not, and named in
-    :attr:`FhirFile.left_out`. A table FHIR R5 has no resource for (``deviation``) is
-    refused, naming the formats that carry it."""
+    :attr:`FhirFile.left_out` and in each resource's ``meta.tag`` (so a hub importing the
+    file keeps its rows although a required column is missing). A table FHIR R5 has no
+    resource for (``deviation``) is refused, naming the formats that carry it."""
     from contracts.fhir import FhirError, load_mapping, write_fhir
 
     mapping = load_mapping()
@@ -230,9 +231,11 @@ def fhir_file(frames: Mapping[str, pd.DataFrame], form: str) -> FhirFile:
         ready[table] = frame.drop(columns=[c for c in frame.columns if f"{table}.{c}" in left_out])
     try:
         if form == "bundle":
-            return FhirFile(write_fhir(ready, form="bundle", mapping=mapping), left_out)
+            body = write_fhir(ready, form="bundle", mapping=mapping, withheld=left_out)
+            return FhirFile(body, left_out)
         if form == "ndjson":
-            return FhirFile(b"".join(write_fhir(ready, form="ndjson", mapping=mapping)), left_out)
+            lines = write_fhir(ready, form="ndjson", mapping=mapping, withheld=left_out)
+            return FhirFile(b"".join(lines), left_out)
     except (FhirError, ValueError, TypeError) as err:
         raise FhirExportError(f"these rows cannot be written as FHIR R5: {err}") from None
     raise FhirExportError(f"unknown FHIR form {form!r}: choose ndjson or bundle.")

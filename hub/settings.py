@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hub.errors import ConfigurationError
 
@@ -408,12 +408,83 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@dataclass
 class Settings(Mapping[str, Any]):
-    """Effective settings: a read-only mapping with attribute access."""
+    """Effective settings: a read-only mapping, and one typed attribute per setting
+    (``settings.deid_k`` is an ``int``), read from :attr:`data` (see the properties made
+    from :data:`SETTINGS` below the class; a test keeps the declarations in step)."""
 
-    data: dict[str, Any]
-    sources: dict[str, str] = field(default_factory=dict)
+    if TYPE_CHECKING:  # the attributes' types, for mypy; at run time they are properties
+        mode: str
+        data_dir: str
+        database_url: str
+        secret_key: str
+        hmac_key: str
+        hmac_previous_keys: str
+        ledger_key: str
+        checkpoint_key_path: str
+        checkpoint_interval_minutes: int
+        deid_k: int
+        gateway_rate_per_minute: int
+        gateway_timeout_seconds: int
+        gateway_memory_limit: str
+        gateway_threads: int
+        synth_method: str
+        synth_max_training_rows: int
+        synth_gate_quality: float
+        synth_gate_dcr_overfitting: float
+        synth_gate_copied_rows: int
+        deid_scrub_free_text: bool
+        public_url: str
+        host: str
+        allow_remote_development: bool
+        port: int
+        threads: int
+        trusted_proxy: str
+        embedded_worker: bool
+        storage_backend: str
+        storage_path: str
+        s3_bucket: str
+        s3_endpoint_url: str
+        s3_region: str
+        s3_access_key_id: str
+        s3_secret_access_key: str
+        s3_sse: str
+        s3_sse_kms_key_id: str
+        s3_part_size_mb: int
+        max_upload_mb: int
+        raw_retention_days: int
+        session_idle_minutes: int
+        session_max_hours: int
+        password_min_length: int
+        login_free_failures: int
+        login_max_delay_minutes: int
+        release_approvals: int
+        login_rate_per_minute: int
+        token_default_days: int
+        token_max_days: int
+        job_lease_seconds: int
+        job_max_attempts: int
+        worker_poll_seconds: float
+        task_modules: str
+        sandbox_enabled: bool
+        sandbox_host: str
+        sandbox_port: int
+        sandbox_public_url: str
+        sandbox_hub_port: int
+        sandbox_proxy_api_port: int
+        sandbox_isolation: str
+        sandbox_user_prefix: str
+        sandbox_home_root: str
+        sandbox_notebook_env: str
+        sandbox_token_hours: int
+        sandbox_gateway_url: str
+        sandbox_access_check_seconds: int
+        sandbox_service_secret: str
+        log_level: str
+
+    def __init__(self, data: dict[str, Any], sources: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.sources = sources if sources is not None else {}
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -424,13 +495,17 @@ class Settings(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("__") or key in ("data", "sources"):
-            raise AttributeError(key)  # not yet set (copy, pickle): no recursion
-        try:
-            return self.data[key]
-        except KeyError:
-            raise AttributeError(key) from None
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return (self.data, self.sources) == (other.data, other.sources)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        """Secrets masked: a settings object may end up in a log or a traceback."""
+        shown = ", ".join(f"{name}={value!r}" for name, value, _ in self.masked())
+        return f"Settings({shown})"
 
     # Derived values -------------------------------------------------------------------
 
@@ -542,6 +617,15 @@ class Settings(Mapping[str, Any]):
                 f"CLEANROOM_CHECKPOINT_KEY_PATH names {self.effective_checkpoint_key_path}, "
                 "which does not exist: make the key with `cleanroom audit new-key FILE`."
             )
+
+
+def _setting_property(name: str) -> property:
+    return property(lambda self: self.data[name], doc=_BY_NAME[name].help)
+
+
+for _setting in SETTINGS:
+    setattr(Settings, _setting.name, _setting_property(_setting.name))
+del _setting
 
 
 def _development_keys(data_dir: Path) -> dict[str, str]:

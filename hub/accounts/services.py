@@ -323,12 +323,12 @@ def throttle_wait(
             LoginAttempt.at >= max(since, succeeded) if succeeded else LoginAttempt.at >= since,
         )
     ).one()
-    extra = int(failures or 0) - int(settings.login_free_failures)
+    extra = int(failures or 0) - settings.login_free_failures
     if extra < 0 or last is None:
         return None
     delay = min(
         timedelta(seconds=2 ** min(extra, 20)),
-        timedelta(minutes=int(settings.login_max_delay_minutes)),
+        timedelta(minutes=settings.login_max_delay_minutes),
     )
     wait = last + delay - utcnow()
     return wait if wait > timedelta(0) else None
@@ -439,10 +439,10 @@ def resume_session(session: Session, settings: Settings, key: str) -> User | Non
     if found is None or found.ended_at is not None:
         return None
     now = utcnow()
-    if now - found.created_at > timedelta(hours=int(settings.session_max_hours)):
+    if now - found.created_at > timedelta(hours=settings.session_max_hours):
         _end(found, "lifetime reached", now)
         return None
-    if now - found.last_seen_at > timedelta(minutes=int(settings.session_idle_minutes)):
+    if now - found.last_seen_at > timedelta(minutes=settings.session_idle_minutes):
         _end(found, "idle", now)
         return None
     if not found.user.is_active:

@@ -713,7 +713,7 @@ def checkpoint_due(database: Database, settings: Settings) -> AuditCheckpoint | 
     """Every ``checkpoint_interval_minutes``: sign a checkpoint if the ledger has grown, and
     push what institutions have not yet received (failed pushes are retried once an
     interval). Safe to run in several workers at once: the loser of a race changes nothing."""
-    minutes = int(settings.checkpoint_interval_minutes)
+    minutes = settings.checkpoint_interval_minutes
     if minutes <= 0:
         return None
     cutoff = (clock() - timedelta(minutes=minutes)).isoformat(timespec="seconds")

@@ -33,7 +33,7 @@ class SandboxUnavailable(click.ClickException):
 
 def isolation(settings: Settings) -> str:
     """``system-users`` or ``same-user``, from the setting and whether we run as root."""
-    wanted = str(settings.sandbox_isolation)
+    wanted = settings.sandbox_isolation
     root = os.geteuid() == 0
     if wanted == "auto":
         return "system-users" if root else "same-user"
@@ -59,7 +59,7 @@ def unreachable_by_others(path: Path) -> Path | None:
 def notebook_env(settings: Settings) -> Path:
     """The researchers' notebook environment (``sandbox_notebook_env``, relative to the
     project directory unless absolute)."""
-    return PROJECT_ROOT / Path(str(settings.sandbox_notebook_env)).expanduser()
+    return PROJECT_ROOT / Path(settings.sandbox_notebook_env).expanduser()
 
 
 def check_notebook_environment(*programs: Path, sources: tuple[Path, ...] = ()) -> None:

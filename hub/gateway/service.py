@@ -46,7 +46,7 @@ def service_secret(settings: Settings) -> str:
     """The shared secret: the setting, else ``<data_dir>/sandbox-service-secret``,
     generated (mode 0600) on first use."""
     if settings.sandbox_service_secret:
-        return str(settings.sandbox_service_secret)
+        return settings.sandbox_service_secret
     path: Path = settings.data_path / SECRET_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -118,7 +118,7 @@ def issue_token(session: Session, settings: Settings, user: User) -> tuple[str, 
     issued = accounts.create_token(
         session, settings, user, TOKEN_NAME, ["sandbox"], days=1, actor="service:jupyterhub"
     )
-    hours = max(1, min(24, int(settings.sandbox_token_hours)))
+    hours = max(1, min(24, settings.sandbox_token_hours))
     issued.token.expires_at = utcnow() + timedelta(hours=hours)
     return issued.secret, issued.token.expires_at
 
@@ -227,12 +227,12 @@ def sandbox_url(settings: Settings) -> str:
     """Where researchers open the sandbox (JupyterHub): ``sandbox_public_url``, else its
     proxy's address while the sandbox is enabled, else "" (no sandbox to link to)."""
     if settings.sandbox_public_url:
-        return str(settings.sandbox_public_url).rstrip("/") + "/"
+        return settings.sandbox_public_url.rstrip("/") + "/"
     if not settings.sandbox_enabled:
         return ""
-    host = str(settings.sandbox_host)
+    host = settings.sandbox_host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
-    return f"http://{host}:{int(settings.sandbox_port)}/"
+    return f"http://{host}:{settings.sandbox_port}/"
 
 
 @service_api.app_context_processor
@@ -248,6 +248,6 @@ def _sandbox_link() -> dict[str, Any]:
 def gateway_url(settings: Settings) -> str:
     """Where notebooks reach the gateway: the setting, else the hub's own address."""
     if settings.sandbox_gateway_url:
-        return str(settings.sandbox_gateway_url).rstrip("/")
+        return settings.sandbox_gateway_url.rstrip("/")
     host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     return f"http://{host}:{settings.port}"

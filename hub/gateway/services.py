@@ -225,7 +225,7 @@ def check_rate(
     orders them and each re-checks the condition; on SQLite writers take turns). Refused
     requests are not counted: waiting is what lets a researcher back in.
     """
-    limit = int(settings.gateway_rate_per_minute)
+    limit = settings.gateway_rate_per_minute
     seconds = (now or utcnow()).timestamp()
     minute = int(seconds // RATE_WINDOW_SECONDS)
     elapsed = seconds - minute * RATE_WINDOW_SECONDS

@@ -39,7 +39,7 @@ def app_gateway() -> Gateway:
         gateway = Gateway(
             memory_limit=settings.gateway_memory_limit,
             threads=settings.gateway_threads,
-            timeout=float(settings.gateway_timeout_seconds),
+            timeout=settings.gateway_timeout_seconds,
         )
         current_app.extensions["cleanroom.gateway"] = gateway
     return gateway

@@ -273,6 +273,7 @@ def _fhir_versions(
             "unmapped_elements": len(report.unmapped_elements),
             "invalid": report.invalid_count,
             "missing_references": report.missing_reference_count,
+            "withheld": sorted(report.withheld),
         }
         versions: list[DatasetVersion] = []
         for table_name in order:
@@ -1078,8 +1079,17 @@ def process_job(ctx: JobContext) -> dict[str, Any]:
     ctx.progress(40, "validating")
     known = _known_keys(ctx.database, storage, version, table, chain)
     # Examples in full: the report is read by the uploading institution only (its own data).
+    fhir_info = json.loads(version.profile or "{}").get("fhir") or {}
+    withheld = {
+        c.split(".", 1)[1] for c in fhir_info.get("withheld", []) if c.startswith(f"{table.name}.")
+    }
     result = validate(
-        mapped, table, factors=proposal.factors(), known_keys=known, mask_identifiers=False
+        mapped,
+        table,
+        factors=proposal.factors(),
+        known_keys=known,
+        mask_identifiers=False,
+        withheld=withheld,
     )
     valid = result.frame[result.valid_mask]
     ctx.progress(55, "comparing with your released versions")

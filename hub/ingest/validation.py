@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -706,6 +706,7 @@ def validate(
     sources: Mapping[str, str] | None = None,
     first_row: int = FIRST_DATA_ROW,
     mask_identifiers: bool = True,
+    withheld: Collection[str] = (),
 ) -> ValidationResult:
     """Parse, convert and check ``frame`` (CDM column names, raw strings) against ``table``.
 
@@ -716,7 +717,10 @@ def validate(
     without such an entry is reported "not checked". ``first_row`` is the file row of the
     frame's first row (header is row 1). Invalid rows are kept in ``frame`` and named.
     ``mask_identifiers=False`` quotes identifiers in full: for reports only the uploading
-    institution reads (its own data)."""
+    institution reads (its own data). ``withheld`` names required columns the file's source
+    left out on purpose (a hub's FHIR export of de-identified rows, see
+    :data:`contracts.fhir.WITHHELD_SYSTEM`): their empty values are a warning, not a reason
+    to hold a row back."""
     if frame.columns.duplicated().any():
         raise ValueError("frame has duplicate column names")
     n = len(frame)
@@ -767,7 +771,13 @@ def validate(
         counts = np.bincount(np.append(work.status, _EMPTY)[work.codes], minlength=7)
         report.empty = int(counts[_EMPTY])
         report.parsed = int(n - counts[_EMPTY] - counts[_BAD_TYPE])
-        if col.required and not work.present:
+        if col.required and col.name in withheld and counts[_EMPTY]:
+            report.warnings.append(
+                f"column `{col.name}` was left out by the hub that exported this file (its "
+                f"de-identified values have no FHIR form): {int(counts[_EMPTY]):,} rows kept "
+                "without it"
+            )
+        elif col.required and not work.present:
             collect.add(
                 report,
                 Rule.REQUIRED,

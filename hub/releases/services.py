@@ -485,7 +485,7 @@ def review(
     if decision == "reject":
         request.state = "rejected"
         request.reason = comment.strip()[:2000]
-    elif len(approvals(request)) >= int(settings.release_approvals):
+    elif len(approvals(request)) >= settings.release_approvals:
         request.state = "approved"
         request.approved_at = now
         stored = db.get(AgreementRecord, request.agreement_id)

@@ -193,7 +193,7 @@ def index() -> ResponseReturnValue:
         stored = db.get(AgreementRecord, found.agreement_id)
         rows.append((found, stored.slug if stored else "", services.may_review(user, found)))
     return render_template(
-        "releases/index.html", rows=rows, needed=int(app_settings().release_approvals)
+        "releases/index.html", rows=rows, needed=app_settings().release_approvals
     )
 
 
@@ -552,7 +552,7 @@ def page(request_id: int) -> ResponseReturnValue:
         author=author,
         outputs=outputs,
         approvals=services.approvals(found),
-        needed=int(app_settings().release_approvals),
+        needed=app_settings().release_approvals,
         may_review=services.may_review(user, found) and found.state == "in_review",
         reviewed=any(
             r.reviewer_id == user.id and r.revision == found.revision for r in found.reviews

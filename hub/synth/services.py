@@ -71,9 +71,9 @@ MAX_PAGE = 100_000
 def thresholds(settings: Settings) -> Thresholds:
     """The steward's publication gates."""
     return Thresholds(
-        quality=float(settings.synth_gate_quality),
-        dcr_overfitting=float(settings.synth_gate_dcr_overfitting),
-        copied_rows=int(settings.synth_gate_copied_rows),
+        quality=settings.synth_gate_quality,
+        dcr_overfitting=settings.synth_gate_dcr_overfitting,
+        copied_rows=settings.synth_gate_copied_rows,
     )
 
 
@@ -85,7 +85,7 @@ def get(session: Session, synthetic_id: int) -> SyntheticVersion:
 
 
 def _method(settings: Settings, method: str | None) -> str:
-    chosen = method or str(settings.synth_method)
+    chosen = method or settings.synth_method
     if chosen not in BACKENDS:
         raise BadRequest(
             f"unknown synthesis method {chosen!r}; choose one of {', '.join(METHODS)}.",
@@ -545,7 +545,7 @@ def _synthesize(
     options: dict[str, Any] = {
         "method": plan.method,
         "seed": plan.seed,
-        "max_training_rows": int(ctx.settings.synth_max_training_rows),
+        "max_training_rows": ctx.settings.synth_max_training_rows,
         "progress": lambda done, label: ctx.progress(10 + 15 * done, label),
     }
     if plan.group_id is None:

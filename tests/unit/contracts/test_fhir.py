@@ -17,6 +17,7 @@ import yaml
 from contracts.cdm import ColumnType, load_cdm
 from contracts.fhir import (
     DEFAULT_MAPPING,
+    WITHHELD_SYSTEM,
     FhirError,
     load_mapping,
     read_fhir,
@@ -605,3 +606,25 @@ def _broken(tmp_path: Path, change: Any) -> Path:
 def test_a_broken_mapping_file_is_refused(tmp_path: Path, change: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_mapping(_broken(tmp_path, change))
+
+
+def test_columns_withheld_by_the_exporter_are_tagged_and_read_back() -> None:
+    """A hub's export of de-identified rows says which columns it left out (ages as bands
+    have no FHIR form); the reader reports them, and only for columns of the resource's
+    table, whatever else a file claims."""
+    episodes = pd.DataFrame(
+        {"coi_id": ["COI-1", "COI-2"], "site": "St Aurelia", "sex": ["female", "male"]}
+    )
+    body = write_fhir({"episode": episodes}, form="bundle", withheld={"episode.age"})
+    bundle = json.loads(body)
+    tags = [e["resource"]["meta"]["tag"] for e in bundle["entry"]]
+    assert tags == [[{"system": WITHHELD_SYSTEM, "code": "episode.age"}]] * 2
+    # A tag naming a column of another table (or none) is not taken at its word.
+    bundle["entry"][0]["resource"]["meta"]["tag"].append(
+        {"system": WITHHELD_SYSTEM, "code": "batch.lot_id"}
+    )
+    imported = read_fhir(json.dumps(bundle).encode())
+    assert dict(imported.report.withheld) == {"episode.age": 2}
+    assert any("episode.age: left out by the hub" in line for line in imported.report.lines())
+    untagged = read_fhir(write_fhir({"episode": episodes}, form="bundle"))
+    assert not untagged.report.withheld

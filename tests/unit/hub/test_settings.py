@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import stat
 from pathlib import Path
 
@@ -127,6 +128,28 @@ def test_masked_output_hides_secrets(tmp_path: Path) -> None:
     assert "pw" not in shown["database_url"]
     sources = {name: source for name, _, source in s.masked()}
     assert shown["hmac_key"] == "********" and sources["hmac_key"] == "generated (keys.toml)"
+    # A settings object in a log line or a traceback shows no secret either.
+    assert "s3cr3t-value-abc" not in repr(s) and ":pw@" not in repr(s)
+    assert str(s.hmac_key) not in repr(s) and "secret_key='********'" in repr(s)
+
+
+def test_every_setting_is_a_typed_attribute(tmp_path: Path) -> None:
+    """The class declares each setting with the type it is parsed as (mypy reads the
+    declarations), and the attribute returns the parsed value."""
+    tree = ast.parse((ROOT / "hub" / "settings.py").read_text(encoding="utf-8"))
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
+    (block,) = [n for n in cls.body if isinstance(n, ast.If)]
+    declared = {
+        n.target.id: ast.unparse(n.annotation)
+        for n in block.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    assert declared == {s.name: s.type.__name__ for s in SETTINGS}
+    settings = load_settings({"data_dir": str(tmp_path), "deid_k": "7"}, environ={})
+    assert settings.deid_k == 7 and isinstance(settings.worker_poll_seconds, float)
+    assert settings.embedded_worker is True
+    with pytest.raises(AttributeError):
+        settings.no_such_setting  # noqa: B018
 
 
 def test_development_keys_are_generated_once_per_instance_and_kept_private(
