@@ -32,11 +32,12 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.catalogue.views import bp as catalogue_bp
     from hub.fhir_views import api as fhir_api
     from hub.fhir_views import bp as fhir_bp
-    from hub.gateway.service import service_api as sandbox_service_api
     from hub.gateway.views import api as sandbox_api
     from hub.gateway.views import gateway_error
     from hub.ingest.views import api as uploads_api
     from hub.ingest.views import bp as datasets_bp
+    from hub.jobs.views import api as jobs_api
+    from hub.jupyterhub.service import service_api as sandbox_service_api
     from hub.notices.views import api as notices_api
     from hub.notices.views import bp as notices_bp
     from hub.portal.views import bp as portal_bp
@@ -84,6 +85,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         admin_bp,
         datasets_bp,
         api_bp,
+        jobs_api,
         uploads_api,
         agreements_bp,
         agreements_admin_bp,
@@ -108,6 +110,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         app.register_blueprint(bp)
     for bp in (
         api_bp,
+        jobs_api,
         uploads_api,
         agreements_api,
         sandbox_api,

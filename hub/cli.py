@@ -221,7 +221,7 @@ def up(
     """Migrate the database and start the system on the current settings: the portal and
     API, the embedded worker and the researchers' JupyterHub. Ctrl-C stops them all."""
     from hub import schema
-    from hub.gateway import cli as sandbox_cli
+    from hub.jupyterhub import cli as sandbox_cli
 
     hub.override(data_dir=data_dir)
     schema.upgrade(hub.database)
@@ -269,9 +269,9 @@ def _register() -> None:
     from hub.cdm_cli import cdm
     from hub.demo import demo
     from hub.demodata.cli import demo_data
-    from hub.gateway.cli import sandbox
     from hub.ingest.cli import pool, upload
     from hub.jobs.cli import job
+    from hub.jupyterhub.cli import sandbox
     from hub.synth.cli import synth
 
     for command in (

@@ -46,7 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 OPEN_ENDPOINTS = frozenset({"static", "auth.login", "health.healthz"})
 
 #: Endpoints for the sandbox's JupyterHub only: no user signs in to them; they demand the
-#: shared service secret instead (``hub.gateway.service.service_guard``). Reviewed
+#: shared service secret instead (``hub.jupyterhub.service.service_guard``). Reviewed
 #: exceptions to :func:`guard`, each listed here and enumerated by the same test.
 SERVICE_ENDPOINTS = frozenset(
     {"sandbox_service.login", "sandbox_service.check", "sandbox_service.token"}

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 # SIGTERM, then SIGKILL after a timeout: how the hub stops its own JupyterHub child.
-from hub.gateway.cli import stop
+from hub.jupyterhub.cli import stop
 
 __all__ = ["cleanroom_command", "free_port", "healthy", "server_env", "stop"]
 

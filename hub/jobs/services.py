@@ -36,7 +36,7 @@ TASKS: dict[str, TaskFn] = {}
 
 # Modules whose import registers the built-in tasks.
 BUILTIN_TASK_MODULES: tuple[str, ...] = (
-    "hub.jobs.tasks",
+    "hub.audit.jobs",
     "hub.ingest.services",
     "hub.ingest.rotation",
     "hub.synth.services",

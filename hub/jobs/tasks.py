@@ -1,5 +1,5 @@
-"""Built-in job bodies, and what every job asks before it acts for a user: :func:`recheck`
-re-asks :mod:`policies` whether whoever queued the job may still do it."""
+"""What every job asks before it acts for a user: :func:`recheck` re-asks :mod:`policies`
+whether whoever queued the job may still do it. (Job bodies live with their domain.)"""
 
 from __future__ import annotations
 
@@ -11,31 +11,12 @@ from sqlalchemy.orm import Session
 
 from hub.accounts.models import User
 from hub.accounts.services import may
-from hub.audit.services import record, verify
+from hub.audit.services import record
 from hub.errors import Forbidden
 from hub.jobs.models import Job
-from hub.jobs.services import JobContext, task
+from hub.jobs.services import JobContext
 from policies.enforcer import PolicyEngine, user_subject
 from policies.store import load_rules
-
-
-@task("audit.verify")
-def verify_audit(ctx: JobContext) -> dict[str, Any]:
-    """Verify the audit ledger's chain and record the outcome in the ledger itself."""
-    ctx.progress(5, "reading the ledger")
-    with ctx.database.session() as s:
-        result = verify(s)
-    ctx.progress(90, "recording the result")
-    with ctx.database.session() as s:
-        record(
-            s,
-            actor="system",
-            action="audit.verify",
-            target="ledger",
-            detail={"ok": result.ok, "entries": result.entries, "problem": result.problem},
-        )
-    return {"ok": result.ok, "entries": result.entries, "problem": result.problem}
-
 
 # Asking again when a job acts ------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def test_ids_too_large_for_the_database_are_404_on_every_route(
         "datasets.status",
         "uploads_api.api_show",
         "uploads_api.api_mapping",
-        "api.job",
+        "jobs_api.job",
         "synthetic.show",
         "synthetic_api.api_show",
         "admin.user_edit",

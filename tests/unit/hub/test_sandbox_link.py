@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hub.gateway.service import sandbox_url
+from hub.jupyterhub.service import sandbox_url
 from hub.settings import load_settings
 from tests.conftest import AuthActions, Users
 

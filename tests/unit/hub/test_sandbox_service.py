@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from hub.accounts import services as accounts
 from hub.agreements import services
 from hub.db import Database, utcnow
-from hub.gateway.service import service_secret
+from hub.jupyterhub.service import service_secret
 from hub.settings import Settings
 from sandbox.jupyterhub.access import hub_allows, sweep
 from tests.conftest import PASSWORD, Users, activate_agreement

@@ -59,7 +59,7 @@ def test_every_api_route_declares_its_scopes(app: Flask) -> None:
     assert wrong == []
     declared = {endpoint: scopes for _p, endpoint, _m, scopes in rules}
     # The two routes that used to accept a token of any scope, and the agreement API.
-    assert declared["api.job"] == ("read", "upload")
+    assert declared["jobs_api.job"] == ("read", "upload")
     assert declared["uploads_api.api_show"] == ("read", "upload")
     assert declared["agreements_api.api_show"] == ("read",)
     check_api_scopes(app)  # the app as built passes its own check

@@ -181,7 +181,7 @@ def test_jupyterhub_sign_ins_are_recorded(
 ) -> None:
     """A wrong password through JupyterHub is a failed sign-in; a wrong service secret is a
     refused access to the service endpoint."""
-    from hub.gateway.service import service_secret
+    from hub.jupyterhub.service import service_secret
 
     users.make("rosa", "researcher")
     secret = service_secret(app.config["CLEANROOM_SETTINGS"])

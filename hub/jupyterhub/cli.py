@@ -112,7 +112,7 @@ def prepare(
     settings: Settings, *, hub_host: str, hub_port: int
 ) -> tuple[list[str], dict[str, str], str]:
     """Write the run's JSON and return (command, environment, isolation mode)."""
-    from hub.gateway.service import service_secret
+    from hub.jupyterhub.service import service_secret
 
     mode = isolation(settings)
     if not PROXY.exists():
