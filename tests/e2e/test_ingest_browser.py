@@ -169,6 +169,12 @@ def test_contributor_uploads_maps_reviews_releases_and_withdraws(
     # The contributor decides the weight column is not to be used.
     page.get_by_label("target for Weight (kg)").select_option(label="— not used —")
     expect(mapping.locator('select[name="target::Weight (kg)"]')).to_have_value("")
+    # The formula-looking indication is not a value of the list: asked about, never
+    # guessed; the contributor holds its row back (validation then lists it).
+    formula_term = page.get_by_label(f"what {FORMULA} means")
+    expect(formula_term).to_have_value("")
+    expect(page.get_by_test_id("terms-indication")).to_contain_text("new to your institution")
+    formula_term.select_option(label="Hold these rows back")
     page.get_by_role("button", name="Confirm mapping and validate").click()
 
     expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
@@ -439,6 +445,7 @@ def test_second_version_replaces_the_first(
     _readable(page)
     _fits_its_card(page, "[data-testid=mapping]")
     _shoot(page, tmp_path, "03-mapping.png")
+    page.get_by_label(f"what {FORMULA} means").select_option(label="Hold these rows back")
     page.get_by_role("button", name="Confirm mapping and validate").click()
 
     expect(state).to_have_text("awaiting review", timeout=JOB_TIMEOUT_MS)
