@@ -244,8 +244,9 @@ def render_markdown(book: CodeBook | None = None) -> str:
         "`accept_proposed_terms`). Cleanroom proposes a value from the display texts, codes "
         "and the terms sites use listed below, exactly or by a close spelling, and marks "
         "each proposal for checking; a term it has never seen is left for the contributor "
-        "to choose, never guessed. Each confirmed term (or the choice to hold its rows back) "
-        "is remembered for the institution and applied to its next uploads without asking. "
+        "to choose, never guessed. Each term confirmed as a value is remembered for the "
+        "institution and applied to its next uploads without asking (a term held back is "
+        "not kept: it may be a stray identifier). "
         f"Columns with more than {MAX_ASKED_TERMS} distinct values are not asked about: values "
         "outside the list are held back by validation.",
         "",

@@ -26,6 +26,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.api.views import bp as api_bp
     from hub.audit.views import api as ledger_api
     from hub.audit.views import bp as ledger_bp
+    from hub.audit.views import pages as ledger_pages
     from hub.auditor.views import api as auditor_api
     from hub.auditor.views import bp as auditor_bp
     from hub.catalogue.views import api as catalogue_api
@@ -103,6 +104,7 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
         auditor_bp,
         auditor_api,
         ledger_bp,
+        ledger_pages,
         ledger_api,
         fhir_bp,
         fhir_api,

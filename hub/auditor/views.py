@@ -19,9 +19,9 @@ from flask import Blueprint, Response, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 
-from hub.admin.views import action_words
 from hub.agreements import services as agreements
 from hub.audit.models import AuditEntry
+from hub.audit.words import action_words
 from hub.auditor import services
 from hub.db import get_database, get_db
 from hub.exports import record_export

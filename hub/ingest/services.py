@@ -510,7 +510,9 @@ def forget_term(
 def _remember_terms(
     session: Session, version: DatasetVersion, decided: Mapping[str, Mapping[str, str]], actor: str
 ) -> None:
-    """Keep the institution's confirmed terms for its next uploads (the latest wins)."""
+    """Keep the institution's confirmed terms for its next uploads (the latest wins). A
+    term held back is not kept (a stray identifier in a category column must not outlive
+    the upload) and forgets an earlier mapping of it: its next use is asked about again."""
     existing = {
         (r.column, r.term_key): r
         for r in session.scalars(
@@ -524,6 +526,11 @@ def _remember_terms(
         for term, value in chosen.items():
             key = term_key(term)
             row = existing.get((column, key))
+            if value == site_terms.HOLD_BACK:
+                if row is not None:
+                    session.delete(row)
+                    del existing[(column, key)]
+                continue
             if row is None:
                 row = InstitutionTerm(
                     institution_id=version.institution_id,

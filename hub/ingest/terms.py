@@ -13,7 +13,8 @@ aside) is a *term* to map:
 
 Nothing but a remembered term is applied without the contributor's say: proposals and new
 terms are *open* until the contributor confirms a value or chooses to hold the rows back
-(:func:`decide`), and every confirmation is remembered for the institution's next upload.
+(:func:`decide`). Every value confirmed is remembered for the institution's next upload; a
+term held back is not (it may be a stray identifier), so it is asked about again.
 Only columns with at most :data:`MAX_TERMS` distinct values are asked about; values of a
 longer column that are not the data model's are held back by validation, as before.
 """
@@ -128,8 +129,6 @@ def _propose_one(
     allowed: tuple[str, ...],
 ) -> Term:
     known = remembered.get((target, term_key(term)))
-    if known == HOLD_BACK:
-        return Term(term, rows, HOLD_BACK, "remembered", "held back, as you chose before")
     if known in allowed:
         return Term(term, rows, known, "remembered", "mapped like this in an earlier upload")
     if codes is None:

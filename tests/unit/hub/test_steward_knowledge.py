@@ -155,7 +155,11 @@ class Planted:
         return resp.get_json()
 
     def _map(self, version_id: int, body: dict) -> None:
-        self._post(f"/api/v1/uploads/{version_id}/mapping", body)
+        # The planted values in category columns are terms the file's own institution is
+        # asked about (never the steward): hold them back.
+        asked = self.show(version_id).get("terms") or {}
+        held = {column: {t["term"]: "" for t in listed} for column, listed in asked.items()}
+        self._post(f"/api/v1/uploads/{version_id}/mapping", {**body, "terms": held})
         drain(self.database, self.settings)
         shown = self.show(version_id)
         assert shown["state"] == "awaiting_review", shown["error"]

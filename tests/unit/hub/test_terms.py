@@ -70,15 +70,17 @@ def test_proposals_come_from_the_code_book_and_new_terms_are_not_guessed() -> No
     assert "viability" not in listed
 
 
-def test_remembered_terms_apply_and_a_held_back_term_stays_held_back() -> None:
+def test_remembered_terms_apply_without_asking() -> None:
     distinct = {"Product": [["Flux-cel", 3], ["Kymriah", 2]]}
     remembered = {("product", term_key("FLUX-CEL")): "academic"}
     listed = terms.propose(EPISODE, {"product": "Product"}, distinct, remembered)
     assert _terms(listed)["product"]["Flux-cel"] == ("academic", "remembered")
     assert [t.open for t in listed["product"]] == [False, True]
-    remembered[("product", term_key("Kymriah"))] = terms.HOLD_BACK
+    remembered[("product", term_key("Kymriah"))] = "tisa-cel"
     listed = terms.propose(EPISODE, {"product": "Product"}, distinct, remembered)
-    assert terms.decide(listed, {}, EPISODE) == {"product": {"Flux-cel": "academic", "Kymriah": ""}}
+    assert terms.decide(listed, {}, EPISODE) == {
+        "product": {"Flux-cel": "academic", "Kymriah": "tisa-cel"}
+    }
 
 
 def test_open_terms_are_refused_until_decided() -> None:
@@ -191,7 +193,8 @@ def test_api_asks_about_terms_then_remembers_them(
         ).all()[-1]
         kept = {(r.column, r.term): r.value for r in s.scalars(select(InstitutionTerm)).all()}
     assert json.loads(entry.detail)["terms"] == {"mapped": 5, "held_back": 1}
-    assert kept[("product", "Kymriah")] == "tisa-cel" and kept[("product", "Flux-cel")] == ""
+    assert kept[("product", "Kymriah")] == "tisa-cel"
+    assert ("product", "Flux-cel") not in kept  # held back: not kept, asked about again
     frame = read_frames(app.extensions["cleanroom.storage"], [staged])
     expected = (
         site["Product"].map({"Kymriah": "tisa-cel", "Yescarta": "axi-cel"}).fillna(site["Product"])
@@ -199,12 +202,13 @@ def test_api_asks_about_terms_then_remembers_them(
     assert sorted(frame["product"]) == sorted(expected[expected != "Flux-cel"])
     assert set(frame["sex"]) == {"female", "male"}
 
-    # The next upload of the same words asks nothing: every term is remembered.
+    # The next upload of the same words asks only about the term held back.
     again = upload(client, token, "episode", "site-2.csv", SITE_CSV).get_json()["id"]
     drain(database, settings)
     remembered = show(client, token, again)["terms"]
-    assert all(not t["open"] for ts in remembered.values() for t in ts)
-    assert _map(client, token, again, {}).status_code == 200
+    still_open = [t["term"] for ts in remembered.values() for t in ts if t["open"]]
+    assert still_open == ["Flux-cel"]
+    assert _map(client, token, again, {"terms": {"product": {"Flux-cel": ""}}}).status_code == 200
 
 
 def test_portal_shows_terms_and_keeps_the_mapping_while_one_is_open(
