@@ -22,19 +22,12 @@ from typing import Any
 
 import yaml
 
+# The identifier classes are the de-identification library's vocabulary; the CDM assigns
+# one to each column (re-exported here for the CDM's readers).
+from anonymisation.identifiers import IdentifierClass
+
 DEFAULT_PATH = Path(__file__).with_name("cdm.yaml")
 CHANGELOG_PATH = Path(__file__).with_name("CDM-CHANGELOG.md")  # one entry per CDM version
-
-
-class IdentifierClass(StrEnum):
-    """How de-identification must treat a column."""
-
-    DIRECT = "direct_identifier"
-    LINKABLE = "linkable_identifier"
-    QUASI = "quasi_identifier"
-    SENSITIVE = "sensitive"
-    FREE_TEXT = "free_text"
-    SAFE = "safe"
 
 
 class ColumnType(StrEnum):

@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session
 from anonymisation.synth_report import Thresholds, build_report
 from anonymisation.synthesis import (
     BACKENDS,
-    HIERARCHY,
     SynthesisError,
     SynthesisResult,
     synthesize_table,
@@ -58,6 +57,7 @@ from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
 from hub.storage.frames import put_frame, read_frames
+from hub.synth.facts import HIERARCHY, model_facts, table_facts
 from hub.synth.models import SyntheticVersion, SynthState
 
 METHODS = ("gaussian_copula", "ctgan", "tvae")
@@ -550,8 +550,9 @@ def _synthesize(
     }
     if plan.group_id is None:
         table = plan.members[0].table
-        return {table: synthesize_table(frames[table], cdm_table(table), **options)}, None
-    multi = synthesize_tables(frames, load_cdm(), **options)
+        facts = table_facts(cdm_table(table))
+        return {table: synthesize_table(frames[table], facts, **options)}, None
+    multi = synthesize_tables(frames, model_facts(), **options)
     summary = multi.summary()
     refusal = [n for n in multi.notes if "refused" in n]
     if multi.mode == "hma":
