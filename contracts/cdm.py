@@ -4,8 +4,8 @@ The YAML file is the contract sites map their columns onto; this module turns it
 dataclasses and refuses a file that is ambiguous or inconsistent, naming the table, column and
 problem, so that a typo in the contract never reaches the mapper or de-identification.
 
-Run ``python -m contracts.cdm`` to print the Markdown (``scripts/update_docs.py`` writes it to
-``docs/cdm.md``).
+Run ``python -m contracts.markdown`` to print ``docs/cdm.md`` (this module's Markdown followed
+by the FHIR mapping; ``scripts/update_docs.py`` writes it).
 """
 
 from __future__ import annotations
@@ -464,7 +464,8 @@ def _unit(column: Column) -> str:
 
 
 def render_markdown(cdm: CommonDataModel) -> str:
-    """The CDM as a Markdown document (docs/cdm.md)."""
+    """The CDM as Markdown: its tables and the contract section (``docs/cdm.md`` adds the
+    FHIR mapping after it: :func:`contracts.markdown.cdm_document`)."""
     out = [
         "# Common data model",
         "",
@@ -537,9 +538,6 @@ def render_markdown(cdm: CommonDataModel) -> str:
                 + " |"
             )
     out += ["", _CONTRACT_SECTION.format(version=cdm.version).rstrip()]
-    from contracts.fhir import render_markdown as fhir_section  # it imports this module
-
-    out += ["", fhir_section().rstrip()]
     return "\n".join(out) + "\n"
 
 
@@ -589,7 +587,3 @@ write one file per table named after it (`episode.csv`, `batch.csv`, …) beside
 required cells, allowed values, ranges, primary keys and the references between the files.
 When the CDM's major version changes, read its changelog entry before updating the files.
 """
-
-
-if __name__ == "__main__":
-    print(render_markdown(load_cdm()), end="")
