@@ -44,6 +44,7 @@ from anonymisation.synthesis import (
 )
 from contracts.agreements import contributing_institutions
 from contracts.cdm import load_cdm
+from hub import events
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord
 from hub.audit.services import record
@@ -874,3 +875,19 @@ def withdraw_made_from(session: Session, version: DatasetVersion, *, actor: str)
         doomed += _objects(synthetic)
         _withdrawn(session, synthetic, version.id, actor=actor, via_group=synthetic in companions)
     return doomed
+
+
+# Reactions to the ingest domain's events (hub.events) -------------------------------------
+
+
+@events.on(events.DATASET_RELEASED)
+def _on_release(session: Session, settings: Settings, version: DatasetVersion, actor: str) -> None:
+    """A version shared as synthetic only is synthesised as soon as it is released."""
+    if version.synthetic_only:
+        request_for_version(session, settings, version, actor=actor)
+
+
+@events.on(events.DATASET_WITHDRAWN)
+def _on_withdrawal(session: Session, version: DatasetVersion, actor: str) -> list[str]:
+    """Withdraw what was made from a withdrawn version; its objects, for the caller to delete."""
+    return withdraw_made_from(session, version, actor=actor)
