@@ -39,17 +39,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anonymisation.identifiers import (
+    CLASSES,
+    DIRECT,
+    FREE_TEXT,
+    LINKABLE,
+    QUASI,
+    SAFE,
+    SEVERITY,
+)
 from anonymisation.recognizers import VALUE_PATTERNS, ValuePattern
-
-DIRECT = "direct_identifier"
-LINKABLE = "linkable_identifier"
-QUASI = "quasi_identifier"
-SENSITIVE = "sensitive"
-FREE_TEXT = "free_text"
-SAFE = "safe"
-CLASSES = (DIRECT, LINKABLE, QUASI, SENSITIVE, FREE_TEXT, SAFE)
-# Promotion order: a hint is only ever replaced by something further right.
-SEVERITY = {SAFE: 0, SENSITIVE: 1, QUASI: 2, LINKABLE: 3, FREE_TEXT: 4, DIRECT: 5}
 
 LABEL_RATE = 0.6
 ATTENTION_RATE = 0.1

@@ -16,18 +16,10 @@ from typing import TYPE_CHECKING
 import click
 import pandas as pd
 
+from anonymisation.identifiers import CLASSES
+
 if TYPE_CHECKING:  # the engine pulls in Presidio and spaCy: import it only when run
     from anonymisation.engine import EngineResult
-
-# The identifier classes, spelled here so `cleanroom --help` does not load Presidio.
-CLASSES = (
-    "direct_identifier",
-    "linkable_identifier",
-    "quasi_identifier",
-    "sensitive",
-    "free_text",
-    "safe",
-)
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")

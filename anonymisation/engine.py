@@ -36,19 +36,16 @@ import numpy as np
 import pandas as pd
 
 from anonymisation.classify import (
-    DIRECT,
-    FREE_TEXT,
-    LINKABLE,
     ORG_WORDS,
-    QUASI,
     SAFE_VOCABULARY,
-    SENSITIVE,
     ColumnDecision,
     allow_set,
     classify_frame,
 )
 from anonymisation.dates import coarsen, offsets_by_key
 from anonymisation.generalise import age_band, merge_rare, round_to
+from anonymisation.identifiers import DIRECT, FREE_TEXT, LINKABLE, QUASI, SENSITIVE
+from anonymisation.progress import Progress, Steps
 from anonymisation.pseudonyms import KeyChain, pseudonymise
 from anonymisation.recognizers import ISBT_PRODUCT_CODE, LOT_CODE, VALUE_PATTERNS, ValuePattern
 from anonymisation.risk import RiskResult, enforce_k
@@ -62,8 +59,6 @@ from anonymisation.scrub import (
     name_vocabulary,
     scrub_texts,
 )
-
-Progress = Callable[[int, str], None]
 
 EXAMPLES = 3
 # spaCy labels -> Presidio-style entity types used as placeholders (<PERSON>, <LOCATION> ...).
@@ -337,14 +332,7 @@ def deidentify_frame(
     if k < 1:
         raise ValueError("k must be at least 1")
     kinds = kinds or {}
-    done = 0
-
-    def step(label: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, label)
-
+    step = Steps(progress)
     original_index = frame.index
     raw = frame.reset_index(drop=True)
     raw.columns = [str(c) for c in raw.columns]

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anonymisation.synthesis import SynthesisResult, TableSpec
+from anonymisation.synth_specs import TableSpec
+from anonymisation.synthesis import SynthesisResult
 
 DEFAULT_REPORT_ROWS = 50_000
 DEFAULT_PRIVACY_ROWS = 2_000

@@ -385,8 +385,9 @@ def run_cleanroom(frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def compose_cleanroom(frame: pd.DataFrame) -> pd.DataFrame:
     """classify_frame, then drop direct identifiers, pseudonymise linkable ones, merge rare
     quasi categories and scrub free text (NER + identifier regexes + the frame's gazetteer)."""
-    from anonymisation.classify import DIRECT, FREE_TEXT, LINKABLE, QUASI, classify_frame
+    from anonymisation.classify import classify_frame
     from anonymisation.generalise import merge_rare
+    from anonymisation.identifiers import DIRECT, FREE_TEXT, LINKABLE, QUASI
     from anonymisation.nlp import ner_batch
     from anonymisation.pseudonyms import pseudonymise
     from anonymisation.recognizers import VALUE_PATTERNS

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from anonymisation.synth_report import build_report  # noqa: E402
 from anonymisation.synthesis import synthesize_table  # noqa: E402
 from contracts.cdm import load_cdm  # noqa: E402
+from hub.synth.facts import table_facts  # noqa: E402
 
 
 def _pseudonyms(prefix: str, n: int) -> list[str]:
@@ -110,7 +111,7 @@ def main() -> None:
     frame = batch_frame(args.rows, args.seed)
     print(f"input: {len(frame):,} rows × {len(frame.columns)} columns")
     t0 = time.perf_counter()
-    result = synthesize_table(frame, load_cdm().table("batch"), seed=args.seed)
+    result = synthesize_table(frame, table_facts(load_cdm().table("batch")), seed=args.seed)
     report = build_report(result)
     total = time.perf_counter() - t0
     for phase, seconds in {**result.timings, **report["timings"]}.items():

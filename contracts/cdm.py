@@ -4,8 +4,8 @@ The YAML file is the contract sites map their columns onto; this module turns it
 dataclasses and refuses a file that is ambiguous or inconsistent, naming the table, column and
 problem, so that a typo in the contract never reaches the mapper or de-identification.
 
-Run ``python -m contracts.cdm`` to print the Markdown (``scripts/update_docs.py`` writes it to
-``docs/cdm.md``).
+Run ``python -m contracts.markdown`` to print ``docs/cdm.md`` (this module's Markdown followed
+by the FHIR mapping; ``scripts/update_docs.py`` writes it).
 """
 
 from __future__ import annotations
@@ -22,19 +22,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+# The identifier classes are the de-identification library's vocabulary; the CDM assigns
+# one to each column (re-exported here for the CDM's readers).
+from anonymisation.identifiers import IdentifierClass
+
 DEFAULT_PATH = Path(__file__).with_name("cdm.yaml")
 CHANGELOG_PATH = Path(__file__).with_name("CDM-CHANGELOG.md")  # one entry per CDM version
-
-
-class IdentifierClass(StrEnum):
-    """How de-identification must treat a column."""
-
-    DIRECT = "direct_identifier"
-    LINKABLE = "linkable_identifier"
-    QUASI = "quasi_identifier"
-    SENSITIVE = "sensitive"
-    FREE_TEXT = "free_text"
-    SAFE = "safe"
 
 
 class ColumnType(StrEnum):
@@ -489,7 +482,8 @@ def _unit(column: Column) -> str:
 
 
 def render_markdown(cdm: CommonDataModel) -> str:
-    """The CDM as a Markdown document (docs/cdm.md)."""
+    """The CDM as Markdown: its tables and the contract section (``docs/cdm.md`` adds the
+    FHIR mapping after it: :func:`contracts.markdown.cdm_document`)."""
     out = [
         "# Common data model",
         "",
@@ -562,11 +556,6 @@ def render_markdown(cdm: CommonDataModel) -> str:
                 + " |"
             )
     out += ["", _CONTRACT_SECTION.format(version=cdm.version).rstrip()]
-    from contracts.codes import render_markdown as codes_section  # it imports this module
-    from contracts.fhir import render_markdown as fhir_section  # it imports this module
-
-    out += ["", codes_section().rstrip()]
-    out += ["", fhir_section().rstrip()]
     return "\n".join(out) + "\n"
 
 
@@ -617,7 +606,3 @@ write one file per table named after it (`episode.csv`, `batch.csv`, …) beside
 required cells, allowed values, ranges, primary keys and the references between the files.
 When the CDM's major version changes, read its changelog entry before updating the files.
 """
-
-
-if __name__ == "__main__":
-    print(render_markdown(load_cdm()), end="")

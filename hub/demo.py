@@ -21,27 +21,7 @@ from hub.accounts import services
 from hub.accounts.models import Institution, User
 from hub.agreements.models import AgreementRecord
 from hub.command import Hub, data_dir_option, pass_hub
-
-INSTITUTIONS = (
-    ("cleanroom-steward", "Cleanroom Stewardship Office", "steward"),
-    ("northbridge-cell", "Northbridge Cell Therapies", "manufacturer"),
-    ("st-aurelia", "St Aurelia University Hospital", "hospital"),
-    ("kelvin-institute", "Kelvin Institute for Regenerative Medicine", "academic"),
-)
-
-USERS = (
-    ("steward", "Sam Steward", "steward", "cleanroom-steward"),
-    ("northbridge-admin", "Nadia Okafor", "contributor_admin", "northbridge-cell"),
-    ("northbridge-data", "Nils Berg", "contributor", "northbridge-cell"),
-    ("aurelia-admin", "Amaya Ruiz", "contributor_admin", "st-aurelia"),
-    ("aurelia-data", "Tom Achterberg", "contributor", "st-aurelia"),
-    ("kelvin-admin", "Kiri Tane", "contributor_admin", "kelvin-institute"),
-    ("kelvin-data", "Lena Fischer", "contributor", "kelvin-institute"),
-    ("researcher", "Rosa Ibarra", "researcher", "kelvin-institute"),
-    ("checker", "Olu Adeyemi", "steward", "cleanroom-steward"),
-    # An independent auditor: read-only across institutions, belongs to none of them.
-    ("auditor", "Ines Moreau", "auditor", None),
-)
+from hub.demodata.consortium import INSTITUTIONS, USERS
 
 #: The steward's office checks researchers' release requests (docs/releases.md): two
 #: checkers, as a request needs two approvals by default.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from contracts.cdm import load_cdm, render_markdown
+from contracts.markdown import cdm_document
 from hub.settings import settings_markdown, settings_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     (ROOT / "docs" / "configuration.md").write_text(settings_markdown())
-    (ROOT / "docs" / "cdm.md").write_text(render_markdown(load_cdm()))
+    (ROOT / "docs" / "cdm.md").write_text(cdm_document())
     readme = ROOT / "README.md"
     text = readme.read_text()
     text = re.sub(

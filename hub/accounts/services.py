@@ -16,6 +16,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, joinedload
 
 import policies
+from hub import events
 from hub.accounts import passwords
 from hub.accounts.models import (
     ApiToken,
@@ -268,11 +269,10 @@ def change_user(
 
 
 def _recompile_agreements(session: Session) -> None:
-    # Agreement rules name users by id and derive from their role and institution.
-    from hub.agreements.services import recompile_all
-
+    # Agreement rules name users by id and derive from their role and institution: the
+    # agreements domain recompiles them when told (hub.events).
     session.flush()
-    recompile_all(session)
+    events.emit(events.USERS_CHANGED, session=session)
 
 
 # Sign-in -----------------------------------------------------------------------------------

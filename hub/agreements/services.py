@@ -35,6 +35,7 @@ from contracts.agreements import (
     contributing_institutions,
     load_agreement,
 )
+from hub import events
 from hub.accounts.models import Institution, User
 from hub.accounts.services import may
 from hub.agreements.models import AgreementRecord, AgreementSignature
@@ -202,6 +203,12 @@ def recompile_all(session: Session) -> int:
         agreement = contract_of(stored)
         store.replace_domain_rules(session, agreement.domain, rules_for(session, agreement))
     return len(records)
+
+
+@events.on(events.USERS_CHANGED)
+def _on_users_changed(session: Session) -> None:
+    """Agreement rules name users and derive from their role and institution."""
+    recompile_all(session)
 
 
 # Writing -----------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 
 from contracts.cdm import ColumnType, Table, load_cdm
+from hub.demodata.consortium import INSTITUTIONS, USERS
 
 TABLES = (
     "episode",
@@ -575,7 +576,8 @@ def site_format(index: int) -> SiteFormat:
 
 
 def list_institutions(count: int) -> list[Institution]:
-    """The demo consortium's contributors (from ``hub.demo``), then generated ones."""
+    """The demo consortium's contributors (:mod:`hub.demodata.consortium`), then generated
+    ones."""
     found = [Institution(slug, name, kind) for slug, name, kind in _demo_institutions()]
     for index in range(len(found), count):
         place, suffix = _EXTRA_NAMES[(index - 3) % len(_EXTRA_NAMES)]
@@ -587,17 +589,12 @@ def list_institutions(count: int) -> list[Institution]:
 
 
 def _demo_institutions() -> list[tuple[str, str, str]]:
-    # hub.demo registers itself on the CLI group, so it must be imported after hub.cli.
-    import hub.cli  # noqa: F401
-    from hub.demo import INSTITUTIONS
-
+    # The consortium `cleanroom demo` seeds, minus the steward's office (no data of its own).
     return [row for row in INSTITUTIONS if row[2] != "steward"]
 
 
 def _data_manager(inst: Institution, fmt: SiteFormat, seed: int) -> str:
     """Who exported the files: the institution's demo data user, or an invented one."""
-    from hub.demo import USERS
-
     for _username, display, role, slug in USERS:
         if slug == inst.slug and role == "contributor":
             return display

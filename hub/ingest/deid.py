@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from anonymisation.classify import DIRECT, FREE_TEXT, LINKABLE, QUASI, SAFE, name_shape
+from anonymisation.classify import name_shape
 from anonymisation.engine import EngineResult, deidentify_frame
+from anonymisation.identifiers import DIRECT, FREE_TEXT, LINKABLE, QUASI, SAFE
 from anonymisation.pseudonyms import KeyChain, pseudonymise
 from contracts.cdm import Table
 from hub.db import Database

@@ -31,6 +31,7 @@ from anonymisation.pseudonyms import KeyChain, pseudonymise
 from contracts.cdm import CommonDataModel, Table, cdm_version, load_cdm
 from contracts.codes import term_key
 from contracts.fhir import FhirError, read_fhir
+from hub import events
 from hub.accounts.models import User
 from hub.audit.services import record
 from hub.db import Database, utcnow
@@ -1257,10 +1258,10 @@ def release(
     doomed: list[str] = []
     for old in replaced:
         doomed += _mark_withdrawn(session, old, actor=actor, replaced_by=version)
-    if version.synthetic_only:  # shared as synthetic only: make it now
-        from hub.synth.services import request_for_version
-
-        request_for_version(session, settings, version, actor=actor)
+    # Other domains follow (synthesis makes a version shared as synthetic only now).
+    events.emit(
+        events.DATASET_RELEASED, session=session, settings=settings, version=version, actor=actor
+    )
     if settings.raw_retention_days > 0:
         version.raw_delete_after = utcnow() + timedelta(days=settings.raw_retention_days)
         enqueue(
@@ -1367,10 +1368,11 @@ def _mark_withdrawn(
     if replaced_by is not None:
         detail["replaced_by"] = replaced_by.version
     record(session, actor=actor, action="withdrawal", target=f"dataset:{version.id}", detail=detail)
-    from hub.synth.services import withdraw_made_from
-
-    synthetic_objects = withdraw_made_from(session, version, actor=actor)
-    return [k for k in (version.pool_key, version.keys_key, *synthetic_objects) if k]
+    # Other domains follow (synthesis withdraws every synthetic version made from it) and
+    # return the objects of theirs to delete.
+    followers = events.emit(events.DATASET_WITHDRAWN, session=session, version=version, actor=actor)
+    others = [key for keys in followers for key in keys]
+    return [k for k in (version.pool_key, version.keys_key, *others) if k]
 
 
 def _delete_objects(session: Session, storage: Storage, keys: list[str]) -> None:

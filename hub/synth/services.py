@@ -37,7 +37,6 @@ from sqlalchemy.orm import Session
 from anonymisation.synth_report import Thresholds, build_report
 from anonymisation.synthesis import (
     BACKENDS,
-    HIERARCHY,
     SynthesisError,
     SynthesisResult,
     synthesize_table,
@@ -45,6 +44,7 @@ from anonymisation.synthesis import (
 )
 from contracts.agreements import contributing_institutions
 from contracts.cdm import load_cdm
+from hub import events
 from hub.agreements import services as agreements
 from hub.agreements.models import AgreementRecord
 from hub.audit.services import record
@@ -58,6 +58,7 @@ from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
 from hub.storage.frames import put_frame, read_frames
+from hub.synth.facts import HIERARCHY, model_facts, table_facts
 from hub.synth.models import SyntheticVersion, SynthState
 
 METHODS = ("gaussian_copula", "ctgan", "tvae")
@@ -550,8 +551,9 @@ def _synthesize(
     }
     if plan.group_id is None:
         table = plan.members[0].table
-        return {table: synthesize_table(frames[table], cdm_table(table), **options)}, None
-    multi = synthesize_tables(frames, load_cdm(), **options)
+        facts = table_facts(cdm_table(table))
+        return {table: synthesize_table(frames[table], facts, **options)}, None
+    multi = synthesize_tables(frames, model_facts(), **options)
     summary = multi.summary()
     refusal = [n for n in multi.notes if "refused" in n]
     if multi.mode == "hma":
@@ -873,3 +875,19 @@ def withdraw_made_from(session: Session, version: DatasetVersion, *, actor: str)
         doomed += _objects(synthetic)
         _withdrawn(session, synthetic, version.id, actor=actor, via_group=synthetic in companions)
     return doomed
+
+
+# Reactions to the ingest domain's events (hub.events) -------------------------------------
+
+
+@events.on(events.DATASET_RELEASED)
+def _on_release(session: Session, settings: Settings, version: DatasetVersion, actor: str) -> None:
+    """A version shared as synthetic only is synthesised as soon as it is released."""
+    if version.synthetic_only:
+        request_for_version(session, settings, version, actor=actor)
+
+
+@events.on(events.DATASET_WITHDRAWN)
+def _on_withdrawal(session: Session, version: DatasetVersion, actor: str) -> list[str]:
+    """Withdraw what was made from a withdrawn version; its objects, for the caller to delete."""
+    return withdraw_made_from(session, version, actor=actor)

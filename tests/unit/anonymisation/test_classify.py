@@ -12,18 +12,14 @@ import pytest
 from anonymisation import nlp
 from anonymisation.classify import (
     ATTENTION_RATE,
-    DIRECT,
-    FREE_TEXT,
     LABEL_RATE,
-    LINKABLE,
-    QUASI,
-    SAFE,
     ColumnDecision,
     classify_frame,
     distinct_sample,
     name_prior,
     name_shape,
 )
+from anonymisation.identifiers import DIRECT, FREE_TEXT, LINKABLE, QUASI, SAFE
 
 N = 60
 FIRST = ["John", "Mary", "Ahmed", "Sarah", "Olivia", "James", "Fatima", "Peter", "Anna", "David"]

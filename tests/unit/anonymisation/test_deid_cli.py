@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ from anonymisation.pseudonyms import pseudonymise
 
 KEY = "cli-test-key-0123456789abcdef"
 ENV = {"CLEANROOM_HMAC_KEY": KEY}
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def small_frame() -> pd.DataFrame:
@@ -112,9 +115,22 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "no such file" in result.output
 
 
-def test_identifier_classes_match_the_classifier() -> None:
-    """The CLI spells the classes itself (so `cleanroom --help` stays fast): keep in step."""
-    from anonymisation import cli
-    from anonymisation.classify import CLASSES
+def test_identifier_classes_are_the_librarys_and_load_no_nlp() -> None:
+    """The CLI lists the classes from :mod:`anonymisation.identifiers`, the one definition
+    the classifier and the CDM share, without loading Presidio or spaCy (so `cleanroom
+    --help` stays fast)."""
+    from anonymisation import classify, cli
+    from anonymisation.identifiers import IdentifierClass
+    from contracts.cdm import IdentifierClass as CdmIdentifierClass
 
-    assert tuple(cli.CLASSES) == tuple(CLASSES)
+    assert CdmIdentifierClass is IdentifierClass
+    assert tuple(cli.CLASSES) == tuple(c.value for c in IdentifierClass) == classify.CLASSES
+    code = (
+        "import sys, anonymisation.cli; "
+        "print(sorted(m for m in ('presidio_analyzer', 'spacy', 'anonymisation.classify') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

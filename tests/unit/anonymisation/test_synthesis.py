@@ -23,9 +23,11 @@ from anonymisation.synthesis import (
 )
 from contracts.cdm import ColumnType, IdentifierClass, load_cdm
 from hub.demodata.generator import generate_frames
+from hub.synth.facts import model_facts
 
 KEY = b"synthesis-test-key-0123456789"
 CDM = load_cdm()
+MODEL = model_facts(CDM)  # the CDM as the library takes it, built the way the hub builds it
 TABLES = ("episode", "collection", "batch", "release_test")
 
 
@@ -65,7 +67,7 @@ def deid(raw):
 
 @pytest.fixture(scope="module")
 def batch_result(deid):
-    return synthesize_table(deid["batch"], CDM.table("batch"), seed=3)
+    return synthesize_table(deid["batch"], MODEL.table("batch"), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +76,9 @@ def batch_report(batch_result):
 
 
 def test_same_seed_same_rows_other_seed_other_rows(deid, batch_result):
-    again = synthesize_table(deid["batch"], CDM.table("batch"), seed=3)
+    again = synthesize_table(deid["batch"], MODEL.table("batch"), seed=3)
     pd.testing.assert_frame_equal(again.synthetic, batch_result.synthetic)
-    other = synthesize_table(deid["batch"], CDM.table("batch"), seed=4)
+    other = synthesize_table(deid["batch"], MODEL.table("batch"), seed=4)
     assert not other.synthetic["viability"].equals(batch_result.synthetic["viability"])
 
 
@@ -123,10 +125,10 @@ def test_report_scores_and_gates_pass(batch_report):
 def test_raw_data_is_refused(raw, deid):
     with_names = deid["batch"].assign(released_by=raw["batch"]["released_by"])
     with pytest.raises(SynthesisError, match="direct identifier"):
-        synthesize_table(with_names, CDM.table("batch"))
+        synthesize_table(with_names, MODEL.table("batch"))
     no_names = raw["batch"].drop(columns=["released_by"], errors="ignore")
     with pytest.raises(SynthesisError, match="not pseudonyms"):
-        synthesize_table(no_names, CDM.table("batch"))
+        synthesize_table(no_names, MODEL.table("batch"))
 
 
 class LeakyBackend:
@@ -145,7 +147,7 @@ class LeakyBackend:
 def test_a_leaky_synthesizer_fails_the_gates(deid):
     register_backend("leaky", LeakyBackend)
     try:
-        result = synthesize_table(deid["batch"], CDM.table("batch"), method="leaky", seed=3)
+        result = synthesize_table(deid["batch"], MODEL.table("batch"), method="leaky", seed=3)
     finally:
         BACKENDS.pop("leaky")
     report = build_report(result)
@@ -189,7 +191,7 @@ def test_rows_that_never_saw_training_are_not_called_overfitted():
     FreshRowsBackend.rows = batch(other)
     register_backend("fresh", FreshRowsBackend)
     try:
-        result = synthesize_table(batch(frames), CDM.table("batch"), method="fresh", seed=3)
+        result = synthesize_table(batch(frames), MODEL.table("batch"), method="fresh", seed=3)
     finally:
         BACKENDS.pop("fresh")
     report = build_report(result)
@@ -217,7 +219,7 @@ def test_plots_are_self_contained_svg(batch_result, batch_report, tmp_path):
 
 
 def test_hierarchy_too_deep_for_sdv_falls_back_and_joins_work(deid):
-    result = synthesize_tables(deid, CDM, seed=5)
+    result = synthesize_tables(deid, MODEL, seed=5)
     assert result.mode == "per_table"
     assert any("refused" in n and "depth" in n for n in result.notes)
     syn = {n: r.synthetic for n, r in result.tables.items()}
@@ -237,7 +239,7 @@ def test_hierarchy_too_deep_for_sdv_falls_back_and_joins_work(deid):
 
 def test_two_level_schema_uses_sdv_multi_table(deid):
     frames = {"episode": deid["episode"], "collection": deid["collection"]}
-    result = synthesize_tables(frames, CDM, seed=5)
+    result = synthesize_tables(frames, MODEL, seed=5)
     assert result.mode == "hma"
     episodes = result.tables["episode"].synthetic
     collections = result.tables["collection"].synthetic
@@ -294,7 +296,7 @@ def test_neural_methods_fit_sample_meet_constraints_and_reproduce(deid, method):
 
     def run(seed: int):
         return synthesize_table(
-            frame, CDM.table("batch"), method=method, seed=seed, backend_options={"epochs": 5}
+            frame, MODEL.table("batch"), method=method, seed=seed, backend_options={"epochs": 5}
         )
 
     result = run(3)
@@ -326,7 +328,7 @@ def test_backend_options_reach_the_sdv_synthesizer(deid):
     try:
         result = synthesize_table(
             deid["batch"].head(60),
-            CDM.table("batch"),
+            MODEL.table("batch"),
             method="ctgan",
             seed=1,
             backend_options={"epochs": 1, "batch_size": 20},
@@ -335,3 +337,37 @@ def test_backend_options_reach_the_sdv_synthesizer(deid):
         BACKENDS["ctgan"] = original
     assert seen == {"epochs": 1, "batch_size": 20}
     assert len(result.synthetic) == 60
+
+
+def test_rows_repeating_a_key_of_several_columns_are_removed() -> None:
+    """SDV cannot keep (lot_id, test) unique; the repeats go, and the constraint check
+    counts them (here before and after)."""
+    from anonymisation.synth_specs import ColumnSpec, TableSpec, check_constraints, distinct_keys
+
+    spec = TableSpec(
+        "release_test",
+        (
+            ColumnSpec("lot_id", "id"),
+            ColumnSpec("test", "categorical"),
+            ColumnSpec("value", "numerical"),
+        ),
+        unique=("lot_id", "test"),
+    )
+    frame = pd.DataFrame(
+        {
+            "lot_id": ["L1", "L1", "L1", "L2", "L2"],
+            "test": ["vcn", "vcn", "viability", "vcn", "vcn"],
+            "value": [1.0, 2.0, 90.0, 3.0, 4.0],
+        }
+    )
+    (before,) = [c for c in check_constraints(frame, spec) if c["kind"] == "unique"]
+    assert before["violations"] == 2
+    kept, removed = distinct_keys(frame, spec)
+    assert removed == 2
+    assert kept[["lot_id", "test", "value"]].values.tolist() == [
+        ["L1", "vcn", 1.0],
+        ["L1", "viability", 90.0],
+        ["L2", "vcn", 3.0],
+    ]
+    (after,) = [c for c in check_constraints(kept, spec) if c["kind"] == "unique"]
+    assert after["violations"] == 0

@@ -17,8 +17,8 @@ from contracts.cdm import (
     IdentifierClass,
     load_cdm,
     normalise_name,
-    render_markdown,
 )
+from contracts.markdown import cdm_document
 
 ROOT = Path(__file__).resolve().parents[3]
 TABLES = (
@@ -63,7 +63,7 @@ def _load_broken(tmp_path: Path, data: dict[str, Any] | str) -> str:
 
 def test_docs_are_current(cdm: CommonDataModel) -> None:
     current = (ROOT / "docs" / "cdm.md").read_text(encoding="utf-8")
-    assert current == render_markdown(cdm), (
+    assert current == cdm_document(cdm), (
         "docs/cdm.md is stale: run `.venv/bin/python scripts/update_docs.py`"
     )
 
