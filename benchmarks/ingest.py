@@ -1,7 +1,7 @@
 """Parse + map + validate of a site's ``batch`` table against a plain typed pandas read.
 
 Generates N rows x 30 columns in a temporary directory (not timed): the 21 columns of the CDM
-``batch`` table under site-style header names taken from its synonyms (``Lot No.``,
+``batch`` table under the demo generator's CSV site headers (CDM synonyms: ``Lot No.``,
 ``Viability (%)``, ``TVC (x10^9)``, a day-first ``Expiry Date`` ...) and 9 site columns the
 CDM does not know, with realistic values and about 1-2 % invalid rows (repeated lots, empty
 required cells, impossible dates, values out of range or not allowed).
@@ -48,6 +48,7 @@ import pandas as pd
 
 from contracts.cdm import load_cdm
 from contracts.fhir import FhirImport, read_fhir
+from hub.demodata import FORMATS
 from hub.ingest.mapping import MappingProposal, apply_mapping, propose_mapping
 from hub.ingest.parsing import FileKind, ParsedTable, read_table, sniff_file
 from hub.ingest.validation import validate
@@ -58,30 +59,9 @@ FHIR_TARGET_PRODUCTS = 100_000
 FHIR_TARGET_SECONDS = 60.0
 CHUNK_ROWS = 100_000
 
-# CDM column -> the site's header for it (all synonyms in contracts/cdm.yaml).
-HEADERS = {
-    "lot_id": "Lot No.",
-    "coi_id": "Patient ID",
-    "din": "Source DIN",
-    "product_code": "ISBT Product Code",
-    "processing_facility": "Manufacturing Site",
-    "platform": "Mfg Model",
-    "manufacturing_start": "Culture Start",
-    "release_date": "QA Release",
-    "expiration_date": "Expiry Date",
-    "product_status": "Lot Status",
-    "manufacturing_outcome": "Mfg Outcome",
-    "culture_days": "Days in Culture",
-    "moi": "MOI",
-    "fold_expansion": "Fold Expansion",
-    "viability": "Viability (%)",
-    "transduction_efficiency": "CAR+ (%)",
-    "vcn": "VCN (copies/cell)",
-    "cd3_pct": "CD3+ (%)",
-    "cd4_cd8_ratio": "Final CD4/CD8",
-    "total_viable_cells": "TVC (x10^9)",
-    "released_by": "QP Name",
-}
+# CDM column -> the site's header for it: the demo generator's CSV site (every header one of
+# the synonyms in contracts/cdm.yaml), so the benchmark and the demo read the same habits.
+HEADERS: dict[str, str] = dict(FORMATS[0].columns["batch"])
 EXTRA = [  # site columns the CDM does not know: left unmapped
     "Batch Record Rev",
     "Incubator",
@@ -94,17 +74,24 @@ EXTRA = [  # site columns the CDM does not know: left unmapped
     "Internal Comments",
 ]
 NUMERIC = [
-    "Days in Culture",
-    "MOI",
-    "Fold Expansion",
-    "Viability (%)",
-    "CAR+ (%)",
-    "VCN (copies/cell)",
-    "CD3+ (%)",
-    "Final CD4/CD8",
-    "TVC (x10^9)",
+    HEADERS[c]
+    for c in (
+        "culture_days",
+        "moi",
+        "fold_expansion",
+        "viability",
+        "transduction_efficiency",
+        "vcn",
+        "cd3_pct",
+        "cd4_cd8_ratio",
+        "total_viable_cells",
+    )
 ]
-DATES = {"Culture Start": "ISO8601", "QA Release": "ISO8601", "Expiry Date": "%d/%m/%Y"}
+DATES = {
+    HEADERS["manufacturing_start"]: "ISO8601",
+    HEADERS["release_date"]: "ISO8601",
+    HEADERS["expiration_date"]: "%d/%m/%Y",
+}
 
 SITES = ["Leiden GMP Unit", "Hopital Saint-Louis CTU", "Charite CAR-T Lab", "Karolinska Vecura"]
 NAMES = ["A. Jansen", "M. Dubois", "K. Schmidt", "L. Rossi", "E. Lindqvist", "S. Novak"]
@@ -159,38 +146,43 @@ def _chunk(rng: np.random.Generator, start: int, n: int) -> pd.DataFrame:
     _spoil(rng, days, 0.001, ["10.5", "45", "ten"])
     viability = _decimals(rng, 70, 99.9, n, 1)
     _spoil(rng, viability, 0.002, ["n/a", "105.2", "NA"])
-    columns = {
-        "Lot No.": lots,
-        "Patient ID": coi,
-        "Source DIN": din,
-        "ISBT Product Code": _pick(rng, ["S2080V00", "S2081V00", "X0519V00"], n),
-        "Manufacturing Site": _pick(rng, SITES, n),
-        "Mfg Model": platform,
-        "Culture Start": manufacturing_start,
-        "QA Release": release.astype(str).astype(object),
-        "Expiry Date": expiry,
-        "Lot Status": status,
-        "Mfg Outcome": outcome,
-        "Days in Culture": days,
-        "MOI": _decimals(rng, 1, 5, n, 1),
-        "Fold Expansion": _decimals(rng, 10, 200, n, 1),
-        "Viability (%)": viability,
-        "CAR+ (%)": _decimals(rng, 10, 80, n, 1),
-        "VCN (copies/cell)": _decimals(rng, 0.5, 5, n, 2),
-        "CD3+ (%)": _decimals(rng, 85, 99.9, n, 1),
-        "Final CD4/CD8": _decimals(rng, 0.2, 5, n, 2),
-        "TVC (x10^9)": _decimals(rng, 0.5, 20, n, 2),
-        "QP Name": _pick(rng, NAMES, n),
-        "Batch Record Rev": _pick(rng, ["BR-0012 rev 3", "BR-0012 rev 4", "BR-0031 rev 1"], n),
-        "Incubator": pd.Series(rng.integers(1, 13, n)).map("INC-{:02d}".format).to_numpy(),
-        "Media Lot": pd.Series(rng.integers(0, 900, n)).map("ML2403-{:03d}".format).to_numpy(),
-        "Vector Lot": pd.Series(rng.integers(0, 120, n)).map("VL-23-{:04d}".format).to_numpy(),
-        "Cryobag Type": _pick(rng, ["CryoMACS 250", "CryoMACS 500", "CellSeal 20 mL"], n),
-        "QC Analyst": _pick(rng, ["AJ", "MD", "KS", "LR"], n),
-        "Shift": _pick(rng, ["day", "night"], n),
-        "Deviation Ref": _pick(rng, [""] * 19 + ["DEV-2024-0117"], n),
-        "Internal Comments": _pick(rng, COMMENTS, n),
+    by_column = {
+        "lot_id": lots,
+        "coi_id": coi,
+        "din": din,
+        "product_code": _pick(rng, ["S2080V00", "S2081V00", "X0519V00"], n),
+        "processing_facility": _pick(rng, SITES, n),
+        "platform": platform,
+        "manufacturing_start": manufacturing_start,
+        "release_date": release.astype(str).astype(object),
+        "expiration_date": expiry,
+        "product_status": status,
+        "manufacturing_outcome": outcome,
+        "culture_days": days,
+        "moi": _decimals(rng, 1, 5, n, 1),
+        "fold_expansion": _decimals(rng, 10, 200, n, 1),
+        "viability": viability,
+        "transduction_efficiency": _decimals(rng, 10, 80, n, 1),
+        "vcn": _decimals(rng, 0.5, 5, n, 2),
+        "cd3_pct": _decimals(rng, 85, 99.9, n, 1),
+        "cd4_cd8_ratio": _decimals(rng, 0.2, 5, n, 2),
+        "total_viable_cells": _decimals(rng, 0.5, 20, n, 2),
+        "released_by": _pick(rng, NAMES, n),
     }
+    columns = {HEADERS[c]: values for c, values in by_column.items()}
+    columns.update(
+        {
+            "Batch Record Rev": _pick(rng, ["BR-0012 rev 3", "BR-0012 rev 4", "BR-0031 rev 1"], n),
+            "Incubator": pd.Series(rng.integers(1, 13, n)).map("INC-{:02d}".format).to_numpy(),
+            "Media Lot": pd.Series(rng.integers(0, 900, n)).map("ML2403-{:03d}".format).to_numpy(),
+            "Vector Lot": pd.Series(rng.integers(0, 120, n)).map("VL-23-{:04d}".format).to_numpy(),
+            "Cryobag Type": _pick(rng, ["CryoMACS 250", "CryoMACS 500", "CellSeal 20 mL"], n),
+            "QC Analyst": _pick(rng, ["AJ", "MD", "KS", "LR"], n),
+            "Shift": _pick(rng, ["day", "night"], n),
+            "Deviation Ref": _pick(rng, [""] * 19 + ["DEV-2024-0117"], n),
+            "Internal Comments": _pick(rng, COMMENTS, n),
+        }
+    )
     assert list(columns) == [*HEADERS.values(), *EXTRA]
     return pd.DataFrame(columns)
 

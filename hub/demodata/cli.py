@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from hub.demodata.generator import Institution, SiteFormat, generate
+from hub.demodata.generator import generate
+from hub.demodata.site_formats import Institution, SiteFormat
 
 
 @click.command("demo-data")

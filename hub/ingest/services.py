@@ -52,7 +52,7 @@ from hub.ingest.parsing import (
     sniff,
 )
 from hub.ingest.validation import Rule, report_csv, validate
-from hub.jobs import tasks as job_tasks
+from hub.jobs import recheck as job_recheck
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -582,14 +582,14 @@ def _recheck(ctx: JobContext, storage: Storage, version_id: int) -> None:
     with ctx.database.session() as s:
         institution = get_version(s, version_id).institution_id
     try:
-        job_tasks.recheck(
+        job_recheck.recheck(
             ctx,
             "map",
             f"datasets/{version_id}",
             owner=lambda user: user.institution_id == institution,
             what="process this upload",
         )
-    except job_tasks.JobRefused as err:
+    except job_recheck.JobRefused as err:
         _fail(ctx.database, storage, version_id, err)
         raise
 

@@ -37,7 +37,7 @@ from hub.audit.services import record
 from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden, NotFound
 from hub.gateway import services as gateway_services
-from hub.jobs import tasks as job_tasks
+from hub.jobs import recheck as job_recheck
 from hub.jobs.services import periodic
 from hub.notices.services import notify
 from hub.releases import acro_evidence
@@ -682,7 +682,7 @@ def still_granted(db: Session, request: ReleaseRequest) -> bool:
     if stored is None or not request.researcher.is_active:
         return False
     domain = f"agreement:{stored.slug}"
-    return job_tasks.policy_now(db, domain).allowed(
+    return job_recheck.policy_now(db, domain).allowed(
         user_subject(request.researcher_id), "read", f"agreements/{stored.slug}", domain=domain
     )
 

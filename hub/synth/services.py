@@ -52,8 +52,8 @@ from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, NotFound
 from hub.ingest.models import DatasetVersion, VersionState
 from hub.ingest.services import cdm_table
+from hub.jobs import recheck as job_recheck
 from hub.jobs import services as jobs
-from hub.jobs import tasks as job_tasks
 from hub.jobs.services import JobContext, enqueue, task
 from hub.settings import Settings
 from hub.storage import Storage, get_storage
@@ -626,14 +626,14 @@ def _recheck(ctx: JobContext, ids: Sequence[int]) -> None:
         tables = [m.cdm_table for m in members]
         version = s.get(DatasetVersion, version_id) if version_id is not None else None
         institution = version.institution_id if version is not None else None
-        who, _user = job_tasks.queued_by(s, ctx.job_id)
+        who, _user = job_recheck.queued_by(s, ctx.job_id)
         off: list[str] = []
         if slug:  # an agreement's pooled tables: does the agreement still grant them?
-            policy = job_tasks.policy_now(s, f"agreement:{slug}")
+            policy = job_recheck.policy_now(s, f"agreement:{slug}")
             off = [t for t in tables if not agreements.in_force(policy, slug, t)]
     try:
         if version_id is not None:
-            job_tasks.recheck(
+            job_recheck.recheck(
                 ctx,
                 "synthesise",
                 f"datasets/{version_id}",
@@ -641,9 +641,9 @@ def _recheck(ctx: JobContext, ids: Sequence[int]) -> None:
                 what="have this version synthesised",
             )
             return
-        job_tasks.recheck(ctx, "synthesise", "synthetic", what="have syntheses made")
+        job_recheck.recheck(ctx, "synthesise", "synthetic", what="have syntheses made")
         if off:
-            job_tasks.refuse(
+            job_recheck.refuse(
                 ctx,
                 who,
                 "synthesise",
@@ -654,7 +654,7 @@ def _recheck(ctx: JobContext, ids: Sequence[int]) -> None:
                 reason="agreement not in force",
                 tables=off,
             )
-    except job_tasks.JobRefused as err:
+    except job_recheck.JobRefused as err:
         _failed(ctx.database, ids, err.message)
         raise
 

@@ -22,7 +22,7 @@ from anonymisation.synthesis import (
     synthesize_tables,
 )
 from contracts.cdm import ColumnType, IdentifierClass, load_cdm
-from hub.demodata.generator import generate_frames
+from hub.demodata import generate_frames
 from hub.synth.facts import model_facts
 
 KEY = b"synthesis-test-key-0123456789"

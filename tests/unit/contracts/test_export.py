@@ -40,7 +40,7 @@ from contracts.export import (
     write_export,
 )
 from hub.cli import cli
-from hub.demodata.generator import generate_frames
+from hub.demodata import generate_frames
 
 SEMVER = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
 TABLE_SCHEMA_TYPES = {"string", "integer", "number", "boolean", "date", "datetime"}

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from anonymisation.pseudonyms import pseudonymise
 from hub.db import Database
-from hub.demodata.generator import generate_frames
+from hub.demodata import generate_frames
 from hub.ingest.models import DatasetVersion, DateAnchor
 from hub.jobs.services import Worker
 from hub.settings import Settings, load_settings

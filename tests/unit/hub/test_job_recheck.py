@@ -20,7 +20,7 @@ from hub.audit.models import AuditEntry
 from hub.audit.services import verify
 from hub.db import Database
 from hub.ingest.models import DatasetVersion
-from hub.jobs import tasks as job_tasks
+from hub.jobs import recheck as job_recheck
 from hub.jobs.models import Job
 from hub.jobs.services import JobContext, Worker
 from hub.settings import Settings
@@ -209,7 +209,7 @@ def test_a_job_queued_by_the_hub_itself_is_not_re_asked(
         s.get(Job, version.job_id).created_by = "cli"  # type: ignore[union-attr]
         job_id = version.job_id
     assert job_id is not None
-    job_tasks.recheck(_context(database, settings, job_id), "map", "datasets/1")
+    job_recheck.recheck(_context(database, settings, job_id), "map", "datasets/1")
     assert _refusals(database) == []
 
 
@@ -223,13 +223,13 @@ def test_recheck_asks_in_the_agreement_domain_as_the_user(
         s.get(Job, job_id).created_by = "user:rosa"  # type: ignore[union-attr]
     assert job_id is not None
     ctx = _context(database, settings, job_id)
-    job_tasks.recheck(ctx, "query", "data/batch", domain="agreement:v2v")
-    with pytest.raises(job_tasks.JobRefused, match="rosa may no longer fit .*agreement `v2v`"):
-        job_tasks.recheck(ctx, "fit", "data/batch", domain="agreement:v2v")  # not allowed
+    job_recheck.recheck(ctx, "query", "data/batch", domain="agreement:v2v")
+    with pytest.raises(job_recheck.JobRefused, match="rosa may no longer fit .*agreement `v2v`"):
+        job_recheck.recheck(ctx, "fit", "data/batch", domain="agreement:v2v")  # not allowed
     with database.session() as s:
         agreements.transition(s, agreements.get(s, "v2v"), "suspend", actor="user:sam")
-    with pytest.raises(job_tasks.JobRefused):
-        job_tasks.recheck(ctx, "query", "data/batch", domain="agreement:v2v")
+    with pytest.raises(job_recheck.JobRefused):
+        job_recheck.recheck(ctx, "query", "data/batch", domain="agreement:v2v")
     assert len(_refusals(database)) == 2
 
 

@@ -67,7 +67,7 @@ def settings_overrides(settings_overrides: dict) -> dict:
 @pytest.fixture(scope="module")
 def linked_frames() -> dict[str, dict[str, pd.DataFrame]]:
     """Institution slug -> table -> de-identified frame (pseudonyms, day offsets)."""
-    from hub.demodata.generator import generate_frames
+    from hub.demodata import generate_frames
 
     frames = generate_frames(institutions=2, patients=60, seed=11)
     out = {}
