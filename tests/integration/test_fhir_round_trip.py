@@ -36,8 +36,7 @@ from hub.settings import Settings, load_settings
 from hub.synth.models import SyntheticVersion
 from hub.synth.views import ALL_LINKED
 from tests.conftest import PASSWORD, AuthActions, Users, activate_agreement, bearer, csrf_from
-from tests.unit.hub.test_fhir_upload import api_upload, pooled, release_all
-from tests.unit.hub.test_ingest import _auth, drain, show
+from tests.unit.hub.uploads import api_upload, auth_headers, drain, pooled_rows, release_all, show
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -317,13 +316,13 @@ def site_to_synthetic_fhir(
         assert resp.status_code == 201, resp.get_json()
         vid = resp.get_json()["id"]
         drain(database, settings)
-        resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+        resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
         assert resp.status_code == 200, resp.get_json()
         drain(database, settings)
         reviewed = show(client, token, vid)
         assert reviewed["state"] == "awaiting_review", reviewed["error"]
         release_all(client, token, [vid])
-    pool = {t: pooled(app, database, t) for t in TABLES}
+    pool = {t: pooled_rows(app, database, t) for t in TABLES}
     sizes = {t: len(f) for t, f in pool.items()}
     assert sizes == {"episode": N, "collection": N, "batch": N, "release_test": 2 * N}
     assert pool["episode"]["age"].astype(str).str.fullmatch(r"\d+-\d+").all()  # bands
@@ -460,7 +459,7 @@ def _release_in_fresh_hub(
             messages = reviewed["validation"].get("messages")
             assert reviewed["valid_rows"] == rows, (table, rows, messages)
         release_all(fresh.client, fresh.token, [made[t] for t in tables])
-        return trip, {t: pooled(fresh.app, fresh.database, t) for t in tables}
+        return trip, {t: pooled_rows(fresh.app, fresh.database, t) for t in tables}
 
 
 def test_synthetic_rows_through_fhir_into_a_fresh_hub_are_the_rows_exported(

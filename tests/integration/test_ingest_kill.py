@@ -18,7 +18,7 @@ from hub.ingest import services as ingest
 from hub.jobs.models import Job
 from hub.jobs.services import load_task_modules
 from hub.storage import get_storage
-from tests.unit.hub.test_ingest import EPISODE_CSV
+from tests.unit.hub.uploads import EPISODE_CSV
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 

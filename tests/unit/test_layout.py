@@ -238,3 +238,18 @@ def test_no_import_cycles() -> None:
             graph[imp.module].add(target)
     cycles = _cycles(graph)
     assert cycles == [], "import cycles: " + "; ".join(" ↔ ".join(c) for c in cycles)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in ``conftest.py`` or a helper module (``tests/unit/hub/uploads.py``,
+    ``tests/unit/anonymisation/deidentified.py``), never in another test module: importing
+    one runs its collection-time code twice and couples unrelated tests."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for path in (root / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                last = node.module.rsplit(".", 1)[-1]
+                if node.module.startswith("tests.") and last.startswith("test_"):
+                    found.append(f"{path.relative_to(root)}: from {node.module}")
+    assert found == []

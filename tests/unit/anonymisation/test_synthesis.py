@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anonymisation.dates import anchor_table, offsets_by_key
-from anonymisation.generalise import age_band, round_to
-from anonymisation.pseudonyms import is_pseudonym, pseudonymise
+from anonymisation.dates import anchor_table
+from anonymisation.pseudonyms import is_pseudonym
 from anonymisation.synth_report import Thresholds, build_report, gates
 from anonymisation.synthesis import (
     BACKENDS,
@@ -21,35 +20,12 @@ from anonymisation.synthesis import (
     synthesize_table,
     synthesize_tables,
 )
-from contracts.cdm import ColumnType, IdentifierClass, load_cdm
 from hub.demodata import generate_frames
 from hub.synth.facts import model_facts
+from tests.unit.anonymisation.deidentified import CDM, deidentify
 
-KEY = b"synthesis-test-key-0123456789"
-CDM = load_cdm()
 MODEL = model_facts(CDM)  # the CDM as the library takes it, built the way the hub builds it
 TABLES = ("episode", "collection", "batch", "release_test")
-
-
-def _deidentify(name: str, frame: pd.DataFrame, anchors: pd.Series, lot_coi: pd.Series):
-    table = CDM.table(name)
-    out = {}
-    for column in frame.columns:
-        spec, values = table.column(column), frame[column]
-        if spec.identifier in (IdentifierClass.DIRECT, IdentifierClass.FREE_TEXT):
-            continue
-        if spec.identifier is IdentifierClass.LINKABLE:
-            out[column] = pseudonymise(values, KEY)
-        elif spec.type in (ColumnType.DATE, ColumnType.DATETIME):
-            keys = frame["coi_id"] if "coi_id" in frame else frame["lot_id"].map(lot_coi)
-            out[column] = offsets_by_key(values, keys, anchors)
-        elif column == "age":
-            out[column] = age_band(values)[0]
-        elif column == "weight_kg":
-            out[column] = round_to(values, 5)[0]
-        else:
-            out[column] = values
-    return pd.DataFrame(out)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +38,7 @@ def raw():
 def deid(raw):
     anchors = anchor_table(raw["collection"])
     lot_coi = raw["batch"].set_index("lot_id")["coi_id"]
-    return {n: _deidentify(n, raw[n], anchors, lot_coi) for n in TABLES}
+    return {n: deidentify(n, raw[n], anchors, lot_coi) for n in TABLES}
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +162,7 @@ def test_rows_that_never_saw_training_are_not_called_overfitted():
         raw = {n: pd.concat([f[n] for f in found.values()], ignore_index=True) for n in TABLES}
         anchors = anchor_table(raw["collection"])
         lot_coi = raw["batch"].set_index("lot_id")["coi_id"]
-        return _deidentify("batch", raw["batch"], anchors, lot_coi)
+        return deidentify("batch", raw["batch"], anchors, lot_coi)
 
     FreshRowsBackend.rows = batch(other)
     register_backend("fresh", FreshRowsBackend)

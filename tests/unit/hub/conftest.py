@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import socket
+import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,13 +20,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from waitress import create_server
 
 from hub.accounts import services as accounts
+from hub.agreements import services
 from hub.db import Database
 from hub.jobs.services import load_task_modules
 from hub.settings import Settings
-from tests.conftest import Users, release_into_pool
+from policies import store
+from policies.store import SyncedPolicy
+from tests.conftest import Users, activate_agreement, bearer, release_into_pool
 
 
 @pytest.fixture(autouse=True)
@@ -227,3 +232,171 @@ def release_world(app: Flask, database: Database, settings: Settings, users: Use
     """The :class:`ReleaseWorld`: pooled data, an active agreement naming rosa, output
     checkers, contributors and admins in and out of the request's institutions."""
     return ReleaseWorld(app, database, settings, users)
+
+
+# The gateway's pool: three sites' released batch data under an agreement naming rosa ------
+
+SITES = ("acme-bio", "st-aurelia", "kelvin")
+# Lots per site: enough that a site's noisy count (a fit's rules spend ε 0.2: Laplace scale
+# 5) falls below the institution threshold (10) about once in 10^6 runs, not once in 250.
+ROWS_PER_SITE = 80
+LOTS = ROWS_PER_SITE * len(SITES)
+
+
+def gateway_terms(disclosure: str = "") -> str:
+    return V2V_TERMS + disclosure
+
+
+def batch_frame(seed: int, rows: int = ROWS_PER_SITE) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
+            "platform": rng.choice(["central", "point_of_care"], rows),
+            "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
+            "viability": rng.normal(88, 4, rows).round(1),
+            "culture_days": rng.integers(7, 12, rows),
+        }
+    )
+
+
+@pytest.fixture
+def pooled(users: Users, database: Database, app) -> dict[str, str]:
+    """Three contributors with released batch data, an active agreement naming rosa, and
+    sandbox tokens for rosa (named) and omar (not named)."""
+    for slug in SITES:
+        users.institution(slug, "hospital")
+        users.make(f"{slug}-admin", "contributor_admin", slug)
+    users.make("sam", "steward")
+    users.make("rosa", "researcher", "st-aurelia")
+    users.make("omar", "researcher", "kelvin")
+    storage = app.extensions["cleanroom.storage"]
+    with database.session() as s:
+        for n, slug in enumerate(SITES):
+            release_into_pool(s, storage, slug, "batch", batch_frame(n))
+    return {}
+
+
+QUERY = (
+    "SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability FROM batch GROUP BY platform"
+)
+
+
+def whole_count(client: FlaskClient, headers: dict[str, str]) -> dict:
+    """``SELECT COUNT(*) FROM batch`` with one row per patient: the 40 patients of each
+    institution pass the noisy institution rules (threshold 2 scales = 6) all but certainly.
+    The answer, with its count's noise ``scale``."""
+    whole = client.post(
+        "/api/v1/sandbox/query",
+        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "rows_per_patient": 1},
+        headers=headers,
+    ).get_json()
+    return {**whole, "scale": whole["aggregates"][0]["noise_scale"]["n"]}
+
+
+# Agreements between acme-bio and st-aurelia (the agreements' own tests) ------------------
+
+
+def agreement_terms(
+    slug: str = "mfp",
+    *,
+    researchers: str = "[rosa]",
+    valid_from: str = "2026-01-01",
+    valid_until: str = "2099-12-31",
+    extra: str = "",
+) -> str:
+    return (
+        textwrap.dedent(f"""\
+        id: {slug}
+        title: Manufacturing-failure prediction
+        purpose:
+          code: manufacturing_failure_prediction
+          text: Predict failed runs.
+        parties:
+          - institution: acme-bio
+            roles: [contributor]
+          - institution: st-aurelia
+            roles: [contributor, recipient]
+        tables:
+          batch: [lot_id, viability]
+          collection: all
+        researchers: {researchers}
+        valid_from: {valid_from}
+        valid_until: {valid_until}
+        """)
+        + extra
+    )
+
+
+class AgreementWorld:
+    """Two parties with an admin each, a steward, and researchers at two institutions."""
+
+    def __init__(self, users: Users, database: Database) -> None:
+        self.database = database
+        users.institution("acme-bio", "manufacturer")
+        users.institution("st-aurelia", "hospital")
+        users.institution("kelvin", "academic")
+        self.ids = {}
+        for name, role, inst in (
+            ("sam", "steward", None),
+            ("acme-admin", "contributor_admin", "acme-bio"),
+            ("aurelia-admin", "contributor_admin", "st-aurelia"),
+            ("aurelia-data", "contributor", "st-aurelia"),
+            ("kelvin-admin", "contributor_admin", "kelvin"),
+            ("rosa", "researcher", "st-aurelia"),
+            ("omar", "researcher", "kelvin"),
+        ):
+            self.ids[name] = users.make(name, role, inst).id
+
+    def run(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
+        with self.database.session() as s:
+            return fn(s, *args, **kwargs)
+
+    def create(self, text: str | None = None) -> str:
+        with self.database.session() as s:
+            return services.create(s, text or agreement_terms(), actor="user:sam").slug
+
+    def move(self, slug: str, event: str) -> None:
+        with self.database.session() as s:
+            services.transition(s, services.get(s, slug), event, actor="user:sam")
+
+    def sign(self, slug: str, username: str) -> str:
+        with self.database.session() as s:
+            return services.sign(
+                s, services.get(s, slug), accounts.get_user(s, username), actor=f"user:{username}"
+            ).value
+
+    def active(self, text: str | None = None) -> str:
+        slug = self.create(text)
+        self.move(slug, "submit")
+        self.sign(slug, "acme-admin")
+        assert self.sign(slug, "aurelia-admin") == "active"
+        return slug
+
+    def rules(self, slug: str) -> list[tuple[str, ...]]:
+        return store.load_rules(self.database.engine, [f"agreement:{slug}"])
+
+    def policy(self, **kwargs: object) -> SyncedPolicy:
+        return SyncedPolicy(self.database.engine, **kwargs)  # type: ignore[arg-type]
+
+    def user(self, name: str):  # noqa: ANN201 - a detached User
+        with self.database.session() as s:
+            return accounts.get_user(s, name)
+
+
+# Release review: the gateway's pool, its agreement active, output checkers ------------------
+
+TABLE = "SELECT platform, COUNT(*) AS n, AVG(viability) AS v FROM batch GROUP BY platform"
+REVIEW_TERMS = "disclosure:\n  allow_model_fitting: true\n  review_window_days: 7\n"
+
+
+@pytest.fixture
+def review_world(pooled, users, database: Database, settings: Settings):
+    """The agreement active, rosa's sandbox token, two output checkers (one of them rosa's
+    colleague omar), and rosa an output checker too (she may still not review her own)."""
+    activate_agreement(database, gateway_terms(REVIEW_TERMS))
+    users.make("chris", "researcher", "kelvin")
+    with database.session() as s:
+        for name in ("chris", "omar", "rosa"):
+            accounts.get_user(s, name).is_output_checker = True
+    return {"rosa": bearer(database, settings, "rosa")}

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from hub.accounts import services as accounts
 from hub.settings import Settings
 from tests.conftest import PASSWORD, AuthActions, Users, csrf_from
-from tests.unit.hub.test_agreements import World, terms
+from tests.unit.hub.conftest import AgreementWorld, agreement_terms
 
 pytestmark = pytest.mark.db
 
@@ -37,7 +37,7 @@ ROLES = {
 }
 
 
-def _build(world: World) -> dict[str, str]:
+def _build(world: AgreementWorld) -> dict[str, str]:
     """One agreement in each state (parties acme-bio, st-aurelia; rosa named), and an
     active agreement of acme-bio and kelvin naming omar."""
     slugs = {}
@@ -45,7 +45,7 @@ def _build(world: World) -> dict[str, str]:
         slug = f"s-{state.replace('_', '-')}"
         past = state == "expired"
         world.create(
-            terms(
+            agreement_terms(
                 slug,
                 valid_from="2020-01-01" if past else "2026-01-01",
                 valid_until="2020-12-31" if past else "2099-12-31",
@@ -61,7 +61,7 @@ def _build(world: World) -> dict[str, str]:
         if state == "terminated":
             world.move(slug, "terminate")
         slugs[state] = slug
-    other = terms("other", researchers="[omar]").replace("st-aurelia", "kelvin")
+    other = agreement_terms("other", researchers="[omar]").replace("st-aurelia", "kelvin")
     world.create(other)
     world.move("other", "submit")
     world.sign("other", "acme-admin")
@@ -115,7 +115,7 @@ class Caller:
         raise AssertionError(route)
 
 
-def _token(world: World, settings: Settings, username: str) -> str:
+def _token(world: AgreementWorld, settings: Settings, username: str) -> str:
     with world.database.session() as s:
         return accounts.create_token(
             s, settings, accounts.get_user(s, username), "t", ["read"], actor="t"
@@ -123,11 +123,13 @@ def _token(world: World, settings: Settings, username: str) -> str:
 
 
 @pytest.fixture
-def world(users: Users, database) -> World:  # noqa: ANN001 - the conftest fixture
-    return World(users, database)
+def world(users: Users, database) -> AgreementWorld:  # noqa: ANN001 - the conftest fixture
+    return AgreementWorld(users, database)
 
 
-def test_every_role_every_route_every_state(world: World, app: Flask, settings: Settings) -> None:
+def test_every_role_every_route_every_state(
+    world: AgreementWorld, app: Flask, settings: Settings
+) -> None:
     slugs = _build(world)
     callers = {
         role: Caller(app, name, _token(world, settings, name) if name else None)
@@ -155,7 +157,7 @@ def test_every_role_every_route_every_state(world: World, app: Flask, settings: 
 
 
 def test_revocation_and_expiry_take_effect_on_the_next_request(
-    world: World, client: FlaskClient, settings: Settings
+    world: AgreementWorld, client: FlaskClient, settings: Settings
 ) -> None:
     slug = world.active()
     headers = {"Authorization": f"Bearer {_token(world, settings, 'rosa')}"}
@@ -167,12 +169,16 @@ def test_revocation_and_expiry_take_effect_on_the_next_request(
     world.move(slug, "terminate")
     assert client.get(f"/api/v1/agreements/{slug}", headers=headers).status_code == 403
     # An agreement whose window has closed grants nothing, though stored as active.
-    expired = world.active(terms("gone", valid_from="2020-01-01", valid_until="2020-06-30"))
+    expired = world.active(
+        agreement_terms("gone", valid_from="2020-01-01", valid_until="2020-06-30")
+    )
     assert client.get(f"/api/v1/agreements/{expired}", headers=headers).status_code == 403
     assert client.get("/api/v1/agreements", headers=headers).get_json() == {"agreements": []}
 
 
-def test_users_moved_between_institutions(world: World, app: Flask, settings: Settings) -> None:
+def test_users_moved_between_institutions(
+    world: AgreementWorld, app: Flask, settings: Settings
+) -> None:
     slug = world.create()
     world.move(slug, "submit")
     admin = Caller(app, "aurelia-admin", None)
@@ -215,7 +221,7 @@ def test_users_moved_between_institutions(world: World, app: Flask, settings: Se
 
 
 def test_steward_moves_a_user_in_the_portal(
-    world: World, client: FlaskClient, auth: AuthActions, database
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions, database
 ) -> None:  # noqa: ANN001
     slug = world.active()
     auth.login("sam")
@@ -251,7 +257,7 @@ for line in sys.stdin:
 
 
 def test_a_suspension_in_one_process_holds_on_the_next_request_in_another(
-    world: World,
+    world: AgreementWorld,
     client: FlaskClient,
     auth: AuthActions,
     settings: Settings,

@@ -23,7 +23,7 @@ from hub.db import Database
 from hub.errors import Conflict, NotFound, web_text, without_repeats
 from policies import store
 from tests.conftest import AuthActions, Users, csrf_from
-from tests.unit.hub.test_agreements import World, terms
+from tests.unit.hub.conftest import AgreementWorld, agreement_terms
 
 pytestmark = pytest.mark.db
 
@@ -31,8 +31,8 @@ CLI_HINT = re.compile(r"cleanroom (agreement|institution|user|audit|synth)")
 
 
 @pytest.fixture
-def world(users: Users, database: Database) -> World:
-    return World(users, database)
+def world(users: Users, database: Database) -> AgreementWorld:
+    return AgreementWorld(users, database)
 
 
 def _visible(html: str) -> str:
@@ -166,7 +166,7 @@ def _form_data(token: str, **changes: object) -> MultiDict:
 
 
 def test_steward_creates_an_agreement_with_the_form(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     auth.login("sam")
     page = client.get("/admin/agreements?template=manufacturing_failure_prediction")
@@ -201,11 +201,11 @@ def test_steward_creates_an_agreement_with_the_form(
         # The same agreement the YAML path makes from the same terms.
         # The same agreement the YAML path makes from the same terms (the form lists
         # tables in the data model's order).
-        same = terms().replace(
+        same = agreement_terms().replace(
             "  batch: [lot_id, viability]\n  collection: all\n",
             "  collection: all\n  batch: [lot_id, viability]\n",
         )
-        assert same != terms() and stored.digest == services.parse(same).terms
+        assert same != agreement_terms() and stored.digest == services.parse(same).terms
     # Editing the draft with the form keeps what it does not change.
     edited = client.post(
         "/admin/agreements/mfp", data=_form_data(token, title="Renamed"), follow_redirects=True
@@ -219,7 +219,7 @@ def test_steward_creates_an_agreement_with_the_form(
 
 
 def test_a_draft_is_deleted_after_a_confirmation_and_a_sent_one_never(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     slug = world.create()
     auth.login("sam")
@@ -252,7 +252,7 @@ def test_a_draft_is_deleted_after_a_confirmation_and_a_sent_one_never(
 
 
 def test_suspend_and_terminate_ask_first(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     slug = world.active()
     auth.login("sam")
@@ -271,7 +271,7 @@ def test_suspend_and_terminate_ask_first(
 
 
 def test_the_compiled_policy_reads_with_names(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     slug = world.active()
     with world.database.session() as s:
@@ -329,7 +329,7 @@ class _Cells(HTMLParser):
 
 
 def test_users_table_headings_sit_over_their_controls(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     auth.login("sam")
     html = client.get("/admin/users").get_data(as_text=True)
@@ -345,7 +345,7 @@ def test_users_table_headings_sit_over_their_controls(
 
 
 def test_a_ledger_entry_reads_in_words(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     slug = world.active()
     auth.login("sam")
@@ -411,7 +411,7 @@ def test_failed_gates_name_the_gate_and_what_to_try() -> None:
 
 
 def test_admin_is_prompted_to_sign_and_the_box_goes_once_signed(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     slug = world.create()
     world.move(slug, "submit")
@@ -435,7 +435,7 @@ def test_admin_is_prompted_to_sign_and_the_box_goes_once_signed(
 
 
 def test_transparency_log_says_in_words_what_used_our_data(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     from hub.audit.services import record
     from hub.gateway.models import GatewayAnswer
@@ -518,7 +518,7 @@ def test_transparency_log_says_in_words_what_used_our_data(
 
 
 def test_the_steward_reads_a_failed_synthesis_in_words(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     from hub.synth.models import SyntheticVersion
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import textwrap
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -24,106 +22,20 @@ from hub.settings import Settings
 from policies import store
 from policies.store import SyncedPolicy
 from tests.conftest import AuthActions, Users, csrf_from
+from tests.unit.hub.conftest import AgreementWorld, agreement_terms
 
 pytestmark = pytest.mark.db
 
 
-def terms(
-    slug: str = "mfp",
-    *,
-    researchers: str = "[rosa]",
-    valid_from: str = "2026-01-01",
-    valid_until: str = "2099-12-31",
-    extra: str = "",
-) -> str:
-    return (
-        textwrap.dedent(f"""\
-        id: {slug}
-        title: Manufacturing-failure prediction
-        purpose:
-          code: manufacturing_failure_prediction
-          text: Predict failed runs.
-        parties:
-          - institution: acme-bio
-            roles: [contributor]
-          - institution: st-aurelia
-            roles: [contributor, recipient]
-        tables:
-          batch: [lot_id, viability]
-          collection: all
-        researchers: {researchers}
-        valid_from: {valid_from}
-        valid_until: {valid_until}
-        """)
-        + extra
-    )
-
-
-class World:
-    """Two parties with an admin each, a steward, and researchers at two institutions."""
-
-    def __init__(self, users: Users, database: Database) -> None:
-        self.database = database
-        users.institution("acme-bio", "manufacturer")
-        users.institution("st-aurelia", "hospital")
-        users.institution("kelvin", "academic")
-        self.ids = {}
-        for name, role, inst in (
-            ("sam", "steward", None),
-            ("acme-admin", "contributor_admin", "acme-bio"),
-            ("aurelia-admin", "contributor_admin", "st-aurelia"),
-            ("aurelia-data", "contributor", "st-aurelia"),
-            ("kelvin-admin", "contributor_admin", "kelvin"),
-            ("rosa", "researcher", "st-aurelia"),
-            ("omar", "researcher", "kelvin"),
-        ):
-            self.ids[name] = users.make(name, role, inst).id
-
-    def run(self, fn: Callable[..., object], *args: object, **kwargs: object) -> object:
-        with self.database.session() as s:
-            return fn(s, *args, **kwargs)
-
-    def create(self, text: str | None = None) -> str:
-        with self.database.session() as s:
-            return services.create(s, text or terms(), actor="user:sam").slug
-
-    def move(self, slug: str, event: str) -> None:
-        with self.database.session() as s:
-            services.transition(s, services.get(s, slug), event, actor="user:sam")
-
-    def sign(self, slug: str, username: str) -> str:
-        with self.database.session() as s:
-            return services.sign(
-                s, services.get(s, slug), accounts.get_user(s, username), actor=f"user:{username}"
-            ).value
-
-    def active(self, text: str | None = None) -> str:
-        slug = self.create(text)
-        self.move(slug, "submit")
-        self.sign(slug, "acme-admin")
-        assert self.sign(slug, "aurelia-admin") == "active"
-        return slug
-
-    def rules(self, slug: str) -> list[tuple[str, ...]]:
-        return store.load_rules(self.database.engine, [f"agreement:{slug}"])
-
-    def policy(self, **kwargs: object) -> SyncedPolicy:
-        return SyncedPolicy(self.database.engine, **kwargs)  # type: ignore[arg-type]
-
-    def user(self, name: str):  # noqa: ANN201 - a detached User
-        with self.database.session() as s:
-            return accounts.get_user(s, name)
-
-
 @pytest.fixture
-def world(users: Users, database: Database) -> World:
-    return World(users, database)
+def world(users: Users, database: Database) -> AgreementWorld:
+    return AgreementWorld(users, database)
 
 
 # Services ---------------------------------------------------------------------------------
 
 
-def test_lifecycle_compiles_rules_and_records_every_step(world: World) -> None:
+def test_lifecycle_compiles_rules_and_records_every_step(world: AgreementWorld) -> None:
     slug = world.create()
     rosa = f"user:{world.ids['rosa']}"
     assert not any(r[0] == "g" and r[1] == rosa for r in world.rules(slug))  # draft: no data
@@ -159,7 +71,7 @@ def test_lifecycle_compiles_rules_and_records_every_step(world: World) -> None:
     ]
 
 
-def test_only_a_party_admin_signs(world: World) -> None:
+def test_only_a_party_admin_signs(world: AgreementWorld) -> None:
     slug = world.create()
     with pytest.raises(Conflict, match="only an agreement awaiting signatures"):
         world.sign(slug, "acme-admin")
@@ -176,7 +88,7 @@ def test_only_a_party_admin_signs(world: World) -> None:
         world.sign(slug, "acme-admin")
 
 
-def test_revise_drops_signatures(world: World) -> None:
+def test_revise_drops_signatures(world: AgreementWorld) -> None:
     slug = world.create()
     world.move(slug, "submit")
     world.sign(slug, "acme-admin")
@@ -185,28 +97,34 @@ def test_revise_drops_signatures(world: World) -> None:
         stored = services.get(s, slug)
         assert stored.state == "draft" and stored.signatures == []
         services.update_draft(
-            s, stored, terms(extra="description: now with a description\n"), actor="t"
+            s, stored, agreement_terms(extra="description: now with a description\n"), actor="t"
         )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (terms(extra="colour: blue\n"), "unknown key(s) `colour`"),
-        (terms().replace("acme-bio", "nowhere-inc"), "no institution `nowhere-inc`"),
-        (terms(researchers="[nobody]"), "nobody: no such user"),
-        (terms(researchers="[omar]"), "omar: belongs to kelvin, not to a recipient party"),
-        (terms(researchers="[aurelia-data]"), "is a contributor, not a researcher"),
-        (terms(extra="disclosure:\n  k: 3\n"), "`disclosure.k` is 3; the steward's floor is 10"),
+        (agreement_terms(extra="colour: blue\n"), "unknown key(s) `colour`"),
+        (agreement_terms().replace("acme-bio", "nowhere-inc"), "no institution `nowhere-inc`"),
+        (agreement_terms(researchers="[nobody]"), "nobody: no such user"),
         (
-            terms().replace("batch: [lot_id, viability]", "batch: [lot_id, shoe_size]"),
+            agreement_terms(researchers="[omar]"),
+            "omar: belongs to kelvin, not to a recipient party",
+        ),
+        (agreement_terms(researchers="[aurelia-data]"), "is a contributor, not a researcher"),
+        (
+            agreement_terms(extra="disclosure:\n  k: 3\n"),
+            "`disclosure.k` is 3; the steward's floor is 10",
+        ),
+        (
+            agreement_terms().replace("batch: [lot_id, viability]", "batch: [lot_id, shoe_size]"),
             "no column `shoe_size`",
         ),
         ("mfp.yaml", "the file must be a mapping"),
         ("", "paste the agreement's YAML"),
     ],
 )
-def test_yaml_errors_say_what_to_fix(world: World, text: str, message: str) -> None:
+def test_yaml_errors_say_what_to_fix(world: AgreementWorld, text: str, message: str) -> None:
     with pytest.raises(services.InvalidAgreement) as err, world.database.session() as s:
         services.create(s, text, actor="t")
     assert message in err.value.message
@@ -214,7 +132,7 @@ def test_yaml_errors_say_what_to_fix(world: World, text: str, message: str) -> N
         assert s.scalar(select(func.count()).select_from(AgreementRecord)) == 0
 
 
-def test_apply_is_idempotent(world: World) -> None:
+def test_apply_is_idempotent(world: AgreementWorld) -> None:
     def apply(text: str, **kw: bool) -> str:
         with world.database.session() as s:
             return services.apply(s, text, actor="cli", **kw)[1]
@@ -223,18 +141,18 @@ def test_apply_is_idempotent(world: World) -> None:
         with world.database.session() as s:
             return int(s.scalar(select(func.count()).select_from(AuditEntry)) or 0)
 
-    assert apply(terms()) == "created"
+    assert apply(agreement_terms()) == "created"
     before, version = entries(), store.get_version(world.database.engine)
-    assert apply(terms()) == "unchanged"
+    assert apply(agreement_terms()) == "unchanged"
     assert entries() == before and store.get_version(world.database.engine) == version
-    assert apply(terms(valid_until="2098-12-31")) == "updated"
-    assert apply(terms(valid_until="2098-12-31"), submit=True) == "submitted"
-    assert apply(terms(valid_until="2098-12-31"), submit=True) == "unchanged"
+    assert apply(agreement_terms(valid_until="2098-12-31")) == "updated"
+    assert apply(agreement_terms(valid_until="2098-12-31"), submit=True) == "submitted"
+    assert apply(agreement_terms(valid_until="2098-12-31"), submit=True) == "unchanged"
     with pytest.raises(Conflict, match="revise"):
-        apply(terms())
+        apply(agreement_terms())
 
 
-def test_pool_has_released_versions_of_signing_contributors_only(world: World) -> None:
+def test_pool_has_released_versions_of_signing_contributors_only(world: AgreementWorld) -> None:
     with world.database.session() as s:
         inst = {u: accounts.get_institution(s, u).id for u in ("acme-bio", "st-aurelia")}
         for n, (slug, state, key) in enumerate(
@@ -272,9 +190,9 @@ def test_pool_has_released_versions_of_signing_contributors_only(world: World) -
     assert pool() == []
 
 
-def test_may_query_follows_state_expiry_and_the_named_researcher(world: World) -> None:
+def test_may_query_follows_state_expiry_and_the_named_researcher(world: AgreementWorld) -> None:
     a = world.active()
-    b = world.active(terms("other", researchers="[]"))
+    b = world.active(agreement_terms("other", researchers="[]"))
     policy = world.policy()
     rosa, omar = world.user("rosa"), world.user("omar")
     assert services.may_query(policy, rosa, a, "batch")
@@ -294,7 +212,7 @@ def test_may_query_follows_state_expiry_and_the_named_researcher(world: World) -
     later.close()
 
 
-def test_moving_users_recompiles_their_rights(world: World) -> None:
+def test_moving_users_recompiles_their_rights(world: AgreementWorld) -> None:
     slug = world.active()
     policy = world.policy()
     assert services.may_query(policy, world.user("rosa"), slug, "batch")
@@ -335,9 +253,11 @@ def test_moving_users_recompiles_their_rights(world: World) -> None:
 # CLI --------------------------------------------------------------------------------------
 
 
-def test_cli_apply_twice_changes_nothing(world: World, runner: CliRunner, tmp_path) -> None:
+def test_cli_apply_twice_changes_nothing(
+    world: AgreementWorld, runner: CliRunner, tmp_path
+) -> None:
     path = tmp_path / "mfp.yaml"
-    path.write_text(terms())
+    path.write_text(agreement_terms())
     first = runner.invoke(cli, ["agreement", "apply", str(path), "--submit"])
     assert first.exit_code == 0, first.output
     assert "agreement mfp created and submitted (awaiting_signatures)" in first.output
@@ -352,7 +272,7 @@ def test_cli_apply_twice_changes_nothing(world: World, runner: CliRunner, tmp_pa
     suspended = runner.invoke(cli, ["agreement", "suspend", "mfp"])
     assert "it is now suspended" in suspended.output
     bad = tmp_path / "bad.yaml"
-    bad.write_text(terms(extra="disclosure:\n  k: 2\n"))
+    bad.write_text(agreement_terms(extra="disclosure:\n  k: 2\n"))
     refused = runner.invoke(cli, ["agreement", "apply", str(bad)])
     assert refused.exit_code == 1
     assert f"{bad}: agreement `mfp`: `disclosure.k` is 2" in refused.output
@@ -363,7 +283,7 @@ def test_cli_apply_twice_changes_nothing(world: World, runner: CliRunner, tmp_pa
 # Pages and API ----------------------------------------------------------------------------
 
 
-def _token(world: World, settings: Settings, username: str) -> dict[str, str]:
+def _token(world: AgreementWorld, settings: Settings, username: str) -> dict[str, str]:
     with world.database.session() as s:
         secret = accounts.create_token(
             s, settings, accounts.get_user(s, username), "t", ["read"], actor="t"
@@ -372,23 +292,24 @@ def _token(world: World, settings: Settings, username: str) -> dict[str, str]:
 
 
 def test_steward_creates_and_moves_an_agreement_in_the_portal(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     auth.login("sam")
     page = client.get("/admin/agreements?template=process_comparability")
     assert "pc-example" in page.get_data(as_text=True)
     token = csrf_from(client, "/admin/agreements")
     bad = client.post(
-        "/admin/agreements", data={"terms": terms(researchers="[omar]"), "csrf_token": token}
+        "/admin/agreements",
+        data={"terms": agreement_terms(researchers="[omar]"), "csrf_token": token},
     )
     body = bad.get_data(as_text=True)
     assert bad.status_code == 400
     assert "not to a recipient party" in body and "researchers: [omar]" in body  # input kept
-    made = client.post("/admin/agreements", data={"terms": terms(), "csrf_token": token})
+    made = client.post("/admin/agreements", data={"terms": agreement_terms(), "csrf_token": token})
     assert made.status_code == 302 and made.location.endswith("/admin/agreements/mfp")
     edited = client.post(
         "/admin/agreements/mfp",
-        data={"terms": terms(valid_until="2098-01-01"), "csrf_token": token},
+        data={"terms": agreement_terms(valid_until="2098-01-01"), "csrf_token": token},
         follow_redirects=True,
     )
     assert "Draft saved." in edited.get_data(as_text=True)
@@ -405,7 +326,7 @@ def test_steward_creates_and_moves_an_agreement_in_the_portal(
 
 
 def test_party_admins_sign_in_the_portal_and_the_researcher_gains_access(
-    world: World, app, client: FlaskClient, auth: AuthActions, settings: Settings
+    world: AgreementWorld, app, client: FlaskClient, auth: AuthActions, settings: Settings
 ) -> None:
     slug = world.create()
     world.move(slug, "submit")
@@ -436,7 +357,7 @@ def test_party_admins_sign_in_the_portal_and_the_researcher_gains_access(
 
 
 def test_explorer_shows_who_reaches_what(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     world.active()
     auth.login("sam")
@@ -449,7 +370,7 @@ def test_explorer_shows_who_reaches_what(
 
 
 def test_contributor_sees_agreements_with_its_data_queries_and_budget_spent(
-    world: World, client: FlaskClient, auth: AuthActions
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions
 ) -> None:
     from hub.accounts import services as accounts
     from hub.agreements import services as agreement_services
@@ -508,7 +429,7 @@ CSRF = re.compile(r'name="csrf_token" value="[^"]*"')
 
 
 def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
-    world: World, client: FlaskClient, auth: AuthActions, settings: Settings
+    world: AgreementWorld, client: FlaskClient, auth: AuthActions, settings: Settings
 ) -> None:
     """Pages and API answer a slug that names no agreement exactly as they answer an
     agreement the caller may not see (same status, code and words; only the slug differs)."""

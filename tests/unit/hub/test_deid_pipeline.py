@@ -19,7 +19,7 @@ from hub.ingest.models import DatasetVersion, DateAnchor
 from hub.jobs.services import Worker
 from hub.settings import Settings, load_settings
 from tests.conftest import AuthActions, csrf_from
-from tests.unit.hub.test_ingest import APPROVE, EPISODE_CSV, _auth, drain, show, upload
+from tests.unit.hub.uploads import APPROVE, EPISODE_CSV, auth_headers, drain, show, upload
 
 pytestmark = pytest.mark.db
 
@@ -45,7 +45,9 @@ def _through(
     vid = resp.get_json()["id"]
     drain(database, settings)
     assert (
-        client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token)).status_code
+        client.post(
+            f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token)
+        ).status_code
         == 200
     )
     drain(database, settings)
@@ -55,7 +57,7 @@ def _through(
 
 
 def _release(client: FlaskClient, token: str, vid: int) -> dict:
-    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
+    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=auth_headers(token), json=APPROVE)
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()
 
@@ -153,17 +155,19 @@ def test_contributor_may_strengthen_never_weaken(
     assert floor["coi_id"] == "pseudonymise" and floor["patient_name"] == "drop"
     url = f"/api/v1/uploads/{vid}/deidentification"
 
-    weaker = client.post(url, json={"columns": {"coi_id": "keep"}}, headers=_auth(token))
+    weaker = client.post(url, json={"columns": {"coi_id": "keep"}}, headers=auth_headers(token))
     assert weaker.status_code == 400
     assert "below the floor" in weaker.get_json()["error"]["message"]
-    unknown = client.post(url, json={"columns": {"nope": "drop"}}, headers=_auth(token))
+    unknown = client.post(url, json={"columns": {"nope": "drop"}}, headers=auth_headers(token))
     assert unknown.status_code == 400
-    low_k = client.post(url, json={"k": 2}, headers=_auth(token))
+    low_k = client.post(url, json={"k": 2}, headers=auth_headers(token))
     assert low_k.status_code == 400 and "floor is 5" in low_k.get_json()["error"]["message"]
     assert show(client, token, vid)["state"] == "awaiting_review"  # nothing changed
 
     ok = client.post(
-        url, json={"columns": {"weight_kg": "drop", "sex": "drop"}, "k": 6}, headers=_auth(token)
+        url,
+        json={"columns": {"weight_kg": "drop", "sex": "drop"}, "k": 6},
+        headers=auth_headers(token),
     )
     assert ok.status_code == 202, ok.get_json()
     assert ok.get_json()["state"] == "processing"
@@ -239,7 +243,7 @@ def test_other_institutions_cannot_choose(
     resp = client.post(
         f"/api/v1/uploads/{vid}/deidentification",
         json={"columns": {"age": "drop"}},
-        headers=_auth(other),
+        headers=auth_headers(other),
     )
     assert resp.status_code in (403, 404)
     assert show(client, token, vid)["deidentification_choices"] == {}

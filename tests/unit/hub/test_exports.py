@@ -15,7 +15,7 @@ from hub.db import Database
 from hub.exports import SafeWriter, csv_safe
 from hub.settings import Settings
 from tests.conftest import AuthActions, Users
-from tests.unit.hub.test_ingest import _auth, drain, upload
+from tests.unit.hub.uploads import auth_headers, drain, upload
 
 #: Values a spreadsheet would run as formulas, as OWASP lists their first characters.
 FORMULAS = ('=HYPERLINK("x")', "+1+1", "@SUM(A1)", "-2+3", "\tcmd", "\rcmd")
@@ -107,7 +107,7 @@ def test_held_back_rows_and_the_report_are_formula_safe(
     # A column named like a formula and holding one is mapped: every weight is invalid, so
     # the report quotes its name and its values, and every row is held back.
     mapping = {"columns": {"@SUM(A1)": {"target": "weight_kg"}}}
-    client.post(f"/api/v1/uploads/{vid}/mapping", json=mapping, headers=_auth(token))
+    client.post(f"/api/v1/uploads/{vid}/mapping", json=mapping, headers=auth_headers(token))
     drain(database, settings)
     auth.login("nadia")
     with client.get(f"/datasets/{vid}/held-back.csv") as resp:

@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from contracts.fhir import WITHHELD_SYSTEM
 from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.exports import _RANGES, FhirExportError, fhir_file
@@ -25,7 +26,7 @@ from hub.storage.frames import put_frame
 from hub.synth.models import SyntheticVersion
 from sandbox import PolicyDenied, connect
 from tests.conftest import AuthActions, Users, activate_agreement, bearer, release_into_pool
-from tests.unit.hub.test_gateway_api import _batch, _terms, pooled  # noqa: F401
+from tests.unit.hub.conftest import batch_frame, gateway_terms
 
 pytestmark = pytest.mark.db
 
@@ -130,9 +131,12 @@ def test_contributor_downloads_its_released_version_as_ndjson_and_bundle(
         "batch.release_date (days since each patient's first date"
         in resp.headers["X-Cleanroom-Left-Out"]
     )
-    assert "release_date" not in resp.get_data(as_text=True) and "1970" not in resp.get_data(
-        as_text=True
-    )
+    assert "1970" not in resp.get_data(as_text=True)
+    for resource in resources:  # each resource says what was withheld, and carries none of it
+        tags = {(t["system"], t["code"]) for t in resource["meta"]["tag"]}
+        assert (WITHHELD_SYSTEM, "batch.release_date") in tags
+        rest = json.dumps({k: v for k, v in resource.items() if k != "meta"})
+        assert "release_date" not in rest
 
     resp = client.get(f"/datasets/{vid}/fhir-bundle.json")
     assert resp.status_code == 200 and resp.mimetype == "application/fhir+json"
@@ -232,7 +236,7 @@ def _publish(app: Flask, database: Database, frame: pd.DataFrame, state: str = "
         return synthetic.id
 
 
-SYNTHETIC = _batch(7, rows=12)
+SYNTHETIC = batch_frame(7, rows=12)
 
 
 def test_researcher_takes_synthetic_rows_out_as_fhir_where_the_agreement_allows(
@@ -242,7 +246,7 @@ def test_researcher_takes_synthetic_rows_out_as_fhir_where_the_agreement_allows(
     settings: Settings,
     pooled,  # noqa: F811
 ) -> None:
-    activate_agreement(database, _terms("disclosure:\n  allow_synthetic: true\n"))
+    activate_agreement(database, gateway_terms("disclosure:\n  allow_synthetic: true\n"))
     sid = _publish(app, database, SYNTHETIC)
     rosa = bearer(database, settings, "rosa")
     url = "/api/v1/sandbox/synthetic/batch?agreement=v2v&format="
@@ -282,7 +286,7 @@ def test_no_synthetic_fhir_under_an_agreement_that_does_not_allow_it(
     settings: Settings,
     pooled,  # noqa: F811
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     _publish(app, database, SYNTHETIC)
     resp = client.get(
         "/api/v1/sandbox/synthetic/batch?agreement=v2v&format=fhir-ndjson",
@@ -306,7 +310,7 @@ def test_steward_downloads_a_published_synthetic_version_from_its_page(
     database: Database,
     pooled,  # noqa: F811
 ) -> None:
-    activate_agreement(database, _terms("disclosure:\n  allow_synthetic: true\n"))
+    activate_agreement(database, gateway_terms("disclosure:\n  allow_synthetic: true\n"))
     sid = _publish(app, database, SYNTHETIC)
     failed = _publish(app, database, SYNTHETIC, state="failed_gates")
     auth.login("sam")
@@ -341,7 +345,7 @@ def test_client_fetches_synthetic_fhir(
     pooled,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    activate_agreement(database, _terms("disclosure:\n  allow_synthetic: true\n"))
+    activate_agreement(database, gateway_terms("disclosure:\n  allow_synthetic: true\n"))
     _publish(app, database, SYNTHETIC)
     token = bearer(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     cr = connect(served, token)

@@ -35,7 +35,7 @@ from hub.db import Database
 from hub.ingest.models import DatasetVersion
 from hub.settings import Settings, load_settings
 from tests.conftest import PASSWORD, AuthActions, Users, csrf_from
-from tests.unit.hub.test_ingest import APPROVE, _auth, drain, show
+from tests.unit.hub.uploads import api_upload, auth_headers, drain, pooled_rows, release_all, show
 
 pytestmark = pytest.mark.db
 
@@ -104,43 +104,11 @@ def many_episodes(n: int) -> dict[str, Any]:
 # Driving the hub --------------------------------------------------------------------------
 
 
-def api_upload(client: FlaskClient, token: str, data: bytes, filename: str, table: str = ""):
-    return client.post(
-        f"/api/v1/uploads?filename={filename}" + (f"&table={table}" if table else ""),
-        data=data,
-        headers={**_auth(token), "Content-Type": "application/octet-stream"},
-    )
-
-
 def versions_in_db(database: Database) -> list[DatasetVersion]:
     with database.session() as s:
         found = list(s.scalars(select(DatasetVersion).order_by(DatasetVersion.id)))
         s.expunge_all()
     return found
-
-
-def release_all(client: FlaskClient, token: str, ids: list[int]) -> None:
-    for vid in ids:
-        resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
-        assert resp.status_code == 200, resp.get_json()
-
-
-def pooled(app: Any, database: Database, table: str) -> pd.DataFrame:
-    storage = app.extensions["cleanroom.storage"]
-    with database.session() as s:
-        keys = s.scalars(
-            select(DatasetVersion.pool_key).where(
-                DatasetVersion.cdm_table == table, DatasetVersion.state == "released"
-            )
-        ).all()
-    frames = []
-    for key in keys:
-        with storage.open(key) as fh:
-            frames.append(pq.read_table(io.BytesIO(fh.read())).to_pandas())
-    return pd.concat(frames, ignore_index=True)
-
-
-# Tests --------------------------------------------------------------------------------------
 
 
 def test_sample_bundle_through_the_api_makes_one_version_per_table(
@@ -296,11 +264,11 @@ def test_release_pools_every_table_with_keys_relinked(
         assert reviewed["valid_rows"] == expected[v["table"]], reviewed["validation"]
     release_all(client, token, [v["id"] for v in made])
 
-    episode = pooled(app, database, "episode")
-    collection = pooled(app, database, "collection")
-    batch = pooled(app, database, "batch")
+    episode = pooled_rows(app, database, "episode")
+    collection = pooled_rows(app, database, "collection")
+    batch = pooled_rows(app, database, "batch")
     assert len(episode) == 12 and len(collection) == 12 and len(batch) == 12
-    assert len(pooled(app, database, "release_test")) == 24
+    assert len(pooled_rows(app, database, "release_test")) == 24
     # Keys are pseudonyms, the same in every table: each batch's coi_id and din are its
     # collection's, and each collection's coi_id an episode's.
     coi = {f"COI-2024-{i:06d}" for i in range(12)}
@@ -345,7 +313,7 @@ def _through_mapping(
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
     drain(db, settings)
-    resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
     assert resp.status_code == 200, resp.get_json()
     drain(db, settings)
     assert show(client, token, vid)["state"] == "awaiting_review"
@@ -392,7 +360,7 @@ def test_round_trip_spreadsheet_pool_fhir_fresh_hub(
 ) -> None:
     for table in SITE_FILES:
         _through_mapping(client, token, database, settings, table)
-    released = {t: pooled(app, database, t) for t in SITE_FILES}
+    released = {t: pooled_rows(app, database, t) for t in SITE_FILES}
     assert all(len(f) == N_SITE for f in released.values())
     # The pool holds an episode's age as a band and every date as days since the
     # patient's anchor date: FHIR R5 has no element for either, so the export carries the
@@ -433,8 +401,8 @@ def test_round_trip_spreadsheet_pool_fhir_fresh_hub(
         assert reviewed["state"] == "awaiting_review", reviewed["error"]
         assert reviewed["valid_rows"] == N_SITE, reviewed["validation"]
     release_all(other, fresh_token, list(made.values()))
-    collection = pooled(fresh_app, fresh_db, "collection")
-    batch = pooled(fresh_app, fresh_db, "batch")
+    collection = pooled_rows(fresh_app, fresh_db, "collection")
+    batch = pooled_rows(fresh_app, fresh_db, "batch")
     # Pseudonymised again with the fresh hub's own key, and still linked across tables.
     assert not set(collection["din"]) & set(products["collection"]["din"])
     joined = batch.merge(collection, on="din", suffixes=("_batch", "_collection"))

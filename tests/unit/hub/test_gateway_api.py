@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pandas as pd
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -17,55 +15,12 @@ from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.gateway.models import PrivacyBudget
 from hub.settings import Settings
-from tests.conftest import Users, activate_agreement, bearer, release_into_pool
-from tests.unit.hub.conftest import V2V_TERMS
+from tests.conftest import activate_agreement, bearer
+from tests.unit.hub.conftest import LOTS, QUERY, SITES, gateway_terms, whole_count
 
 pytestmark = pytest.mark.db
 
-SITES = ("acme-bio", "st-aurelia", "kelvin")
-# Lots per site: enough that a site's noisy count (a fit's rules spend ε 0.2: Laplace scale
-# 5) falls below the institution threshold (10) about once in 10^6 runs, not once in 250.
-ROWS_PER_SITE = 80
-LOTS = ROWS_PER_SITE * len(SITES)
-
-
-def _terms(disclosure: str = "") -> str:
-    return V2V_TERMS + disclosure
-
-
-def _batch(seed: int, rows: int = ROWS_PER_SITE) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
-            "platform": rng.choice(["central", "point_of_care"], rows),
-            "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
-            "viability": rng.normal(88, 4, rows).round(1),
-            "culture_days": rng.integers(7, 12, rows),
-        }
-    )
-
-
-@pytest.fixture
-def pooled(users: Users, database: Database, app) -> dict[str, str]:
-    """Three contributors with released batch data, an active agreement naming rosa, and
-    sandbox tokens for rosa (named) and omar (not named)."""
-    for slug in SITES:
-        users.institution(slug, "hospital")
-        users.make(f"{slug}-admin", "contributor_admin", slug)
-    users.make("sam", "steward")
-    users.make("rosa", "researcher", "st-aurelia")
-    users.make("omar", "researcher", "kelvin")
-    storage = app.extensions["cleanroom.storage"]
-    with database.session() as s:
-        for n, slug in enumerate(SITES):
-            release_into_pool(s, storage, slug, "batch", _batch(n))
-    return {}
-
-
-QUERY = (
-    "SELECT platform, COUNT(*) AS n, AVG(viability) AS mean_viability FROM batch GROUP BY platform"
-)
+FIT_AND_SYNTHETIC = "disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n"
 
 
 def _ledger(database: Database, prefix: str = "sandbox.") -> list[dict]:
@@ -79,7 +34,7 @@ def _ledger(database: Database, prefix: str = "sandbox.") -> list[dict]:
 def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     listed = client.get("/api/v1/sandbox/agreements", headers=rosa).get_json()
     assert [a["agreement"] for a in listed["agreements"]] == ["v2v"]
@@ -120,22 +75,10 @@ def test_named_researcher_gets_controlled_aggregates_and_the_ledger_says_so(
     assert abs(whole["rows"][0][0] - LOTS) <= 12 * whole["scale"] and whole["rows_per_patient"] == 1
 
 
-def whole_count(client: FlaskClient, headers: dict[str, str]) -> dict:
-    """``SELECT COUNT(*) FROM batch`` with one row per patient: the 40 patients of each
-    institution pass the noisy institution rules (threshold 2 scales = 6) all but certainly.
-    The answer, with its count's noise ``scale``."""
-    whole = client.post(
-        "/api/v1/sandbox/query",
-        json={"agreement": "v2v", "sql": "SELECT COUNT(*) FROM batch", "rows_per_patient": 1},
-        headers=headers,
-    ).get_json()
-    return {**whole, "scale": whole["aggregates"][0]["noise_scale"]["n"]}
-
-
 def test_row_level_sql_is_refused_with_the_construct_and_logged(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     for sql, construct in (
         ("SELECT * FROM batch", "SELECT *"),
@@ -162,7 +105,7 @@ def test_policy_decides_per_request(
     # Before the agreement is active, nobody may query.
     rosa = bearer(database, settings, "rosa")
     assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 403
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     assert client.post("/api/v1/sandbox/query", json=body, headers=rosa).status_code == 200
     # A researcher not named in the agreement.
     omar = bearer(database, settings, "omar")
@@ -202,7 +145,8 @@ def test_fit_and_synthetic_where_allowed(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
     activate_agreement(
-        database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
+        database,
+        gateway_terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n"),
     )
     rosa = bearer(database, settings, "rosa")
     fit = {
@@ -231,7 +175,7 @@ def test_fit_and_synthetic_where_allowed(
 def test_rate_limit_per_researcher(
     client: FlaskClient, database: Database, settings: Settings, pooled, monkeypatch
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     monkeypatch.setitem(settings.data, "gateway_rate_per_minute", 2)
     rosa = bearer(database, settings, "rosa")
     body = {"agreement": "v2v", "sql": QUERY}
@@ -244,7 +188,7 @@ def test_rate_limit_per_researcher(
 def test_malformed_requests_get_clear_errors(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     resp = client.post("/api/v1/sandbox/query", data="not json", headers=rosa)
     assert resp.status_code == 400 and "JSON object" in resp.get_json()["error"]["message"]
@@ -260,7 +204,7 @@ def test_budget_is_debited_and_an_exhausted_budget_is_refused_with_who_can_raise
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
     activate_agreement(
-        database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 2.5\n")
+        database, gateway_terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 2.5\n")
     )
     rosa = bearer(database, settings, "rosa")
     asked = [
@@ -297,8 +241,8 @@ def test_budget_is_debited_and_an_exhausted_budget_is_refused_with_who_can_raise
 def test_columns_the_agreement_does_not_cover_do_not_exist(
     client: FlaskClient, database: Database, settings: Settings, pooled
 ) -> None:
-    terms = _terms().replace("batch: all", "batch: [platform, viability, lot_id]")
-    assert terms != _terms()
+    terms = gateway_terms().replace("batch: all", "batch: [platform, viability, lot_id]")
+    assert terms != gateway_terms()
     activate_agreement(database, terms)
     rosa = bearer(database, settings, "rosa")
     tables = client.get("/api/v1/sandbox/tables?agreement=v2v", headers=rosa).get_json()
@@ -330,7 +274,7 @@ def test_columns_the_agreement_does_not_cover_do_not_exist(
 def test_malformed_queries_get_a_400_naming_the_construct(
     client: FlaskClient, database: Database, settings: Settings, pooled, sql: str
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     resp = client.post("/api/v1/sandbox/query", json={"agreement": "v2v", "sql": sql}, headers=rosa)
     assert resp.status_code == 400, resp.get_json()
@@ -347,7 +291,7 @@ def test_concurrent_debits_never_overspend(
     from hub.gateway import services as gateway_services
 
     activate_agreement(
-        database, _terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n")
+        database, gateway_terms("disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n")
     )
     policy = app.extensions["cleanroom.policy"]
     policy.refresh()
@@ -402,7 +346,7 @@ def test_no_lock_is_held_while_an_answer_is_computed(
     from hub.audit.services import record
     from sandbox.gateway import dp
 
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     answer = dp.answer
     written: list[str] = []
@@ -429,7 +373,7 @@ def test_every_sandbox_request_leaves_exactly_one_ledger_entry(
 ) -> None:
     """Answered, read or refused (by the token's scope, the policy, a malformed body): one
     entry each, naming the caller and the token; no separate ``token.use`` entry."""
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     upload_only = bearer(database, settings, "rosa", ("upload",))
     omar = bearer(database, settings, "omar")
@@ -482,7 +426,8 @@ def test_an_unknown_agreement_is_refused_like_a_forbidden_one(
     agreement the caller may not use (same status, code and words; only the slug differs),
     so a refusal never tells whether an agreement exists."""
     activate_agreement(
-        database, _terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n")
+        database,
+        gateway_terms("disclosure:\n  allow_model_fitting: true\n  allow_synthetic: true\n"),
     )
     omar = bearer(database, settings, "omar")  # a researcher the agreement does not name
 

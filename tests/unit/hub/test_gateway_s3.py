@@ -24,7 +24,7 @@ from tests.s3server import (
     s3_server,
     s3_settings_overrides,
 )
-from tests.unit.hub.test_gateway_api import LOTS, QUERY, _terms, pooled, whole_count  # noqa: F401
+from tests.unit.hub.conftest import LOTS, QUERY, gateway_terms, whole_count
 
 pytestmark = [pytest.mark.db, pytest.mark.s3]
 
@@ -62,7 +62,7 @@ def test_query_reads_the_pool_from_s3(
     pooled,  # noqa: F811 - the imported fixture
 ) -> None:
     assert isinstance(app.extensions["cleanroom.storage"], S3Storage)
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     resp = client.post(
         "/api/v1/sandbox/query", json={"agreement": "v2v", "sql": QUERY}, headers=rosa

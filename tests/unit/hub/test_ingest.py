@@ -15,75 +15,21 @@ from hub.accounts import services as accounts
 from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.ingest.models import DatasetVersion
-from hub.jobs.services import Worker
 from hub.settings import Settings
 from tests.conftest import AuthActions, csrf_from
+from tests.unit.hub.uploads import (
+    APPROVE,
+    BATCH_CSV,
+    EPISODE_CSV,
+    auth_headers,
+    drain,
+    release_episode,
+    show,
+    upload,
+    workbook,
+)
 
 pytestmark = pytest.mark.db
-
-EPISODE_CSV = (
-    "\ufeffPatient ID;Site;Product Class;Indication;Age;Sex;Patient Name;MRN;Weight (kg)\n"
-    "COI-0001;St Aurelia;autologous_car_t;LBCL;54;female;Jane Doe;MRN123456;71.5\n"
-    "COI-0002;St Aurelia;autologous_car_t;ALL;23;male;John Roe;MRN654321;80\n"
-    'COI-0003;=HYPERLINK("http://x");autologous_car_t;MM;67;female;Ann Poe;MRN111111;64\n'
-    "COI-0004;St Aurelia;autologous_car_t;FL;130;male;Bob Loe;MRN222222;90\n"
-    # Enough look-alike episodes for k=5 to hold without suppressing everything.
-    + "".join(
-        f"COI-{i:04d};St Aurelia;autologous_car_t;LBCL;{50 + i % 5};"
-        f"{'female' if i % 2 else 'male'};Pat Person{i};MRN{700000 + i};{70 + i % 3}\n"
-        for i in range(5, 25)
-    )
-)
-
-BATCH_CSV = (
-    "Lot No.,COI,Manufacturing Facility,Platform,Outcome,Viability %\n"
-    "LOT-1,COI-0001,Northbridge,central,conforming,91.5\n"
-    "LOT-2,COI-0002,Northbridge,central,failed,62\n"
-    "LOT-3,COI-9999,Northbridge,central,conforming,88\n"
-)
-
-
-APPROVE = {"approve_deidentification": True}
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def upload(client: FlaskClient, token: str, table: str, filename: str, data: bytes | str):
-    body = data.encode("utf-8") if isinstance(data, str) else data
-    return client.post(
-        f"/api/v1/uploads?table={table}&filename={filename}",
-        data=body,
-        headers={**_auth(token), "Content-Type": "application/octet-stream"},
-    )
-
-
-def drain(database: Database, settings: Settings) -> None:
-    worker = Worker(database, settings, worker_id="test")
-    while worker.run_once() is not None:
-        pass
-
-
-def show(client: FlaskClient, token: str, version_id: int) -> dict:
-    resp = client.get(f"/api/v1/uploads/{version_id}", headers=_auth(token))
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()
-
-
-def release_episode(client, token, database, settings) -> dict:
-    resp = upload(client, token, "episode", "episodes.csv", EPISODE_CSV)
-    assert resp.status_code == 201, resp.get_json()
-    vid = resp.get_json()["id"]
-    drain(database, settings)
-    assert (
-        client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token)).status_code
-        == 200
-    )
-    drain(database, settings)
-    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()
 
 
 def test_upload_to_release(
@@ -106,7 +52,9 @@ def test_upload_to_release(
     assert targets["Weight (kg)"] == "weight_kg"
 
     assert (
-        client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token)).status_code
+        client.post(
+            f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token)
+        ).status_code
         == 200
     )
     drain(database, settings)
@@ -121,11 +69,11 @@ def test_upload_to_release(
     assert reviewed["deidentification_floor"] == actions
 
     # Release needs the contributor's approval of that report.
-    refused = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token))
+    refused = client.post(f"/api/v1/uploads/{vid}/release", headers=auth_headers(token))
     assert refused.status_code == 400
     assert refused.get_json()["error"]["code"] == "approval_required"
 
-    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
+    resp = client.post(f"/api/v1/uploads/{vid}/release", headers=auth_headers(token), json=APPROVE)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["state"] == "released"
     with database.session() as s:
@@ -156,7 +104,7 @@ def test_reports_are_downloadable_and_formula_safe(
 ) -> None:
     vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
-    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
     drain(database, settings)
     auth.login("nadia")
     with client.get(f"/datasets/{vid}/held-back.csv") as held:  # streamed: close it
@@ -175,7 +123,7 @@ def test_referential_links_use_released_keys(client, token, database, settings) 
     release_episode(client, token, database, settings)
     vid = upload(client, token, "batch", "batches.csv", BATCH_CSV).get_json()["id"]
     drain(database, settings)
-    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
     drain(database, settings)
     v = show(client, token, vid)
     assert v["state"] == "awaiting_review", v["error"]
@@ -189,7 +137,7 @@ def test_remembered_mapping_is_offered(client, token, database, settings) -> Non
     resp = client.post(
         f"/api/v1/uploads/{first}/mapping",
         json={"columns": {"Weight (kg)": {"target": ""}}},
-        headers=_auth(token),
+        headers=auth_headers(token),
     )
     assert resp.status_code == 200
     second = upload(client, token, "episode", "e2.csv", EPISODE_CSV).get_json()["id"]
@@ -207,14 +155,14 @@ def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, set
     with database.session() as s:
         assert released_keys(s, "episode") != []
         key = released_keys(s, "episode")[0]
-    resp = client.post(f"/api/v1/uploads/{released['id']}/withdraw", headers=_auth(token))
+    resp = client.post(f"/api/v1/uploads/{released['id']}/withdraw", headers=auth_headers(token))
     assert resp.get_json()["state"] == "withdrawn"
     with database.session() as s:
         assert released_keys(s, "episode") == []
         assert "withdrawal" in s.scalars(select(AuditEntry.action)).all()
     assert not storage.exists(key)
     again = client.post(
-        f"/api/v1/uploads/{released['id']}/release", headers=_auth(token), json=APPROVE
+        f"/api/v1/uploads/{released['id']}/release", headers=auth_headers(token), json=APPROVE
     )
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "wrong_state"
 
@@ -222,7 +170,7 @@ def test_withdrawal_takes_a_version_out_of_the_pool(client, token, database, set
 def test_rejecting_deletes_the_quarantine_copy(client, token, database, settings, app) -> None:
     vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
-    resp = client.post(f"/api/v1/uploads/{vid}/reject", headers=_auth(token))
+    resp = client.post(f"/api/v1/uploads/{vid}/reject", headers=auth_headers(token))
     assert resp.get_json()["state"] == "rejected"
     assert list(app.extensions["cleanroom.storage"].list("quarantine/")) == []
 
@@ -299,8 +247,10 @@ def test_api_refusals(client, token, users, database, settings) -> None:
         other = accounts.create_token(
             s, settings, accounts.get_user(s, "kiri"), "t", ["upload", "read"], actor="t"
         ).secret
-    assert client.get(f"/api/v1/uploads/{vid}", headers=_auth(other)).status_code == 403
-    assert client.post(f"/api/v1/uploads/{vid}/reject", headers=_auth(other)).status_code == 403
+    assert client.get(f"/api/v1/uploads/{vid}", headers=auth_headers(other)).status_code == 403
+    assert (
+        client.post(f"/api/v1/uploads/{vid}/reject", headers=auth_headers(other)).status_code == 403
+    )
 
 
 # Portal -----------------------------------------------------------------------------------
@@ -374,32 +324,20 @@ def test_files_refused_while_parsing_fail_and_keep_nothing(
         assert v is not None and v.raw_key == ""
 
 
-def _workbook(sheets: dict[str, str]) -> bytes:
-    from openpyxl import Workbook
-
-    wb = Workbook()
-    wb.remove(wb.active)
-    for name, csv_text in sheets.items():
-        ws = wb.create_sheet(name)
-        for line in csv_text.strip().splitlines():
-            ws.append(line.split(";"))
-    buf = io.BytesIO()
-    wb.save(buf)
-    return buf.getvalue()
-
-
 def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
-    data = _workbook(
+    data = workbook(
         {"Read me": "Exported from the LIMS;\n", "Patients 2024": EPISODE_CSV.lstrip("\ufeff")}
     )
     vid = upload(client, token, "episode", "register.xlsx", data).get_json()["id"]
     drain(database, settings)
     waiting = show(client, token, vid)
     assert waiting["state"] == "awaiting_sheet"
-    bad = client.post(f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Nope"}, headers=_auth(token))
+    bad = client.post(
+        f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Nope"}, headers=auth_headers(token)
+    )
     assert bad.status_code == 400 and "Patients 2024" in bad.get_json()["error"]["message"]
     ok = client.post(
-        f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Patients 2024"}, headers=_auth(token)
+        f"/api/v1/uploads/{vid}/sheet", json={"sheet": "Patients 2024"}, headers=auth_headers(token)
     )
     assert ok.status_code == 200
     drain(database, settings)
@@ -411,14 +349,14 @@ def test_workbook_asks_which_sheet(client, token, database, settings) -> None:
 def test_steward_sees_records_not_content(client, token, users, database, settings) -> None:
     vid = upload(client, token, "episode", "e.csv", EPISODE_CSV).get_json()["id"]
     drain(database, settings)
-    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
     drain(database, settings)
     users.make("sam", "steward")
     with database.session() as s:
         stoken = accounts.create_token(
             s, settings, accounts.get_user(s, "sam"), "t", ["read"], actor="t"
         ).secret
-    seen = client.get(f"/api/v1/uploads/{vid}", headers=_auth(stoken)).get_json()
+    seen = client.get(f"/api/v1/uploads/{vid}", headers=auth_headers(stoken)).get_json()
     assert seen["state"] == "awaiting_review" and seen["valid_rows"] == 23
     assert seen["mapping"] == {} and "columns" not in seen["validation"]
     # The steward sees what was done to each column, but no value, masked or not.
@@ -426,7 +364,7 @@ def test_steward_sees_records_not_content(client, token, users, database, settin
     assert all("examples" not in c for c in seen["deidentification"]["columns"])
     assert "COI-0" not in json.dumps(seen) and "C***" not in json.dumps(seen)
     assert "Patient ID" not in json.dumps(seen) and "130" not in json.dumps(seen["validation"])
-    assert client.get(f"/datasets/{vid}/report.csv", headers=_auth(stoken)).status_code in (
+    assert client.get(f"/datasets/{vid}/report.csv", headers=auth_headers(stoken)).status_code in (
         302,
         403,
     )

@@ -24,11 +24,11 @@ from hub.ingest.services import released_keys
 from hub.ingest.views import code_marks, steps
 from hub.settings import Settings
 from tests.conftest import AuthActions, csrf_from
-from tests.unit.hub.test_ingest import (
+from tests.unit.hub.uploads import (
     APPROVE,
     BATCH_CSV,
     EPISODE_CSV,
-    _auth,
+    auth_headers,
     drain,
     release_episode,
     show,
@@ -46,12 +46,12 @@ def _to_review(client, token, database, settings, table, data, **params) -> int:
     resp = client.post(
         f"/api/v1/uploads?table={table}&filename={table}.csv" + (f"&{query}" if query else ""),
         data=data.encode("utf-8"),
-        headers={**_auth(token), "Content-Type": "application/octet-stream"},
+        headers={**auth_headers(token), "Content-Type": "application/octet-stream"},
     )
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
     drain(database, settings)
-    mapped = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=_auth(token))
+    mapped = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
     assert mapped.status_code == 200, mapped.get_json()
     drain(database, settings)
     return vid
@@ -89,7 +89,7 @@ def test_a_new_version_replaces_the_released_one(
     with database.session() as s:
         (old_key,) = released_keys(s, "episode")
     second = _to_review(client, token, database, settings, "episode", EPISODE_CSV)
-    shown = client.get(f"/api/v1/uploads/{second}", headers=_auth(token)).get_json()
+    shown = client.get(f"/api/v1/uploads/{second}", headers=auth_headers(token)).get_json()
     assert shown["additional_rows"] is False and shown["replaces"] == [1]
     # The same keys again: expected for a replacement, and worded so.
     (overlap,) = shown["validation"]["overlaps"]
@@ -100,7 +100,9 @@ def test_a_new_version_replaces_the_released_one(
     assert "That is expected for a corrected or updated file" in html
     _assert_readable(html)
 
-    resp = client.post(f"/api/v1/uploads/{second}/release", headers=_auth(token), json=APPROVE)
+    resp = client.post(
+        f"/api/v1/uploads/{second}/release", headers=auth_headers(token), json=APPROVE
+    )
     assert resp.status_code == 200, resp.get_json()
     assert show(client, token, first["id"])["state"] == "withdrawn"
     with database.session() as s:
@@ -128,14 +130,16 @@ def test_additional_rows_stay_beside_and_duplicates_are_named(
     second = _to_review(
         client, token, database, settings, "episode", EPISODE_CSV, additional_rows="true"
     )
-    shown = client.get(f"/api/v1/uploads/{second}", headers=_auth(token)).get_json()
+    shown = client.get(f"/api/v1/uploads/{second}", headers=auth_headers(token)).get_json()
     assert shown["additional_rows"] is True and shown["replaces"] == []
     assert shown["validation"]["overlaps"][0]["count"] == 23
     html = _page(client, auth, second)
     assert "Possible duplicates" in html and "counted twice" in html
     assert "replaces version" not in html
     _assert_readable(html)
-    resp = client.post(f"/api/v1/uploads/{second}/release", headers=_auth(token), json=APPROVE)
+    resp = client.post(
+        f"/api/v1/uploads/{second}/release", headers=auth_headers(token), json=APPROVE
+    )
     assert resp.status_code == 200, resp.get_json()
     assert show(client, token, first["id"])["state"] == "released"
     with database.session() as s:
@@ -211,7 +215,9 @@ def test_unknown_links_explain_and_no_button_offers_zero_rows(
     assert "<code>COI-9998</code>" in html  # formatted as code, not masked
     assert "C…8" not in html
     _assert_readable(html)
-    refused = client.post(f"/api/v1/uploads/{vid}/release", headers=_auth(token), json=APPROVE)
+    refused = client.post(
+        f"/api/v1/uploads/{vid}/release", headers=auth_headers(token), json=APPROVE
+    )
     assert refused.status_code == 400
 
 

@@ -18,10 +18,9 @@ from hub.releases import services
 from hub.releases.models import ReleaseRequest
 from hub.releases.views import acro_findings, overlaps_in_words
 from tests.conftest import AuthActions, csrf_from
-from tests.unit.hub.test_releases import TABLE, pooled, world
+from tests.unit.hub.conftest import TABLE
 
 pytestmark = pytest.mark.db
-__all__ = ["pooled", "world"]  # the fixtures, shared with the release tests
 
 FORM = "/releases/new"
 
@@ -63,7 +62,7 @@ def _block(body: str, n: int) -> str:
 
 
 def test_the_form_offers_the_researchers_agreements_and_three_blocks(
-    client: FlaskClient, auth: AuthActions, world
+    client: FlaskClient, auth: AuthActions, review_world
 ) -> None:
     auth.login("rosa")
     listed = client.get("/releases").get_data(as_text=True)
@@ -79,7 +78,7 @@ def test_the_form_offers_the_researchers_agreements_and_three_blocks(
 
 
 def test_a_good_form_sends_the_filled_outputs_and_leaves_out_blank_ones(
-    client: FlaskClient, auth: AuthActions, database: Database, world
+    client: FlaskClient, auth: AuthActions, database: Database, review_world
 ) -> None:
     auth.login("rosa")
     data = _outputs({"kind": "query", "purpose": "Table 1: lots per platform", "sql": TABLE})
@@ -105,7 +104,7 @@ def test_a_good_form_sends_the_filled_outputs_and_leaves_out_blank_ones(
 
 
 def test_a_bad_query_comes_back_with_the_input_kept_and_the_message_beside_it(
-    client: FlaskClient, auth: AuthActions, database: Database, world
+    client: FlaskClient, auth: AuthActions, database: Database, review_world
 ) -> None:
     auth.login("rosa")
     bad = "SELECT lot_id, viability FROM batch"
@@ -145,7 +144,7 @@ def test_a_bad_query_comes_back_with_the_input_kept_and_the_message_beside_it(
 
 
 def test_form_level_problems_are_said_plainly(
-    client: FlaskClient, auth: AuthActions, database: Database, world
+    client: FlaskClient, auth: AuthActions, database: Database, review_world
 ) -> None:
     auth.login("rosa")
     empty = _post(client, FORM, _outputs(BLANK))
@@ -166,7 +165,7 @@ def test_form_level_problems_are_said_plainly(
 
 
 def test_add_another_output_works_without_javascript(
-    client: FlaskClient, auth: AuthActions, world
+    client: FlaskClient, auth: AuthActions, review_world
 ) -> None:
     auth.login("rosa")
     data = _outputs({"kind": "query", "purpose": "Kept", "sql": TABLE}, BLANK, BLANK)
@@ -178,7 +177,7 @@ def test_add_another_output_works_without_javascript(
 
 
 def test_only_researchers_open_the_form(
-    client: FlaskClient, auth: AuthActions, database: Database, world
+    client: FlaskClient, auth: AuthActions, database: Database, review_world
 ) -> None:
     # sam is the steward; kelvin-admin a contributing institution's admin; both read
     # release requests, neither asks for one.
@@ -195,7 +194,7 @@ def test_only_researchers_open_the_form(
 
 
 def test_the_author_changes_the_outputs_from_the_same_form(
-    client: FlaskClient, app, auth: AuthActions, database: Database, settings, world
+    client: FlaskClient, app, auth: AuthActions, database: Database, settings, review_world
 ) -> None:
     auth.login("rosa")
     first = _post(client, FORM, _outputs({"kind": "query", "purpose": "Table 1", "sql": TABLE}))
@@ -312,7 +311,7 @@ def test_overlaps_read_as_sentences() -> None:
 
 
 def test_the_checkers_page_shows_acro_and_overlaps_and_the_author_does_not(
-    client: FlaskClient, app, auth: AuthActions, database: Database, world
+    client: FlaskClient, app, auth: AuthActions, database: Database, review_world
 ) -> None:
     auth.login("rosa")
     first = _post(client, FORM, _outputs({"kind": "query", "purpose": "Table 1", "sql": TABLE}))

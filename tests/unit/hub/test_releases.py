@@ -19,13 +19,11 @@ from hub.db import Database, utcnow
 from hub.errors import BadRequest, Conflict, Forbidden
 from hub.releases import services
 from hub.settings import Settings
-from tests.conftest import activate_agreement, bearer
-from tests.unit.hub.test_gateway_api import SITES, _batch, _terms, pooled  # noqa: F401
+from tests.conftest import bearer
+from tests.unit.hub.conftest import SITES, TABLE, batch_frame
 
 pytestmark = pytest.mark.db
-__all__ = ["pooled"]  # the fixture, shared with the gateway's tests
 
-TABLE = "SELECT platform, COUNT(*) AS n, AVG(viability) AS v FROM batch GROUP BY platform"
 FIT = {
     "kind": "fit",
     "table": "batch",
@@ -35,19 +33,6 @@ FIT = {
     "purpose": "Table 2: viability by culture days",
 }
 DEFAULT_OUTPUTS = [{"sql": TABLE, "purpose": "Table 1: lots per platform"}, FIT]
-TERMS = "disclosure:\n  allow_model_fitting: true\n  review_window_days: 7\n"
-
-
-@pytest.fixture
-def world(pooled, users, database: Database, settings: Settings):
-    """The agreement active, rosa's sandbox token, two output checkers (one of them rosa's
-    colleague omar), and rosa an output checker too (she may still not review her own)."""
-    activate_agreement(database, _terms(TERMS))
-    users.make("chris", "researcher", "kelvin")
-    with database.session() as s:
-        for name in ("chris", "omar", "rosa"):
-            accounts.get_user(s, name).is_output_checker = True
-    return {"rosa": bearer(database, settings, "rosa")}
 
 
 def _ask(client: FlaskClient, headers, outputs=None, **extra):
@@ -72,18 +57,18 @@ def _review(database, settings, request_id, name, decision="approve", comment=""
 
 
 def test_the_whole_flow_exact_results_only_once_released(
-    client: FlaskClient, database: Database, settings: Settings, world
+    client: FlaskClient, database: Database, settings: Settings, review_world
 ) -> None:
-    resp = _ask(client, world["rosa"])
+    resp = _ask(client, review_world["rosa"])
     assert resp.status_code == 201, resp.get_json()
     asked = resp.get_json()
     rid = asked["id"]
     assert asked["state"] == "in_review" and "results" not in asked
     assert [o["computed"] for o in asked["outputs"]] == [True, True]
     # Nothing exact leaves before release, by any route the researcher has.
-    shown = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    shown = client.get(f"/api/v1/releases/{rid}", headers=review_world["rosa"]).get_json()
     assert "results" not in shown and "result" not in json.dumps(shown["outputs"])
-    listed = client.get("/api/v1/releases", headers=world["rosa"]).get_json()["requests"]
+    listed = client.get("/api/v1/releases", headers=review_world["rosa"]).get_json()["requests"]
     assert [r["id"] for r in listed] == [rid] and "results" not in listed[0]
 
     # Two independent approvals; the author cannot be one of them.
@@ -93,9 +78,9 @@ def test_the_whole_flow_exact_results_only_once_released(
     with pytest.raises(Conflict, match="already"):
         _review(database, settings, rid, "chris")
     assert _review(database, settings, rid, "omar") == "approved"
-    assert client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()["state"] == (
-        "approved"
-    )
+    assert client.get(f"/api/v1/releases/{rid}", headers=review_world["rosa"]).get_json()[
+        "state"
+    ] == ("approved")
 
     # The contributing institutions' window passes with no objection: released.
     with database.session() as s:
@@ -103,12 +88,12 @@ def test_the_whole_flow_exact_results_only_once_released(
         assert request.window_ends_at is not None
         assert not services.settle(s, request, request.window_ends_at - timedelta(seconds=1))
         assert services.settle(s, request, request.window_ends_at + timedelta(seconds=1))
-    done = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    done = client.get(f"/api/v1/releases/{rid}", headers=review_world["rosa"]).get_json()
     assert done["state"] == "released"
     table, model = (r["result"] for r in done["results"])
     assert table["request"] == rid and len(done["results"][0]["result_hash"]) == 64
     # Exact (the disclosure rules of the exact path: counts rounded to 5), against pandas.
-    pool = pd.concat([_batch(n) for n in range(len(SITES))])
+    pool = pd.concat([batch_frame(n) for n in range(len(SITES))])
     truth = pool.groupby("platform").size()
     rows = {r[0]: r for r in table["rows"]}
     for platform, n in truth.items():
@@ -126,14 +111,14 @@ def test_the_whole_flow_exact_results_only_once_released(
 
 
 def test_a_revision_resets_the_reviews(
-    client: FlaskClient, database: Database, settings: Settings, world
+    client: FlaskClient, database: Database, settings: Settings, review_world
 ) -> None:
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     _review(database, settings, rid, "chris")
     changed = client.post(
         f"/api/v1/releases/{rid}/revise",
         json={"outputs": [{"sql": TABLE, "purpose": "Table 1, revised"}]},
-        headers=world["rosa"],
+        headers=review_world["rosa"],
     ).get_json()
     assert changed["revision"] == 2 and changed["approvals"] == 0 and len(changed["outputs"]) == 1
     assert _review(database, settings, rid, "chris") == "in_review"  # counts again, once
@@ -141,9 +126,9 @@ def test_a_revision_resets_the_reviews(
 
 
 def test_an_objection_blocks_release_until_the_steward_resolves_it(
-    client: FlaskClient, database: Database, settings: Settings, world, users
+    client: FlaskClient, database: Database, settings: Settings, review_world, users
 ) -> None:
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     _review(database, settings, rid, "chris")
     _review(database, settings, rid, "omar")
     with database.session() as s:
@@ -160,31 +145,31 @@ def test_an_objection_blocks_release_until_the_steward_resolves_it(
 
 
 def test_an_upheld_objection_or_a_rejection_ends_the_request_with_its_reason(
-    client: FlaskClient, database: Database, settings: Settings, world, users
+    client: FlaskClient, database: Database, settings: Settings, review_world, users
 ) -> None:
-    first = _ask(client, world["rosa"]).get_json()["id"]
+    first = _ask(client, review_world["rosa"]).get_json()["id"]
     with database.session() as s:
         request = services.get(s, first)
         objection = services.object_to(s, request, _user(s, "acme-bio-admin"), "Too fine.")
         services.resolve(s, request, objection, _user(s, "sam"), "upheld", "Cells of one site.")
-    shown = client.get(f"/api/v1/releases/{first}", headers=world["rosa"]).get_json()
+    shown = client.get(f"/api/v1/releases/{first}", headers=review_world["rosa"]).get_json()
     assert shown["state"] == "rejected" and "Cells of one site" in shown["reason"]
 
-    second = _ask(client, world["rosa"]).get_json()["id"]
+    second = _ask(client, review_world["rosa"]).get_json()["id"]
     with pytest.raises(BadRequest, match="why"):
         _review(database, settings, second, "chris", "reject")
     assert _review(database, settings, second, "chris", "reject", "Table 1 too fine") == (
         "rejected"
     )
-    assert client.get(f"/api/v1/releases/{second}", headers=world["rosa"]).get_json()["reason"] == (
-        "Table 1 too fine"
-    )
+    assert client.get(f"/api/v1/releases/{second}", headers=review_world["rosa"]).get_json()[
+        "reason"
+    ] == ("Table 1 too fine")
 
 
 def test_only_output_checkers_review_and_only_the_author_reads(
-    client: FlaskClient, database: Database, settings: Settings, world
+    client: FlaskClient, database: Database, settings: Settings, review_world
 ) -> None:
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     with database.session() as s:
         _user(s, "omar").is_output_checker = False
     with pytest.raises(Forbidden, match="output checkers"):
@@ -194,27 +179,29 @@ def test_only_output_checkers_review_and_only_the_author_reads(
     assert client.get("/api/v1/releases", headers=omar).get_json()["requests"] == []
 
 
-def test_bad_requests_say_what_is_wrong(client: FlaskClient, world) -> None:
+def test_bad_requests_say_what_is_wrong(client: FlaskClient, review_world) -> None:
     for outputs, words in (
         ([], "non-empty"),
         ([{"sql": TABLE}], "purpose"),
         ([{"kind": "table", "purpose": "x"}], "kind"),
         ([{**FIT, "model": "forest"}], "model"),
     ):
-        resp = _ask(client, world["rosa"], outputs=outputs)
+        resp = _ask(client, review_world["rosa"], outputs=outputs)
         assert resp.status_code == 400 and words in resp.get_json()["error"]["message"]
     unknown = client.post(
         "/api/v1/releases",
         json={"agreement": "nope", "outputs": [{"sql": TABLE, "purpose": "x"}]},
-        headers=world["rosa"],
+        headers=review_world["rosa"],
     )
     assert unknown.status_code == 403 and unknown.get_json()["error"]["code"] == "policy_denied"
 
 
 def test_a_query_the_rules_refuse_is_recorded_not_computed(
-    client: FlaskClient, database: Database, world
+    client: FlaskClient, database: Database, review_world
 ) -> None:
-    resp = _ask(client, world["rosa"], outputs=[{"sql": "SELECT * FROM batch", "purpose": "x"}])
+    resp = _ask(
+        client, review_world["rosa"], outputs=[{"sql": "SELECT * FROM batch", "purpose": "x"}]
+    )
     assert resp.status_code == 201
     output = resp.get_json()["outputs"][0]
     assert output["computed"] is False and output["refused"]
@@ -241,11 +228,11 @@ def _form(client: FlaskClient, path: str, data: dict) -> object:
 
 
 def test_reviewers_decide_from_one_page_and_the_author_sees_no_result_before_release(
-    client: FlaskClient, auth, database: Database, settings: Settings, world, app
+    client: FlaskClient, auth, database: Database, settings: Settings, review_world, app
 ) -> None:
     from tests.conftest import AuthActions
 
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     page = f"/releases/{rid}"
     # The author's page: the state, never the numbers.
     auth.login("rosa")
@@ -292,7 +279,7 @@ def test_reviewers_decide_from_one_page_and_the_author_sees_no_result_before_rel
 
 
 def test_the_steward_names_output_checkers(
-    client: FlaskClient, auth, database: Database, world
+    client: FlaskClient, auth, database: Database, review_world
 ) -> None:
     from tests.conftest import csrf_from
 
@@ -310,14 +297,14 @@ def test_the_steward_names_output_checkers(
 
 
 def test_a_contributor_named_output_checker_reviews_from_the_page_with_withheld_cells(
-    client: FlaskClient, auth, database: Database, world, users
+    client: FlaskClient, auth, database: Database, review_world, users
 ) -> None:
     """The checker role comes from the steward's naming, whatever the user's own role; the
     page lists the cells withheld, groups left out included."""
     rare = "SELECT platform, COUNT(*) AS n FROM batch WHERE viability > 95 GROUP BY platform"
-    rid = _ask(client, world["rosa"], outputs=[{"sql": rare, "purpose": "Rare lots"}]).get_json()[
-        "id"
-    ]
+    rid = _ask(
+        client, review_world["rosa"], outputs=[{"sql": rare, "purpose": "Rare lots"}]
+    ).get_json()["id"]
     users.make("kelvin-data", "contributor", "kelvin")
     with database.session() as s:
         _user(s, "kelvin-data").is_output_checker = True
@@ -330,11 +317,11 @@ def test_a_contributor_named_output_checker_reviews_from_the_page_with_withheld_
 
 
 def test_an_institution_objects_and_the_steward_resolves_from_the_page(
-    client: FlaskClient, database: Database, world, app
+    client: FlaskClient, database: Database, review_world, app
 ) -> None:
     from tests.conftest import AuthActions
 
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     page = f"/releases/{rid}"
     admin = app.test_client()
     AuthActions(admin).login("kelvin-admin")
@@ -361,15 +348,15 @@ def test_an_institution_objects_and_the_steward_resolves_from_the_page(
 
 
 def test_the_checkers_see_the_patients_and_institutions_behind_each_row(
-    client: FlaskClient, database: Database, world
+    client: FlaskClient, database: Database, review_world
 ) -> None:
     """Exact distinct patients and institutions per row (evidence, never released), checked
     against pandas: each lot is its own patient here."""
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     with database.session() as s:
         output = services.get(s, rid).outputs[0]
         result, evidence = json.loads(output.result), json.loads(output.evidence)
-    pool = pd.concat([_batch(n).assign(site=site) for n, site in enumerate(SITES)])
+    pool = pd.concat([batch_frame(n).assign(site=site) for n, site in enumerate(SITES)])
     for row, behind in zip(result["rows"], evidence["behind"], strict=True):
         lots = pool[pool.platform == row[0]]
         assert behind == [len(lots), lots.site.nunique()]
@@ -390,19 +377,21 @@ def _release(database, settings, rid: int) -> None:
 
 
 def test_differencing_across_releases_is_flagged_for_the_checkers(
-    client: FlaskClient, database: Database, settings: Settings, world
+    client: FlaskClient, database: Database, settings: Settings, review_world
 ) -> None:
     """Two tables that each pass the rules, whose difference is a handful of lots: the
     second request's evidence names the earlier released output and how many patients the
     difference singles out, as pandas counts them on the pool; a far threshold (a
     difference of k or more) and an unrelated table are not flagged."""
-    pool = pd.concat([_batch(n) for n in range(len(SITES))])
+    pool = pd.concat([batch_frame(n) for n in range(len(SITES))])
     near, wide = 90.0, 90.6
-    first = _ask(client, world["rosa"], [{"sql": _under(near), "purpose": "Table 1"}]).get_json()
+    first = _ask(
+        client, review_world["rosa"], [{"sql": _under(near), "purpose": "Table 1"}]
+    ).get_json()
     _release(database, settings, first["id"])
     second = _ask(
         client,
-        world["rosa"],
+        review_world["rosa"],
         [
             {"sql": _under(wide), "purpose": "Table 1 again, a little wider"},
             {"sql": _under(99.0), "purpose": "Table 1, much wider"},
@@ -431,7 +420,7 @@ def test_differencing_across_releases_is_flagged_for_the_checkers(
     # Within one request the same check runs between its own outputs.
     within = _ask(
         client,
-        world["rosa"],
+        review_world["rosa"],
         [{"sql": _under(near), "purpose": "A"}, {"sql": _under(wide), "purpose": "B"}],
     ).get_json()
     with database.session() as s:
@@ -450,12 +439,12 @@ def test_singled_out() -> None:
 
 
 def test_comments_per_output_reach_the_researcher(
-    client: FlaskClient, database: Database, settings: Settings, world, users
+    client: FlaskClient, database: Database, settings: Settings, review_world, users
 ) -> None:
     """A checker's notes per output come with the review; the institution's admin and the
     researcher comment too; a stranger may not; the researcher's summary lists them all."""
     users.make("zoe", "researcher", "kelvin")
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     with database.session() as s:
         request = services.get(s, rid)
         services.review(
@@ -469,7 +458,7 @@ def test_comments_per_output_reach_the_researcher(
             services.comment(s, request, _user(s, "sam"), 0, "   ")
         with pytest.raises(Forbidden):
             services.comment(s, request, _user(s, "zoe"), 0, "I am not part of this.")
-    shown = client.get(f"/api/v1/releases/{rid}", headers=world["rosa"]).get_json()
+    shown = client.get(f"/api/v1/releases/{rid}", headers=review_world["rosa"]).get_json()
     assert [(c["output"], c["by"]) for c in shown["comments"]] == [
         (2, "chris"),
         (1, "kelvin-admin"),
@@ -485,12 +474,12 @@ def _inbox(database, name: str) -> list[str]:
 
 
 def test_the_people_concerned_are_notified_at_every_step(
-    client: FlaskClient, database: Database, settings: Settings, world
+    client: FlaskClient, database: Database, settings: Settings, review_world
 ) -> None:
     """Checkers (not the author) and every contributing institution's admin hear of a new
     request; the admins again when it is approved (with the window's end); the steward of an
     objection; the researcher of each decision and of the release."""
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     assert _inbox(database, "chris") == [f"Release request {rid} to review"]
     assert _inbox(database, "omar") == [f"Release request {rid} to review"]
     assert _inbox(database, "rosa") == []  # an output checker, but its author
@@ -532,14 +521,14 @@ def test_the_workers_settle_due_releases(database: Database, settings: Settings)
 
 
 def test_notes_and_comments_in_the_portal_and_the_api(
-    client: FlaskClient, auth, database: Database, world, app
+    client: FlaskClient, auth, database: Database, review_world, app
 ) -> None:
     """A checker's note on output 2 comes with the review; the institution's admin asks on
     the page; the researcher answers through the API; everyone reads them under the
     output they are about."""
     from tests.conftest import AuthActions
 
-    rid = _ask(client, world["rosa"]).get_json()["id"]
+    rid = _ask(client, review_world["rosa"]).get_json()["id"]
     page = f"/releases/{rid}"
     checker = app.test_client()
     AuthActions(checker).login("chris")
@@ -559,12 +548,14 @@ def test_notes_and_comments_in_the_portal_and_the_api(
     answered = client.post(
         f"/api/v1/releases/{rid}/comments",
         json={"output": 1, "text": "Yes, all three."},
-        headers=world["rosa"],
+        headers=review_world["rosa"],
     )
     assert answered.status_code == 201, answered.get_json()
     assert [c["by"] for c in answered.get_json()["comments"]] == ["chris", "kelvin-admin", "rosa"]
     bad = client.post(
-        f"/api/v1/releases/{rid}/comments", json={"output": "x", "text": "?"}, headers=world["rosa"]
+        f"/api/v1/releases/{rid}/comments",
+        json={"output": "x", "text": "?"},
+        headers=review_world["rosa"],
     )
     assert bad.status_code == 400 and "position" in bad.get_json()["error"]["message"]
     shown = checker.get(page).get_data(as_text=True)

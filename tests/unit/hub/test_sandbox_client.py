@@ -10,7 +10,7 @@ from hub.db import Database
 from hub.settings import Settings
 from sandbox import PolicyDenied, QueryRejected, SandboxError, connect
 from tests.conftest import activate_agreement, bearer
-from tests.unit.hub.test_gateway_api import LOTS, QUERY, _terms, pooled  # noqa: F401
+from tests.unit.hub.conftest import LOTS, QUERY, gateway_terms
 
 pytestmark = pytest.mark.db
 
@@ -22,7 +22,7 @@ def test_client_tour(
     pooled,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    activate_agreement(database, _terms("disclosure:\n  allow_model_fitting: true\n"))
+    activate_agreement(database, gateway_terms("disclosure:\n  allow_model_fitting: true\n"))
     token = bearer(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     monkeypatch.setenv("CLEANROOM_GATEWAY_URL", served)
     monkeypatch.setenv("CLEANROOM_TOKEN", token)
@@ -72,7 +72,7 @@ def test_describe_reads_the_catalogue_under_the_agreement(
 ) -> None:
     from contracts.cdm import IdentifierClass, load_cdm
 
-    activate_agreement(database, _terms(""))
+    activate_agreement(database, gateway_terms(""))
     token = bearer(database, settings, "rosa")["Authorization"].removeprefix("Bearer ")
     cr = connect(served, token)
     tables = cr.describe()

@@ -18,7 +18,7 @@ from hub.jupyterhub.service import service_secret
 from hub.settings import Settings
 from sandbox.jupyterhub.access import hub_allows, sweep
 from tests.conftest import PASSWORD, Users, activate_agreement
-from tests.unit.hub.test_gateway_api import SITES, _terms
+from tests.unit.hub.conftest import SITES, gateway_terms
 
 pytestmark = pytest.mark.db
 
@@ -41,7 +41,7 @@ def world(users: Users, database: Database, app: Flask, settings: Settings) -> d
     users.make("sam", "steward")
     users.make("rosa", "researcher", "st-aurelia")
     users.make("omar", "researcher", "kelvin")
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     return {"Authorization": f"Bearer {service_secret(settings)}"}
 
 

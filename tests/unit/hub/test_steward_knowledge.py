@@ -32,7 +32,7 @@ from hub.jobs.models import Job
 from hub.settings import Settings
 from hub.synth.models import SyntheticVersion
 from tests.conftest import AuthActions, Users
-from tests.unit.hub.test_ingest import APPROVE, _workbook, drain, upload
+from tests.unit.hub.uploads import APPROVE, drain, upload, workbook
 
 pytestmark = pytest.mark.db
 
@@ -102,7 +102,7 @@ NOT_ABOUT_A_DATASET = {
 }
 
 
-def _auth(secret: str) -> dict[str, str]:
+def auth_headers(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
@@ -133,7 +133,7 @@ class Planted:
         self._map(self.headerless, {"columns": columns})
         self.unparsable = self._upload("unparsable.csv", UNPARSABLE_CSV)
         assert self.show(self.unparsable)["state"] == "failed"
-        self.workbook = self._upload("register.xlsx", _workbook(WORKBOOK))
+        self.workbook = self._upload("register.xlsx", workbook(WORKBOOK))
         assert self.show(self.workbook)["state"] == "awaiting_mapping"
         synthesised = self._post(f"/api/v1/uploads/{self.released}/synthesise", {"seed": 1})
         drain(database, settings)
@@ -150,7 +150,7 @@ class Planted:
         return int(resp.get_json()["id"])
 
     def _post(self, path: str, body: dict) -> dict:
-        resp = self.client.post(path, json=body, headers=_auth(self.token))
+        resp = self.client.post(path, json=body, headers=auth_headers(self.token))
         assert resp.status_code in (200, 202), resp.get_json()
         return resp.get_json()
 
@@ -165,7 +165,9 @@ class Planted:
         assert shown["state"] == "awaiting_review", shown["error"]
 
     def show(self, version_id: int) -> dict:
-        return self.client.get(f"/api/v1/uploads/{version_id}", headers=_auth(self.token)).json
+        return self.client.get(
+            f"/api/v1/uploads/{version_id}", headers=auth_headers(self.token)
+        ).json
 
     @property
     def versions(self) -> list[int]:
@@ -224,7 +226,7 @@ def _answers(
 ) -> dict[str, tuple[int, str]]:
     answers = {}
     for _endpoint, path in _paths(app, planted.values()):
-        headers = _auth(api_token) if path.startswith("/api/") else {}
+        headers = auth_headers(api_token) if path.startswith("/api/") else {}
         answers[path] = _fetch(client, path, headers)
     return answers
 
@@ -263,7 +265,7 @@ def test_no_steward_route_shows_content_derived_from_a_file(
     assert failed["state"] == "failed" and "uploading institution" in failed["error"]
     seen = client.get(
         f"/api/v1/uploads/{planted.released}",
-        headers=_auth(_token(database, settings, "sam")),
+        headers=auth_headers(_token(database, settings, "sam")),
     ).get_json()
     assert seen["validation"]["summary"]["invalid_rows"] == 1
     assert seen["validation"]["summary"]["by_rule"]

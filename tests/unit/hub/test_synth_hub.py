@@ -31,7 +31,7 @@ from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
 from tests.conftest import AuthActions, Users, activate_agreement, bearer, release_into_pool
-from tests.unit.hub.test_gateway_api import SITES, _terms
+from tests.unit.hub.conftest import SITES, gateway_terms
 
 pytestmark = pytest.mark.db
 
@@ -97,7 +97,7 @@ def test_contributor_synthesises_a_version_and_researchers_read_its_rows(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    activate_agreement(database, _terms(ALLOW))
+    activate_agreement(database, gateway_terms(ALLOW))
     acme = bearer(database, settings, "acme-bio-admin", ("upload", "read"))
     resp = client.post(
         f"/api/v1/uploads/{pool['acme-bio']}/synthesise", json={"seed": 1}, headers=acme
@@ -171,7 +171,7 @@ def test_a_version_failing_a_gate_is_not_published(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    activate_agreement(database, _terms(ALLOW))
+    activate_agreement(database, gateway_terms(ALLOW))
     register_backend("leaky", LeakyBackend)
     try:
         with database.session() as s:
@@ -206,7 +206,7 @@ def test_a_version_failing_a_gate_is_not_published(
 def test_synthetic_only_versions_leave_the_real_data_views(
     client: FlaskClient, database: Database, settings: Settings, pool: dict[str, int]
 ) -> None:
-    activate_agreement(database, _terms(ALLOW))
+    activate_agreement(database, gateway_terms(ALLOW))
     kelvin = bearer(database, settings, "kelvin-admin", ("upload",))
     resp = client.post(f"/api/v1/uploads/{pool['kelvin']}/synthetic-only", headers=kelvin)
     assert resp.status_code == 200, resp.get_json()
@@ -248,7 +248,7 @@ def test_cli_synthesises_an_agreement_table_and_prints_scores(
     settings: Settings,
     pool: dict[str, int],
 ) -> None:
-    activate_agreement(database, _terms(ALLOW))
+    activate_agreement(database, gateway_terms(ALLOW))
     result = runner.invoke(cli, ["synth", "--agreement", "v2v", "--table", "batch", "--seed", "7"])
     assert result.exit_code == 0, result.output
     assert "quality score" in result.output and "DCR overfitting protection" in result.output
@@ -268,7 +268,7 @@ def test_cli_synthesises_an_agreement_table_and_prints_scores(
 def test_synthetic_rows_need_an_agreement_that_allows_them(
     client: FlaskClient, database: Database, settings: Settings, pool: dict[str, int]
 ) -> None:
-    activate_agreement(database, _terms())
+    activate_agreement(database, gateway_terms())
     rosa = bearer(database, settings, "rosa")
     resp = client.get("/api/v1/sandbox/synthetic/batch?agreement=v2v", headers=rosa)
     assert resp.status_code == 403
@@ -302,8 +302,8 @@ def test_synthetic_rows_hold_only_the_covered_columns(
     pool: dict[str, int],
 ) -> None:
     """The synthetic channel sees the same columns as queries and fits: the agreement's."""
-    terms = _terms(ALLOW).replace("batch: all", "batch: [lot_id, platform, viability]")
-    assert terms != _terms(ALLOW)
+    terms = gateway_terms(ALLOW).replace("batch: all", "batch: [lot_id, platform, viability]")
+    assert terms != gateway_terms(ALLOW)
     activate_agreement(database, terms)
     acme = bearer(database, settings, "acme-bio-admin", ("upload", "read"))
     resp = client.post(

@@ -40,15 +40,15 @@ from tests.conftest import (
     csrf_from,
     release_into_pool,
 )
-from tests.unit.anonymisation.test_synthesis import _deidentify
-from tests.unit.hub.test_gateway_api import SITES, _terms
+from tests.unit.anonymisation.deidentified import deidentify
+from tests.unit.hub.conftest import SITES, gateway_terms
 
 pytestmark = pytest.mark.db
 
 TABLES = ("episode", "collection", "batch", "release_test")
 CONTRIBUTORS = SITES[:2]  # acme-bio and st-aurelia hold data; kelvin signs but has none
 SEED = 5
-TERMS = _terms("disclosure:\n  allow_synthetic: true\n").replace(
+TERMS = gateway_terms("disclosure:\n  allow_synthetic: true\n").replace(
     "tables:\n  batch: all\n", "tables:\n" + "".join(f"  {t}: all\n" for t in TABLES)
 )
 
@@ -74,7 +74,7 @@ def linked_frames() -> dict[str, dict[str, pd.DataFrame]]:
     for slug, raw in zip(CONTRIBUTORS, frames.values(), strict=True):
         anchors = anchor_table(raw["collection"])
         lot_coi = raw["batch"].set_index("lot_id")["coi_id"]
-        out[slug] = {t: _deidentify(t, raw[t], anchors, lot_coi) for t in TABLES}
+        out[slug] = {t: deidentify(t, raw[t], anchors, lot_coi) for t in TABLES}
     return out
 
 
@@ -412,7 +412,7 @@ def test_an_agreement_without_linked_tables_is_refused(
         users.institution(slug, "hospital")
         users.make(f"{slug}-admin", "contributor_admin", slug)
     users.make("rosa", "researcher", "st-aurelia")
-    activate_agreement(database, _terms())  # batch only
+    activate_agreement(database, gateway_terms())  # batch only
     with database.session() as s, pytest.raises(BadRequest) as refused:
         synth.request_for_agreement_tables(s, settings, "v2v", actor="t")
     assert refused.value.code == "no_linked_tables"

@@ -25,7 +25,7 @@ from hub.ingest.models import DatasetVersion, InstitutionTerm
 from hub.settings import Settings
 from hub.storage.frames import read_frames
 from tests.conftest import csrf_from
-from tests.unit.hub.test_ingest import _auth, drain, show, upload
+from tests.unit.hub.uploads import auth_headers, drain, show, upload
 
 EPISODE = load_cdm().table("episode")
 
@@ -153,7 +153,7 @@ def test_a_broken_code_book_is_refused(tmp_path: Path, change, message: str) -> 
 
 
 def _map(client: FlaskClient, token: str, vid: int, body: dict):
-    return client.post(f"/api/v1/uploads/{vid}/mapping", json=body, headers=_auth(token))
+    return client.post(f"/api/v1/uploads/{vid}/mapping", json=body, headers=auth_headers(token))
 
 
 def test_api_asks_about_terms_then_remembers_them(
@@ -327,7 +327,7 @@ def test_a_fhir_file_with_standard_codes_is_asked_about_then_processed(
     resp = client.post(
         "/api/v1/uploads?filename=site.json",
         data=body,
-        headers={**_auth(token), "Content-Type": "application/octet-stream"},
+        headers={**auth_headers(token), "Content-Type": "application/octet-stream"},
     )
     assert resp.status_code == 201, resp.get_json()
     (made,) = resp.get_json()["versions"]
