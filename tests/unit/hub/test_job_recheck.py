@@ -22,12 +22,13 @@ from hub.db import Database
 from hub.ingest.models import DatasetVersion
 from hub.jobs import recheck as job_recheck
 from hub.jobs.models import Job
-from hub.jobs.services import JobContext, Worker
+from hub.jobs.services import JobContext
 from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
 from tests.conftest import Users, activate_agreement, bearer, release_into_pool
 from tests.unit.hub.conftest import RELEASE_SITES, V2V_TERMS, ReleaseWorld
+from tests.unit.hub.uploads import drain
 
 pytestmark = pytest.mark.db
 
@@ -36,12 +37,6 @@ BATCH_CSV = (
     "LOT-1,COI-0001,Northbridge,central,conforming,91.5\n"
     "LOT-2,COI-0002,Northbridge,central,failed,62\n"
 )
-
-
-def _drain(database: Database, settings: Settings) -> None:
-    worker = Worker(database, settings, worker_id="test")
-    while worker.run_once() is not None:
-        pass
 
 
 def _refusals(database: Database) -> list[AuditEntry]:
@@ -90,7 +85,7 @@ def test_an_agreement_suspended_while_a_synthesis_waits_stops_it(
 
     with database.session() as s:
         agreements.transition(s, agreements.get(s, "v2v"), "suspend", actor="user:sam")
-    _drain(database, settings)
+    drain(database, settings)
 
     with database.session() as s:
         job = s.get(Job, job_id)
@@ -114,7 +109,7 @@ def test_a_steward_who_lost_the_role_no_longer_has_the_synthesis_made(
     with database.session() as s:
         sam = accounts.get_user(s, "sam")
         accounts.change_user(s, sam, role="researcher", institution="st-aurelia", actor="t")
-    _drain(database, settings)
+    drain(database, settings)
     with database.session() as s:
         synthetic = s.get(SyntheticVersion, waiting_synthesis)
         assert synthetic is not None and synthetic.state == "failed"
@@ -153,7 +148,7 @@ def test_an_upload_is_processed_while_its_uploader_may(
     database: Database, settings: Settings, waiting_upload: int
 ) -> None:
     """The control: nothing changed, the job reads the file."""
-    _drain(database, settings)
+    drain(database, settings)
     state, job_state, _error = _version(database, waiting_upload)
     assert state == "awaiting_mapping" and job_state == "succeeded"
     assert _refusals(database) == []
@@ -164,7 +159,7 @@ def test_a_user_disabled_while_the_upload_waits_is_refused(
 ) -> None:
     with database.session() as s:
         accounts.set_active(s, accounts.get_user(s, "nadia"), False, actor="user:sam")
-    _drain(database, settings)
+    drain(database, settings)
     state, job_state, error = _version(database, waiting_upload)
     assert (state, job_state) == ("failed", "failed")
     assert error.startswith("stopped: nadia may no longer process this upload")
@@ -192,7 +187,7 @@ def test_a_user_moved_while_the_upload_waits_is_refused(
         accounts.change_user(
             s, accounts.get_user(s, "nadia"), role=role, institution=institution, actor="t"
         )
-    _drain(database, settings)
+    drain(database, settings)
     state, job_state, error = _version(database, waiting_upload)
     assert (state, job_state) == ("failed", "failed")
     assert "nadia may no longer process this upload" in error
