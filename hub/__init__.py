@@ -31,10 +31,10 @@ def create_app(config: dict[str, Any] | Settings | None = None) -> Flask:
     from hub.auditor.views import bp as auditor_bp
     from hub.catalogue.views import api as catalogue_api
     from hub.catalogue.views import bp as catalogue_bp
-    from hub.fhir_views import api as fhir_api
-    from hub.fhir_views import bp as fhir_bp
     from hub.gateway.views import api as sandbox_api
     from hub.gateway.views import gateway_error
+    from hub.ingest.fhir_views import api as fhir_api
+    from hub.ingest.fhir_views import bp as fhir_bp
     from hub.ingest.views import api as uploads_api
     from hub.ingest.views import bp as datasets_bp
     from hub.jobs.views import api as jobs_api
