@@ -36,7 +36,7 @@ ALLOWED = {
     # Demo seeding: names the demo's output checkers once (idempotent), decides nothing.
     ("hub/demo.py", "seed"): "demo data: sets the checker flag once",
     # Demo files: which invented person exported a site's file.
-    ("hub/demodata/generator.py", "_data_manager"): "demo data: the file's author",
+    ("hub/demodata/site_formats.py", "data_manager"): "demo data: the file's author",
 }
 
 
