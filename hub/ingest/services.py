@@ -333,6 +333,7 @@ def _fhir_versions(
                 continue
             decided = site_terms.decide(listed, {}, table)
             version.mapping = json.dumps({**mapping.to_dict(), "terms": decided})
+            _forget_distinct(version)
             _queue_processing(
                 session,
                 settings,
@@ -506,6 +507,15 @@ def forget_term(
         detail={"table": row.cdm_table, "column": row.column},
     )
     return row
+
+
+def _forget_distinct(version: DatasetVersion) -> None:
+    """Drop the file's distinct values from the profile once its terms are decided: they
+    were kept only to ask about them, and a short column of names would otherwise outlive
+    the file (the raw copy is deleted on release)."""
+    profile = json.loads(version.profile or "{}")
+    if profile.pop("distinct", None) is not None:
+        version.profile = json.dumps(profile)
 
 
 def _remember_terms(
@@ -829,6 +839,7 @@ def confirm_mapping(
         raise
     _remember_terms(session, version, decided, actor)
     version.mapping = json.dumps({**confirmed.to_dict(), "terms": decided})
+    _forget_distinct(version)
     remembered = session.scalar(
         select(InstitutionMapping).where(
             InstitutionMapping.institution_id == version.institution_id,

@@ -188,6 +188,8 @@ def test_api_asks_about_terms_then_remembers_them(
     assert reviewed["valid_rows"] == int((site["Product"] != "Flux-cel").sum())
     with database.session() as s:
         staged = s.get(DatasetVersion, vid).staged_key
+        # The file's distinct values were kept only to ask about them.
+        assert "distinct" not in json.loads(s.get(DatasetVersion, vid).profile)
         entry = s.scalars(
             select(AuditEntry).where(AuditEntry.action == "ingest.map").order_by(AuditEntry.id)
         ).all()[-1]
