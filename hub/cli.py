@@ -269,7 +269,7 @@ def _register() -> None:
     from hub.cdm_cli import cdm
     from hub.demo import demo
     from hub.demodata.cli import demo_data
-    from hub.ingest.cli import pool, upload
+    from hub.ingest.cli import export_fhir, pool, upload
     from hub.jobs.cli import job
     from hub.jupyterhub.cli import sandbox
     from hub.synth.cli import synth
@@ -282,6 +282,7 @@ def _register() -> None:
         job,
         demo,
         upload,
+        export_fhir,
         pool,
         demo_data,
         deid,

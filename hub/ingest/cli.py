@@ -115,6 +115,55 @@ def upload(
         raise click.ClickException(f"cannot reach the hub at {base}; check --url.") from None
 
 
+@click.command("export-fhir")
+@click.argument("version_id", type=int)
+@click.option(
+    "--form",
+    type=click.Choice(["ndjson", "bundle"]),
+    default="ndjson",
+    show_default=True,
+    help="NDJSON (one resource a line) or one collection Bundle.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write.",
+)
+@click.option("--url", default=None, help="Hub URL (default: the public_url setting).")
+@click.option(
+    "--token",
+    envvar="CLEANROOM_TOKEN",
+    required=True,
+    help="API token with the read or upload scope (or set CLEANROOM_TOKEN).",
+)
+@pass_hub
+def export_fhir(
+    hub: Hub, version_id: int, form: str, out: Path, url: str | None, token: str
+) -> None:
+    """Write your institution's released dataset version VERSION_ID as FHIR R5 (the rows as
+    released, de-identified) to --out, over the JSON API."""
+    base = (url or hub.settings.public_url).rstrip("/")
+    name = "fhir.ndjson" if form == "ndjson" else "fhir-bundle.json"
+    try:
+        resp = requests.get(
+            f"{base}/api/v1/uploads/{version_id}/{name}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=(10, 600),
+        )
+    except requests.ConnectionError:
+        raise click.ClickException(f"cannot reach the hub at {base}; check --url.") from None
+    if resp.status_code != 200:
+        raise click.ClickException(_error(resp))
+    partial = out.with_name(out.name + ".part")
+    partial.write_bytes(resp.content)
+    partial.replace(out)  # a file that is there is whole
+    left = resp.headers.get("X-Cleanroom-Left-Out", "")
+    click.echo(f"wrote {out} ({len(resp.content):,} bytes, FHIR R5 {form})")
+    if left:
+        click.echo(f"left out (no FHIR form): {left}", err=True)
+
+
 def _follow(base: str, headers: dict[str, str], version_id: int) -> None:
     last = -1
     with click.progressbar(length=100, label="processing", file=sys.stderr) as bar:

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from contracts.fhir import WITHHELD_SYSTEM
+from hub.accounts import services as accounts
 from hub.audit.models import AuditEntry
 from hub.db import Database
 from hub.exports import _RANGES, FhirExportError, fhir_file
@@ -378,3 +379,39 @@ def test_calendar_dates_are_written_and_de_identified_ones_left_out_by_name() ->
     get_fhir_model_class("Bundle").model_validate(json.loads(text))
     with pytest.raises(FhirExportError, match="`deviation` rows cannot be written"):
         fhir_file({"deviation": pd.DataFrame({"deviation_id": ["D1"]})}, "ndjson")
+
+
+def test_cli_export_writes_the_released_version_and_refuses_what_fhir_cannot_carry(
+    runner: Any,
+    served: str,
+    released: dict[str, int],
+    database: Database,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    from hub.cli import cli
+
+    with database.session() as s:
+        nadia = accounts.get_user(s, "nadia")
+        secret = accounts.create_token(s, settings, nadia, "lims", ["read"], actor="t").secret
+        s.commit()
+    out = tmp_path / "batch.ndjson"
+    args = ["export-fhir", str(released["batch"]), "--url", served, "--token", secret]
+    result = runner.invoke(cli, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    resources = _ndjson(out.read_bytes())
+    _validated(resources)
+    _rows_appear(resources, LOTS)
+    assert "batch.release_date" in result.output  # said what was left out
+    assert {e["format"] for e in _exports(database)} == {"fhir-ndjson"}
+
+    bundle = tmp_path / "batch.json"
+    result = runner.invoke(cli, [*args, "--form", "bundle", "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(bundle.read_bytes())["resourceType"] == "Bundle"
+
+    refused = tmp_path / "deviation.ndjson"
+    dev = ["export-fhir", str(released["deviation"]), "--url", served, "--token", secret]
+    result = runner.invoke(cli, [*dev, "--out", str(refused)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "CSV or XLSX" in result.output and not refused.exists()
