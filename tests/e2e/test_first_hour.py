@@ -458,8 +458,8 @@ def test_an_auditors_first_hour(fresh_page: Page, demo: Demo, shots: Path) -> No
     walk = Walk(page, demo, "auditor", shots)
     walk.sign_in("auditor", "Ines Moreau")
     expect(page.get_by_test_id("auditor-card")).to_be_visible()
-    walk.nav("Audit")
-    expect(page.get_by_role("heading", level=1)).to_have_text("Audit")
+    walk.nav("Five Safes audit")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Five Safes audit")
     safes = page.get_by_test_id("safes")
     for safe in ("people", "projects", "settings", "data", "outputs"):
         expect(safes).to_contain_text(f"Safe {safe}")
