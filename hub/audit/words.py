@@ -25,6 +25,7 @@ ACTION_WORDS = {
     "sandbox.refused": "was refused by the sandbox",
     "release.request": "requested a reviewed release",
     "release.released": "released exact results",
+    "release.held": "held an approved release (its agreement no longer stood)",
     "login.success": "signed in",
     "login.failure": "failed to sign in",
     "logout": "signed out",

@@ -697,10 +697,13 @@ def settle(db: Session, request: ReleaseRequest, now: datetime | None = None) ->
         or request.window_ends_at is None
         or now < request.window_ends_at
         or open_objections(request)
-        or not still_granted(db, request)
     ):
         return False
+    if not still_granted(db, request):
+        _hold(db, request, now)
+        return False
     request.state = "released"
+    request.reason = ""
     request.released_at = now
     request.updated_at = now
     db.flush()
@@ -720,6 +723,33 @@ def settle(db: Session, request: ReleaseRequest, now: datetime | None = None) ->
         _link(request),
     )
     return True
+
+
+#: Why an approved request waits (shown on its page; recorded once per hold).
+HELD = (
+    "Held: its review window has passed, but the agreement no longer stands for its researcher "
+    "(suspended, ended, or the researcher no longer named or active); it is released when "
+    "the agreement stands again"
+)
+
+
+def _hold(db: Session, request: ReleaseRequest, now: datetime) -> None:
+    """Say once, in the ledger and to the researcher, that an approved request is held; the
+    workers settle each minute, so a hold already said is not said again."""
+    if request.reason == HELD:
+        return
+    request.reason = HELD
+    request.updated_at = now
+    db.flush()
+    _log(db, request, "system", "release.held", {"revision": request.revision})
+    notify(
+        db,
+        [request.researcher],
+        f"Release request {request.id} held",
+        "Its review window has passed, but its agreement no longer stands for you: its "
+        "outputs leave only once it does again.",
+        _link(request),
+    )
 
 
 @periodic("release.settle", seconds=60)

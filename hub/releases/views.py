@@ -80,8 +80,8 @@ def _summary(found: ReleaseRequest) -> dict[str, Any]:
 def _settled(found: ReleaseRequest) -> ReleaseRequest:
     """Release it now if its window has passed (the state is kept current on every read)."""
     db = get_db()
-    if services.settle(db, found):
-        db.commit()
+    services.settle(db, found)
+    db.commit()  # released, or held (said once), or nothing to do
     return found
 
 

@@ -23,6 +23,7 @@ from hub.ingest.models import DatasetVersion
 from hub.jobs import recheck as job_recheck
 from hub.jobs.models import Job
 from hub.jobs.services import JobContext
+from hub.notices.models import Notice
 from hub.settings import Settings
 from hub.synth import services as synth
 from hub.synth.models import SyntheticVersion
@@ -243,9 +244,25 @@ def test_an_approved_release_waits_while_its_agreement_is_suspended(
         after = request.window_ends_at + timedelta(seconds=1)
         assert not releases.settle(s, request, after)
         assert request.state == "approved"
+        assert request.reason == releases.HELD
+    with database.session() as s:  # the workers settle each minute: the hold is said once
+        assert not releases.settle(s, releases.get(s, rid), after + timedelta(minutes=1))
     with database.session() as s:
         agreements.transition(s, agreements.get(s, "v2v"), "resume", actor="user:sam")
     with database.session() as s:
         request = releases.get(s, rid)
         assert releases.settle(s, request, after)
         assert request.state == "released"
+        assert request.reason == ""
+    with database.session() as s:
+        entries = s.scalars(
+            select(AuditEntry.action)
+            .where(AuditEntry.target == f"release:{rid}")
+            .order_by(AuditEntry.id)
+        ).all()
+        held = s.scalars(
+            select(Notice.subject).where(Notice.subject == f"Release request {rid} held")
+        ).all()
+    assert entries[-2:] == ["release.held", "release.released"]
+    assert entries.count("release.held") == 1
+    assert len(held) == 1
