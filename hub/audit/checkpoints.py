@@ -98,16 +98,7 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
             return new_key(path)
         except FileExistsError:
             pass  # another process made it first: read theirs
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as err:
-        raise ConfigurationError(
-            f"the checkpoint signing key {path} cannot be read ({err}): it must be an "
-            "unencrypted Ed25519 private key in PEM form (`cleanroom audit new-key FILE`)."
-        ) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ConfigurationError(f"the checkpoint signing key {path} is not an Ed25519 key.")
-    return key
+    return _load_private(path)
 
 
 def public_pem(key: Ed25519PublicKey) -> str:
@@ -127,6 +118,80 @@ def load_public_key(text: bytes) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("not an Ed25519 public key")
     return key
+
+
+def next_key_path(settings: Settings) -> Path:
+    """Where a rotation keeps the new signing key until the handover checkpoint is stored."""
+    path = settings.effective_checkpoint_key_path
+    return path.with_name(path.name + ".next")
+
+
+def _load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigurationError(
+            f"the checkpoint signing key {path} cannot be read ({err}): it must be an "
+            "unencrypted Ed25519 private key in PEM form (`cleanroom audit new-key FILE`)."
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigurationError(f"the checkpoint signing key {path} is not an Ed25519 key.")
+    return key
+
+
+def handed_over_to(document: Mapping[str, Any]) -> str | None:
+    """The id of the key a handover checkpoint names as the next signer, else None."""
+    handover = document.get("next_key")
+    return str(handover["key_id"]) if isinstance(handover, dict) else None
+
+
+def expected_key_id(previous: AuditCheckpoint | None) -> str | None:
+    """The key the next checkpoint must be signed with: the previous one's, or the key it
+    handed over to (None before the first checkpoint)."""
+    if previous is None:
+        return None
+    return handed_over_to(document_of(previous)) or previous.key_id
+
+
+def _continuing_key(settings: Settings, previous: AuditCheckpoint | None) -> Ed25519PrivateKey:
+    """The signing key, checked against the chain of checkpoints: a rotation whose handover
+    was stored but whose key file was not yet moved into place is finished here; any other
+    key is refused, because every witness would reject what it signs."""
+    key = signing_key(settings)
+    want = expected_key_id(previous)
+    if want is None or key_id(key.public_key()) == want:
+        return key
+    pending = next_key_path(settings)
+    if pending.is_file():
+        candidate = _load_private(pending)
+        if key_id(candidate.public_key()) == want:
+            os.replace(pending, settings.effective_checkpoint_key_path)
+            return candidate
+    raise Conflict(
+        f"the checkpoint signing key (id {key_id(key.public_key())[:16]}…) is not the key that "
+        f"signed checkpoint {previous.id if previous else 0} or the one it handed over to (id "
+        f"{want[:16]}…): every witness would reject what it signs. Put the signing key back "
+        "from its offline copy; change keys only with `cleanroom audit rotate-key`."
+    )
+
+
+def anchor_public_pem(session: Session, settings: Settings) -> str:
+    """The public key a witness starts from: the key that signed the first checkpoint. Each
+    rotation's handover checkpoint, signed by the old key, names the next, so one key checks
+    every checkpoint the hub ever signed."""
+    current = public_pem(signing_key(settings).public_key())
+    first = session.scalar(select(AuditCheckpoint.key_id).order_by(AuditCheckpoint.id).limit(1))
+    if first is None or first == key_id(signing_key(settings).public_key()):
+        return current
+    # The last checkpoint the first key signed is its handover, which carries its public key.
+    handover = session.scalar(
+        select(AuditCheckpoint.document)
+        .where(AuditCheckpoint.key_id == first)
+        .order_by(AuditCheckpoint.id.desc())
+        .limit(1)
+    )
+    pem = json.loads(handover).get("public_key") if handover else None
+    return str(pem) if isinstance(pem, str) else current
 
 
 # Merkle tree (RFC 6962) ------------------------------------------------------------------
@@ -257,7 +322,10 @@ def check_signature(document: Mapping[str, Any], public_key: Ed25519PublicKey) -
     if document.get("format") != FORMAT:
         return f"it is not a Cleanroom ledger checkpoint (format {document.get('format')!r})"
     if document.get("key_id") != key_id(public_key):
-        return "it names another signing key than the hub's (forged, or from another hub)"
+        return (
+            "it names another signing key than the hub's (forged, from another hub, or checked "
+            "with a key the hub rotated to: check with the first key the hub published)"
+        )
     try:
         signature = base64.b64decode(str(document.get("signature", "")), validate=True)
         public_key.verify(signature, signed_body(document))
@@ -317,15 +385,21 @@ def _content_hashes(session: Session, upto: int) -> Iterator[tuple[int, str]]:
 
 
 def create_checkpoint(
-    session: Session, settings: Settings, *, actor: str = "system:checkpoint"
+    session: Session,
+    settings: Settings,
+    *,
+    actor: str = "system:checkpoint",
+    next_key: Ed25519PublicKey | None = None,
 ) -> AuditCheckpoint | None:
     """Sign a checkpoint of the whole ledger as it stands (None if it has not grown since
     the last one). Refused when the ledger no longer extends the previous checkpoint or
-    its entries since then do not chain: the hub never signs over a rewritten history."""
+    its entries since then do not chain: the hub never signs over a rewritten history; and
+    when the signing key is not the one the checkpoints so far lead to. ``next_key`` makes it
+    a handover (:func:`rotate_key`): signed by the old key, naming the new one."""
     from hub.audit.services import verify_range
 
-    key = signing_key(settings)
     previous = latest(session)
+    key = _continuing_key(settings, previous)
     head = session.get(AuditHead, 1)
     length = head.last_id if head else 0
     prev_length = previous.length if previous else 0
@@ -384,6 +458,9 @@ def create_checkpoint(
         "algorithm": "Ed25519; Merkle tree RFC 6962 (SHA-256) over the entry hashes",
         "key_id": key_id(public),
     }
+    if next_key is not None:
+        body["public_key"] = public_pem(public)
+        body["next_key"] = {"key_id": key_id(next_key), "public_key": public_pem(next_key)}
     body["signature"] = base64.b64encode(key.sign(signed_body(body))).decode()
     checkpoint = AuditCheckpoint(
         id=body["sequence"],
@@ -396,14 +473,53 @@ def create_checkpoint(
     )
     session.add(checkpoint)
     session.flush()
+    detail: dict[str, Any] = {"length": length, "merkle_root": checkpoint.merkle_root}
+    if next_key is not None:
+        detail["next_key_id"] = key_id(next_key)
     record(
         session,
         actor=actor,
         action="audit.checkpoint",
         target=f"checkpoint:{checkpoint.id}",
-        detail={"length": length, "merkle_root": checkpoint.merkle_root},
+        detail=detail,
     )
     return checkpoint
+
+
+def rotate_key(session: Session, settings: Settings, *, actor: str) -> AuditCheckpoint:
+    """Begin a rotation of the signing key: make the new key beside the old one
+    (:func:`next_key_path`), record it, and sign a handover checkpoint with the old key that
+    names the new one. The caller commits, then :func:`finish_rotation` moves the new key into
+    place (the next checkpoint finishes it if the process stopped in between). An
+    interrupted rotation is taken up again with the same new key."""
+    previous = latest(session)
+    old = _continuing_key(settings, previous)
+    pending = next_key_path(settings)
+    try:
+        new = new_key(pending)
+    except FileExistsError:
+        new = _load_private(pending)
+    if key_id(new.public_key()) == key_id(old.public_key()):
+        raise Conflict("the new signing key is the old one: remove the .next file and rotate.")
+    record(
+        session,
+        actor=actor,
+        action="audit.key_rotated",
+        target="ledger",
+        detail={"key_id": key_id(old.public_key()), "next_key_id": key_id(new.public_key())},
+    )
+    made = create_checkpoint(session, settings, actor=actor, next_key=new.public_key())
+    assert made is not None  # the ledger has just grown by the rotation's own entry
+    return made
+
+
+def finish_rotation(settings: Settings, handover: AuditCheckpoint) -> None:
+    """Put the new key in place once its handover checkpoint is committed (the old key's
+    file is replaced: keep the offline copy of the new one)."""
+    pending = next_key_path(settings)
+    want = handed_over_to(document_of(handover))
+    if pending.is_file() and want == key_id(_load_private(pending).public_key()):
+        os.replace(pending, settings.effective_checkpoint_key_path)
 
 
 def document_of(checkpoint: AuditCheckpoint | Mapping[str, Any]) -> dict[str, Any]:
@@ -614,7 +730,7 @@ def push_pending(
     checkpoints = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).all()
     if not checkpoints:
         return report
-    public = public_pem(signing_key(settings).public_key())
+    public = anchor_public_pem(session, settings)
     for institution in session.scalars(select(Institution).order_by(Institution.slug)).all():
         done = {
             p.checkpoint_id: p
@@ -833,6 +949,7 @@ def read_folder(
             ) from None
     problems: list[Problem] = []
     good: dict[int, dict[str, Any]] = {}
+    documents: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         match = FILE_PATTERN.match(name)
         if not match:
@@ -846,7 +963,14 @@ def read_folder(
                 Problem(0, "unreadable", f"{name} cannot be read as a checkpoint ({err}).")
             )
             continue
-        why = check_signature(document, public_key)
+        documents.append((name, document))
+    # Each checkpoint must be signed by the key in force at its place in the chain: the
+    # witness's key, then the key each handover checkpoint (signed by the old) names.
+    documents.sort(key=lambda pair: _sequence_of(pair[1]))
+    notes: list[str] = []
+    active = public_key
+    for name, document in documents:
+        why = check_signature(document, active)
         if why:
             problems.append(
                 Problem(0, "signature", f"{name} is not a checkpoint signed by the hub: {why}.")
@@ -858,13 +982,38 @@ def read_folder(
                 Problem(0, "signature", f"the hub signed two different checkpoints {sequence}.")
             )
         good[sequence] = document
-    notes: list[str] = []
+        following = _handover_key(document)
+        if following is not None:
+            active = following
+            notes.append(
+                f"checkpoint {sequence} handed signing over to key {key_id(active)[:16]}… "
+                "(a key rotation): later checkpoints are checked with it."
+            )
     if not good and not problems:
         raise WitnessFolderError(
             f"the witness folder {folder} holds no checkpoint-NNNNNN.json file: nothing to "
             "verify against."
         )
     return [good[s] for s in sorted(good)], problems, notes
+
+
+def _sequence_of(document: Mapping[str, Any]) -> int:
+    try:
+        return int(document.get("sequence", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _handover_key(document: Mapping[str, Any]) -> Ed25519PublicKey | None:
+    """The next key a validly signed handover checkpoint names, if its id matches its key."""
+    handover = document.get("next_key")
+    if not isinstance(handover, dict):
+        return None
+    try:
+        key = load_public_key(str(handover.get("public_key", "")).encode())
+    except ValueError:
+        return None
+    return key if key_id(key) == handover.get("key_id") else None
 
 
 def _unlisted_problem(

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 # Imported for its effect too: it registers the periodic checkpoint with the workers of
 # every `cleanroom` process (`cleanroom worker` builds no app).
-from hub.audit import checkpoints as _checkpoints  # noqa: F401
+from hub.audit import checkpoints as _checkpoints
 from hub.audit.models import AuditCheckpoint, AuditEntry
 from hub.audit.services import seal, verify
 from hub.command import Hub, pass_hub
@@ -117,10 +117,12 @@ def audit_checkpoint(hub: Hub, no_push: bool) -> None:
 @audit.command("public-key")
 @pass_hub
 def audit_public_key(hub: Hub) -> None:
-    """Print the public key that checks the hub's checkpoints (PEM)."""
-    from hub.audit.checkpoints import public_pem, signing_key
+    """Print the public key that checks the hub's checkpoints (PEM): the first signer's,
+    which each key rotation's handover checkpoint extends to the next."""
+    from hub.audit.checkpoints import anchor_public_pem
 
-    click.echo(public_pem(signing_key(hub.settings).public_key()), nl=False)
+    with hub.require_current_schema().session() as s:
+        click.echo(anchor_public_pem(s, hub.settings), nl=False)
 
 
 @audit.command("new-key")
@@ -141,19 +143,52 @@ def audit_new_key(path: Path) -> None:
     click.echo("Set CLEANROOM_CHECKPOINT_KEY_PATH to it and keep a copy offline.")
 
 
+@audit.command("rotate-key")
+@click.option("--no-push", is_flag=True, help="Do not deliver the handover checkpoint now.")
+@pass_hub
+def audit_rotate_key(hub: Hub, no_push: bool) -> None:
+    """Change the checkpoint signing key: a new key is made beside the old one, the old key
+    signs a handover checkpoint naming it, and the new key takes the old one's place."""
+    cp = _checkpoints
+    with hub.require_current_schema().session() as s:
+        handover = cp.rotate_key(s, hub.settings, actor=ACTOR)
+        s.commit()
+        cp.finish_rotation(hub.settings, handover)
+        old_id, new_id = handover.key_id, cp.handed_over_to(cp.document_of(handover)) or ""
+    if cp.key_id(cp.signing_key(hub.settings).public_key()) != new_id:
+        raise click.ClickException(
+            f"checkpoint {handover.id} hands signing over to key {new_id[:16]}…, but the key "
+            f"could not be put in place: the next checkpoint finishes the rotation."
+        )
+    click.echo(
+        f"checkpoint {handover.id} hands signing over from key {old_id[:16]}… to "
+        f"{new_id[:16]}…, now in {hub.settings.effective_checkpoint_key_path} (it replaced "
+        "the old key's file). Keep an offline copy of it; the witnesses need nothing new."
+    )
+    if no_push:
+        return
+    with hub.database.session() as s:
+        report = cp.push_pending(s, hub.settings, actor=ACTOR)
+    for label, slugs in (
+        ("pushed to", report.pushed),
+        ("push failed (retried at the next interval) for", report.failed + report.refused),
+    ):
+        if slugs:
+            click.echo(f"{label}: {', '.join(slugs)}")
+
+
 @audit.command("export-checkpoints")
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
 @pass_hub
 def audit_export(hub: Hub, folder: Path) -> None:
     """Write every signed checkpoint and the public key into FOLDER (a witness's copy)."""
-    from hub.audit.checkpoints import public_pem, signing_key, write_folder
+    from hub.audit.checkpoints import anchor_public_pem, write_folder
 
     with hub.require_current_schema().session() as s:
         documents = list(s.scalars(select(AuditCheckpoint.document).order_by(AuditCheckpoint.id)))
+        anchor = anchor_public_pem(s, hub.settings)
     try:
-        written = write_folder(
-            folder, documents, public_pem(signing_key(hub.settings).public_key())
-        )
+        written = write_folder(folder, documents, anchor)
     except OSError as err:
         raise click.ClickException(f"cannot write into {folder}: {err.strerror or err}.") from None
     click.echo(f"{len(documents)} checkpoint(s) in {folder} ({written} new).")

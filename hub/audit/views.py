@@ -28,10 +28,12 @@ from hub.audit.checkpoints import (
     FILE_PATTERN,
     FORMAT,
     PUBLIC_KEY_FILE,
+    anchor_public_pem,
     create_checkpoint,
     file_name,
+    handed_over_to,
     key_id,
-    public_pem,
+    load_public_key,
     push_pending,
     signing_key,
 )
@@ -52,7 +54,8 @@ PAGE = 100
 
 
 def _public() -> str:
-    return public_pem(signing_key(app_settings()).public_key())
+    """The key a witness checks every checkpoint from (the first signer; see rotations)."""
+    return anchor_public_pem(get_db(), app_settings())
 
 
 @bp.route("/checkpoints")
@@ -76,14 +79,19 @@ def checkpoints() -> ResponseReturnValue:
             ).all()
         )
     entries = db.scalar(select(func.count()).select_from(AuditEntry)) or 0
-    key = signing_key(app_settings()).public_key()
+    anchor = load_public_key(_public().encode())
+    handovers = {
+        c.id: handed_over_to(json.loads(c.document)) for c in rows if '"next_key"' in c.document
+    }
     return render_template(
         "audit/checkpoints.html",
         checkpoints=rows,
         institution=mine,
         delivered=delivered,
         entries=entries,
-        key_id=key_id(key),
+        key_id=key_id(anchor),
+        signing_key_id=key_id(signing_key(app_settings()).public_key()),
+        handovers=handovers,
         file_name=file_name,
     )
 
@@ -158,12 +166,14 @@ def api_checkpoints() -> ResponseReturnValue:
         .where(AuditCheckpoint.id > after)
         .order_by(AuditCheckpoint.id)
     )
-    key = signing_key(app_settings()).public_key()
+    pem = _public()
     return jsonify(
         {
             "format": FORMAT,
-            "key_id": key_id(key),
-            "public_key": public_pem(key),
+            # The first signer's key: it checks every checkpoint, handovers followed.
+            "key_id": key_id(load_public_key(pem.encode())),
+            "public_key": pem,
+            "signing_key_id": key_id(signing_key(app_settings()).public_key()),
             "checkpoints": [json.loads(d) for d in rows],
         }
     )

@@ -50,6 +50,7 @@ ACTION_WORDS = {
     "audit.verify": "checked the ledger",
     "audit.checkpoint": "signed a ledger checkpoint",
     "audit.checkpoint_pushed": "delivered a checkpoint to a witness",
+    "audit.key_rotated": "changed the checkpoint signing key",
     "export.download": "downloaded a file",
 }
 _HASH = re.compile(r"^[0-9a-f]{40,64}$")

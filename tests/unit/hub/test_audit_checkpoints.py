@@ -64,7 +64,8 @@ def witnessed(database: Database, settings: Settings, tmp_path: Path) -> Path:
 def _export(database: Database, settings: Settings, folder: Path) -> Path:
     with database.session() as s:
         docs = list(s.scalars(select(AuditCheckpoint.document).order_by(AuditCheckpoint.id)))
-    cp.write_folder(folder, docs, cp.public_pem(cp.signing_key(settings).public_key()))
+        anchor = cp.anchor_public_pem(s, settings)
+    cp.write_folder(folder, docs, anchor)
     return folder
 
 
@@ -372,6 +373,142 @@ def test_cli_checkpoint_public_key_and_export(
     ]
     ok = runner.invoke(cli, ["audit", "verify", "--checkpoints", str(tmp_path / "mine")])
     assert ok.exit_code == 0, ok.output
+
+
+# Key rotation -----------------------------------------------------------------------------
+
+
+def _signed_by(document: dict, pem: str) -> bool:
+    """The oracle: an Ed25519 check written here, not the hub's (no key ids, no handovers)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    body = json.dumps(
+        {k: v for k, v in document.items() if k != "signature"},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    try:
+        load_pem_public_key(pem.encode()).verify(  # type: ignore[union-attr]
+            base64.b64decode(document["signature"]), body
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+def test_a_rotated_key_is_checked_from_the_first_key(
+    runner, database: Database, settings: Settings, witnessed: Path, tmp_path: Path
+) -> None:
+    """`rotate-key`: the old key signs a handover naming the new one; a witness holding only
+    the first public key checks every checkpoint; the retired key can sign nothing more."""
+    from cryptography.hazmat.primitives import serialization
+
+    from hub.cli import cli
+
+    _control(database, witnessed)
+    first_pem = (witnessed / cp.PUBLIC_KEY_FILE).read_text()
+    path = settings.effective_checkpoint_key_path
+    retired = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    out = runner.invoke(cli, ["audit", "rotate-key", "--no-push"])
+    assert out.exit_code == 0, out.output
+    assert "checkpoint 3 hands signing over" in out.output and "Traceback" not in out.output
+    assert not cp.next_key_path(settings).exists()
+    new_pem = cp.public_pem(cp.signing_key(settings).public_key())
+    assert new_pem != first_pem
+    _fill(database, 2, start=30)
+    assert _checkpoint(database, settings).id == 4  # signed with the new key
+    assert runner.invoke(cli, ["audit", "public-key"]).output == first_pem
+    fresh = _export(database, settings, tmp_path / "fresh")
+    assert (fresh / cp.PUBLIC_KEY_FILE).read_text() == first_pem
+    for folder in (fresh, _export(database, settings, witnessed)):
+        result = _check(database, folder)
+        assert result.ok and result.checkpoints == 4, str(result)
+        assert "checkpoint 3 handed signing over" in str(result)
+    # The oracle: 1-3 verify with the first key, 4 with the key 3 names, and not the reverse.
+    docs = {n: json.loads((fresh / cp.file_name(n)).read_text()) for n in (1, 2, 3, 4)}
+    named = docs[3]["next_key"]["public_key"]
+    assert named == new_pem and docs[3]["public_key"] == first_pem
+    assert all(_signed_by(docs[n], first_pem) for n in (1, 2, 3))
+    assert _signed_by(docs[4], named) and not _signed_by(docs[4], first_pem)
+    # Control: the retired key, stolen, signs a checkpoint 5: the witness refuses it.
+    forged = {**docs[4], "sequence": 5, "key_id": docs[3]["key_id"]}
+    forged["signature"] = base64.b64encode(retired.sign(cp.signed_body(forged))).decode()  # type: ignore[union-attr]
+    assert _signed_by(forged, first_pem)  # a valid signature by the first key ...
+    (fresh / cp.file_name(5)).write_text(json.dumps(forged))
+    result = _check(database, fresh)
+    assert not result.ok  # ... but no longer the key in force
+    assert "checkpoint-000005.json is not a checkpoint signed by the hub" in str(result)
+    # Verifying with the new key alone checks only what it signed.
+    (fresh / cp.file_name(5)).unlink()
+    with database.session() as s:
+        partial = cp.verify_witnessed(s, fresh, cp.load_public_key(new_pem.encode()))
+    assert "checkpoint-000001.json is not a checkpoint signed by the hub" in str(partial)
+    assert "checkpoint-000004.json" not in str(partial)
+    with database.session() as s:
+        assert verify(s).ok
+        rotated = s.scalars(select(AuditEntry).where(AuditEntry.action == "audit.key_rotated"))
+        assert rotated.one().actor == "cli"
+
+
+def test_an_interrupted_rotation_is_finished_and_a_strange_key_refused(
+    database: Database, settings: Settings, witnessed: Path
+) -> None:
+    """The process stops after the handover is stored, before the new key is in place: the
+    next checkpoint finishes the rotation. A key swapped in by hand signs nothing."""
+    from hub.errors import Conflict
+
+    _control(database, witnessed)
+    path = settings.effective_checkpoint_key_path
+    with database.session() as s:
+        handover = cp.rotate_key(s, settings, actor="test")
+        wanted = cp.handed_over_to(cp.document_of(handover))
+    assert cp.next_key_path(settings).is_file()  # not moved into place: "crashed" here
+    _fill(database, 1, start=40)
+    assert _checkpoint(database, settings).key_id == wanted
+    assert not cp.next_key_path(settings).exists()
+    assert cp.key_id(cp.signing_key(settings).public_key()) == wanted
+    # A key replaced without a handover: refused, and the ledger is left as it was.
+    kept = path.read_bytes()
+    path.unlink()
+    cp.new_key(path)
+    _fill(database, 1, start=41)
+    with database.session() as s, pytest.raises(Conflict, match="every witness would reject"):
+        cp.create_checkpoint(s, settings)
+    path.write_bytes(kept)  # the control: the right key signs again
+    assert _checkpoint(database, settings).id == 5
+    result = _check(database, _export(database, settings, witnessed))
+    assert result.ok and result.checkpoints == 5, str(result)
+
+
+def test_the_checkpoints_page_shows_a_rotation(
+    client, auth, users: Users, database: Database, settings: Settings
+) -> None:
+    from hub.accounts import services as accounts
+
+    users.make("sam", "steward")
+    _fill(database, 3)
+    _checkpoint(database, settings)
+    auth.login("sam")
+    before = client.get("/ledger/checkpoints").get_data(as_text=True)
+    assert 'data-testid="rotated"' not in before and 'data-testid="handover"' not in before
+    anchor = client.get("/ledger/checkpoints/hub-public-key.pem").data
+    with database.session() as s:
+        handover = cp.rotate_key(s, settings, actor="test")
+        s.commit()
+        cp.finish_rotation(settings, handover)
+    after = client.get("/ledger/checkpoints").get_data(as_text=True)
+    row = after.split('data-checkpoint="2"')[1].split("</tr>")[0]
+    assert 'data-testid="handover"' in row and "signing key changed here" in row
+    assert 'data-testid="rotated"' in after
+    assert client.get("/ledger/checkpoints/hub-public-key.pem").data == anchor
+    with database.session() as s:
+        sam = accounts.get_user(s, "sam")
+        read = accounts.create_token(s, settings, sam, "witness", ["read"], actor="t").secret
+    headers = {"Authorization": f"Bearer {read}"}
+    body = client.get("/api/v1/audit/checkpoints", headers=headers).get_json()
+    assert body["public_key"].encode() == anchor and body["signing_key_id"] != body["key_id"]
 
 
 # Keys ------------------------------------------------------------------------------------------
