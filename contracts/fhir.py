@@ -27,7 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import IO, Any, Literal, overload
@@ -37,6 +37,7 @@ from fhir.resources import get_fhir_model_class
 from pydantic import ValidationError
 
 from contracts.cdm import Column, ColumnType, CommonDataModel, load_cdm, read_contract
+from contracts.codes import CDM_SYSTEM, load_codes
 
 DEFAULT_MAPPING = Path(__file__).with_name("fhir_r5.yaml")
 
@@ -379,15 +380,20 @@ def _build_column(column: Column, spec: Any, systems: Mapping[str, str], where: 
     extra = sorted(set(spec) - _COLUMN_KEYS)
     if extra:
         raise ValueError(f"{where}: unknown key(s) {', '.join(extra)}")
+    # `value` may list alternatives: the first is written, any is read (older files).
+    raw_values = spec.get("value", "valueString")
+    value_names = [str(v) for v in (raw_values if isinstance(raw_values, list) else [raw_values])]
     if "property" in spec:
-        value = str(spec.get("value", "valueString"))
         texts = [
             f"property[type.coding[].system=@property,type.coding[].code={spec['property']}]"
             f".{value}"
+            for value in value_names
         ]
     elif "extension" in spec:
-        value = str(spec.get("value", "valueString"))
-        texts = [f"extension[url={systems['extension']}{spec['extension']}].{value}"]
+        texts = [
+            f"extension[url={systems['extension']}{spec['extension']}].{value}"
+            for value in value_names
+        ]
     elif "path" in spec:
         raw_paths = spec["path"]
         texts = [str(p) for p in (raw_paths if isinstance(raw_paths, list) else [raw_paths])]
@@ -985,9 +991,8 @@ class _Reader:
         column = cmap.column
         if cmap.kind == "quantity":
             return self._quantity(value, cmap, profile)
-        if cmap.kind == "concept":
-            codes = _all(value, (_Step("coding"), _Step("code")))
-            value = codes[0] if codes else None
+        if cmap.kind == "concept" and isinstance(value, dict):
+            value = _concept_code(value, self.mapping.systems["cdm"])
         if cmap.placeholder is not None and value == cmap.placeholder:
             return None
         if cmap.values:
@@ -1161,6 +1166,14 @@ class _Reader:
                 "fill a date column"
             ] += bad
         return parsed.astype("datetime64[ns]")
+
+
+def _concept_code(concept: Mapping[str, Any], cdm_system: str) -> Any:
+    """A CodeableConcept's code: the CDM's own coding if it carries one, else its first (a
+    standard code, which the upload's terms step then maps to the CDM's value)."""
+    codings = [c for c in concept.get("coding") or () if isinstance(c, dict) and "code" in c]
+    ours = [c for c in codings if c.get("system") == cdm_system]
+    return (ours or codings or [{"code": None}])[0]["code"]
 
 
 def _cmap(profile: Profile, column: str) -> ColumnMap:
@@ -1411,7 +1424,15 @@ def _resources(
             for name, value in profile.fixed.items():
                 resource[name] = json.loads(json.dumps(value))  # a copy per resource
             for cmap in profile.columns:
-                _write_column(resource, cmap, row.get(cmap.column.name), mapping, ids, utc_offset)
+                _write_column(
+                    resource,
+                    cmap,
+                    row.get(cmap.column.name),
+                    mapping,
+                    ids,
+                    utc_offset,
+                    standard=_standard_codings(profile.table, cmap.column.name),
+                )
             try:
                 model.model_validate(resource)
             except ValidationError as err:
@@ -1441,6 +1462,7 @@ def _write_column(
     mapping: FhirMapping,
     ids: Mapping[str, Mapping[Any, str]],
     utc_offset: str,
+    standard: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     column = cmap.column
     steps = cmap.paths[0]
@@ -1481,10 +1503,28 @@ def _write_column(
     else:
         out = _fhir_primitive(value, column, utc_offset)
     if cmap.kind == "concept":
-        out = {"coding": [{"system": mapping.systems["cdm"], "code": str(out)}]}
+        codings: list[dict[str, str]] = [{"system": mapping.systems["cdm"], "code": str(out)}]
+        shared = (standard or {}).get(str(out))
+        if shared is not None:  # the value's standard code beside it (contracts/codes.yaml)
+            codings.append(dict(shared))
+        out = {"coding": codings}
     _set(resource, steps, out)
     if cmap.also is not None:
         _set(resource, cmap.also, out)
+
+
+@cache
+def _standard_codings(table: str, column: str) -> Mapping[str, Mapping[str, str]]:
+    """The standard code (SNOMED CT, HL7 ...) of each value of a category column that has
+    one in the code book, as a FHIR Coding; the CDM's own codes are left out."""
+    codes = load_codes().column(table, column)
+    if codes is None:
+        return {}
+    return {
+        value: {"system": code.system.uri, "code": code.code, "display": code.display}
+        for value, code in codes.codes.items()
+        if code.system.key != CDM_SYSTEM
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -1568,6 +1608,14 @@ def render_markdown(mapping: FhirMapping | None = None) -> str:
         f"`{WITHHELD_SYSTEM}`, code `table.column`); a hub importing such a file keeps the "
         "rows although a required column is missing, and its report says which.",
         "",
+        "A coded column is written as a CodeableConcept with the CDM's own coding first "
+        "and, where the shared code book (`contracts/codes.yaml`, section *Shared codes*) "
+        "gives the value a standard code, that coding after it (SNOMED CT for indications "
+        "and blood groups, HL7 ObservationInterpretation for qualitative results), so "
+        "another system reads the standard code. On import the CDM's coding is taken if "
+        "present, else the first; a standard code then goes through the upload's terms "
+        "step like any site term.",
+        "",
         "Custody events come from `Provenance` resources (one per handling step, its "
         "`target` the unit and, once manufactured, the lot). "
         "`BiologicallyDerivedProduct.storageTempRequirements` states the range a product "
@@ -1619,6 +1667,17 @@ def render_markdown(mapping: FhirMapping | None = None) -> str:
                 notes.append(", ".join(f"`{k}` → {json.dumps(v)}" for k, v in cmap.values.items()))
             if cmap.placeholder:
                 notes.append(f"`{cmap.placeholder}` when empty (the element is required)")
+            if cmap.kind == "concept":
+                shared = _standard_codings(profile.table, cmap.column.name)
+                systems = sorted({c["system"] for c in shared.values()})
+                standard = ", ".join(f"`{uri}`" for uri in systems)
+                notes.append(
+                    f"the CDM's coding, then the standard one ({standard})"
+                    if systems
+                    else "the CDM's coding"
+                )
+            if len(cmap.text) > 1 and not cmap.ref:
+                notes.append("written as the first, read from any")
             element = " or ".join(f"`{_short(t, mapping)}`" for t in cmap.text)
             out.append(f"| `{cmap.column.name}` | {element} | {'; '.join(notes)} |")
     out += ["", "Not mapped:", ""]

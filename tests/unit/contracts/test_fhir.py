@@ -628,3 +628,77 @@ def test_columns_withheld_by_the_exporter_are_tagged_and_read_back() -> None:
     assert any("episode.age: left out by the hub" in line for line in imported.report.lines())
     untagged = read_fhir(write_fhir({"episode": episodes}, form="bundle"))
     assert not untagged.report.withheld
+
+
+def test_export_carries_the_standard_codes_beside_the_cdms() -> None:
+    """Another system reads the shared code: SNOMED CT for indications and blood groups, HL7
+    ObservationInterpretation for qualitative results, each after the CDM's own coding. The
+    codes are written here from their sources (SNOMED CT's browser, HL7's code system page),
+    not read from the code book the exporter uses."""
+    snomed = "http://snomed.info/sct"
+    hl7 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    cdm = "urn:cleanroom:cdm:code"
+    lines = [json.loads(x) for x in write_fhir(_rows(), form="ndjson")]
+    patients = [r for r in lines if r["resourceType"] == "Patient"]
+
+    def extension(resource: dict[str, Any], name: str) -> dict[str, Any] | None:
+        url = f"urn:cleanroom:cdm:extension:{name}"
+        return next((e for e in resource.get("extension", []) if e["url"] == url), None)
+
+    indications = [extension(p, "indication")["valueCodeableConcept"] for p in patients]  # type: ignore[index]
+    assert [[(c["system"], c["code"]) for c in i["coding"]] for i in indications] == [
+        [(cdm, "LBCL"), (snomed, "109969005")],
+        [(cdm, "MM"), (snomed, "109989006")],
+        [(cdm, "SCD"), (snomed, "417357006")],
+    ]
+    blood = [extension(p, "abo_rh") for p in patients]
+    assert blood[1] is None  # an empty value writes nothing
+    assert [c["code"] for c in blood[0]["valueCodeableConcept"]["coding"]] == ["O+", "278147001"]  # type: ignore[index]
+    observations = [r for r in lines if r["resourceType"] == "Observation"]
+    qualitative = [o["valueCodeableConcept"] for o in observations if "valueCodeableConcept" in o]
+    assert [[(c["system"], c["code"]) for c in q["coding"]] for q in qualitative] == [
+        [(cdm, "negative"), (hl7, "NEG")]
+    ]
+    # Read back: the CDM's coding wins wherever it stands; without it, the standard code
+    # comes through for the upload's terms step to map.
+    swapped = copy.deepcopy(lines)
+    for resource in swapped:
+        for e in resource.get("extension", []):
+            if "valueCodeableConcept" in e:
+                e["valueCodeableConcept"]["coding"].reverse()
+    back = read_fhir(_ndjson(swapped))
+    assert back.frames["episode"]["indication"].tolist() == ["LBCL", "MM", "SCD"]
+    for resource in swapped:
+        for e in resource.get("extension", []):
+            if e["url"].endswith(":indication"):
+                e["valueCodeableConcept"]["coding"] = [
+                    c for c in e["valueCodeableConcept"]["coding"] if c["system"] == snomed
+                ]
+    only_snomed = read_fhir(_ndjson(swapped))
+    assert only_snomed.frames["episode"]["indication"].tolist() == [
+        "109969005",
+        "109989006",
+        "417357006",
+    ]
+
+
+def test_files_of_the_earlier_mapping_are_still_read() -> None:
+    """Mapping 1.0.0 wrote indications and blood groups as a bare `valueCode` and qualitative
+    results as a CDM coding only: such files still import to the same rows."""
+    rows = _rows()
+    lines = [json.loads(x) for x in write_fhir(rows, form="ndjson")]
+    for resource in lines:
+        for e in resource.get("extension", []):
+            concept = e.pop("valueCodeableConcept", None)
+            if concept is not None:
+                e["valueCode"] = concept["coding"][0]["code"]
+        if "valueCodeableConcept" in resource:
+            resource["valueCodeableConcept"]["coding"] = resource["valueCodeableConcept"]["coding"][
+                :1
+            ]
+    assert b"valueCodeableConcept" not in _ndjson(
+        [r for r in lines if r["resourceType"] == "Patient"]
+    )
+    result = read_fhir(_ndjson(lines))
+    assert result.report.ok and not result.report.unmapped_elements
+    _same(result.frames, rows)
