@@ -165,7 +165,10 @@ def _continuing_key(settings: Settings, previous: AuditCheckpoint | None) -> Ed2
     if pending.is_file():
         candidate = _load_private(pending)
         if key_id(candidate.public_key()) == want:
-            os.replace(pending, settings.effective_checkpoint_key_path)
+            try:
+                os.replace(pending, settings.effective_checkpoint_key_path)
+            except FileNotFoundError:
+                pass  # another process finished the rotation a moment ago
             return candidate
     raise Conflict(
         f"the checkpoint signing key (id {key_id(key.public_key())[:16]}…) is not the key that "
@@ -518,8 +521,11 @@ def finish_rotation(settings: Settings, handover: AuditCheckpoint) -> None:
     file is replaced: keep the offline copy of the new one)."""
     pending = next_key_path(settings)
     want = handed_over_to(document_of(handover))
-    if pending.is_file() and want == key_id(_load_private(pending).public_key()):
-        os.replace(pending, settings.effective_checkpoint_key_path)
+    try:
+        if pending.is_file() and want == key_id(_load_private(pending).public_key()):
+            os.replace(pending, settings.effective_checkpoint_key_path)
+    except FileNotFoundError:
+        pass  # a worker's checkpoint finished it first
 
 
 def document_of(checkpoint: AuditCheckpoint | Mapping[str, Any]) -> dict[str, Any]:
