@@ -57,6 +57,16 @@ class Code:
     synonyms: tuple[str, ...] = ()
     source: str = ""  # where the code was verified, empty for the CDM's own codes
 
+    @property
+    def standard(self) -> bool:
+        """A code of a standard system (SNOMED CT, HL7 ...), not the CDM's own list."""
+        return self.system.key != CDM_SYSTEM
+
+    @property
+    def coding(self) -> dict[str, str]:
+        """The code as a FHIR Coding (``system``, ``code``, ``display``)."""
+        return {"system": self.system.uri, "code": self.code, "display": self.display}
+
 
 @dataclass(frozen=True)
 class CodeList:
@@ -73,7 +83,7 @@ class CodeList:
         for value, code in self.codes.items():
             yield code.display, value
             yield code.label, value
-            if code.system.key != CDM_SYSTEM:
+            if code.standard:
                 yield code.code, value
             for term in code.synonyms:
                 yield term, value

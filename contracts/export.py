@@ -104,10 +104,7 @@ def _annotations(column: Column, table: str) -> dict[str, Any]:
     codes = load_codes().column(table, column.name)
     if codes is not None:
         # The shared codes of a category column: the system, and each value's code in it.
-        out["x-cleanroom-codes"] = {
-            value: {"system": code.system.uri, "code": code.code, "display": code.display}
-            for value, code in codes.codes.items()
-        }
+        out["x-cleanroom-codes"] = {value: code.coding for value, code in codes.codes.items()}
     if column.unit:
         out["x-cleanroom-unit"] = column.unit
     if column.alternate_units:

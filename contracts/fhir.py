@@ -37,7 +37,7 @@ from fhir.resources import get_fhir_model_class
 from pydantic import ValidationError
 
 from contracts.cdm import Column, ColumnType, CommonDataModel, load_cdm, read_contract
-from contracts.codes import CDM_SYSTEM, load_codes
+from contracts.codes import load_codes
 
 DEFAULT_MAPPING = Path(__file__).with_name("fhir_r5.yaml")
 
@@ -949,11 +949,11 @@ class _Reader:
         cache: _Cache = {}
         for cmap in profile.columns:
             columns[cmap.column.name].append(self._value(obj, cmap, profile, cache))
-        names = {f"{profile.table}.{c.column.name}" for c in profile.columns}
         meta = obj.get("meta")
         for tag in (meta.get("tag") or []) if isinstance(meta, dict) else []:
             if isinstance(tag, dict) and tag.get("system") == WITHHELD_SYSTEM:
-                if tag.get("code") in names:
+                table, _, column = str(tag.get("code")).partition(".")
+                if table == profile.table and any(c.column.name == column for c in profile.columns):
                     report.withheld[str(tag["code"])] += 1
         _unmapped(obj, self.trie[profile.name], rtype, report.unmapped_elements)
 
@@ -1408,19 +1408,26 @@ def _resources(
     model_cache: dict[str, Any] = {}
     for profile, frame in plan:
         model = model_cache.setdefault(profile.resource, get_fhir_model_class(profile.resource))
+        # The same for every row of the table: its withheld columns, and the standard code
+        # (if any) of each coded column's values.
+        tags = [
+            {"system": WITHHELD_SYSTEM, "code": f"{profile.table}.{c.column.name}"}
+            for c in profile.columns
+            if f"{profile.table}.{c.column.name}" in withheld
+        ]
+        standard = {
+            c.column.name: _standard_codings(profile.table, c.column.name)
+            for c in profile.columns
+            if c.kind == "concept"
+        }
         records = frame.to_dict("records")
         for number, row in enumerate(records, start=1):
             resource: dict[str, Any] = {
                 "resourceType": profile.resource,
                 "id": _id(profile, number),
             }
-            tags = [
-                {"system": WITHHELD_SYSTEM, "code": f"{profile.table}.{c.column.name}"}
-                for c in profile.columns
-                if f"{profile.table}.{c.column.name}" in withheld
-            ]
             if tags:
-                resource["meta"] = {"tag": tags}
+                resource["meta"] = {"tag": [dict(tag) for tag in tags]}
             for name, value in profile.fixed.items():
                 resource[name] = json.loads(json.dumps(value))  # a copy per resource
             for cmap in profile.columns:
@@ -1431,7 +1438,7 @@ def _resources(
                     mapping,
                     ids,
                     utc_offset,
-                    standard=_standard_codings(profile.table, cmap.column.name),
+                    standard=standard.get(cmap.column.name),
                 )
             try:
                 model.model_validate(resource)
@@ -1520,11 +1527,7 @@ def _standard_codings(table: str, column: str) -> Mapping[str, Mapping[str, str]
     codes = load_codes().column(table, column)
     if codes is None:
         return {}
-    return {
-        value: {"system": code.system.uri, "code": code.code, "display": code.display}
-        for value, code in codes.codes.items()
-        if code.system.key != CDM_SYSTEM
-    }
+    return {value: code.coding for value, code in codes.codes.items() if code.standard}
 
 
 def _plain(value: Any) -> Any:

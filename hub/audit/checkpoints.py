@@ -182,9 +182,10 @@ def anchor_public_pem(session: Session, settings: Settings) -> str:
     """The public key a witness starts from: the key that signed the first checkpoint. Each
     rotation's handover checkpoint, signed by the old key, names the next, so one key checks
     every checkpoint the hub ever signed."""
-    current = public_pem(signing_key(settings).public_key())
+    key = signing_key(settings).public_key()
+    current = public_pem(key)
     first = session.scalar(select(AuditCheckpoint.key_id).order_by(AuditCheckpoint.id).limit(1))
-    if first is None or first == key_id(signing_key(settings).public_key()):
+    if first is None or first == key_id(key):
         return current
     # The last checkpoint the first key signed is its handover, which carries its public key.
     handover = session.scalar(

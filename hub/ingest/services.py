@@ -451,15 +451,20 @@ def _remembered(session: Session, version: DatasetVersion) -> dict[str, str]:
     return json.loads(row.mapping) if row else {}
 
 
-def remembered_terms(session: Session, version: DatasetVersion) -> dict[tuple[str, str], str]:
-    """``{(column, term_key): value}`` the version's institution confirmed for its table."""
+def _term_rows(session: Session, version: DatasetVersion) -> dict[tuple[str, str], InstitutionTerm]:
+    """The version's institution's remembered terms for its table, by (column, term_key)."""
     rows = session.scalars(
         select(InstitutionTerm).where(
             InstitutionTerm.institution_id == version.institution_id,
             InstitutionTerm.cdm_table == version.cdm_table,
         )
     )
-    return {(r.column, r.term_key): r.value for r in rows}
+    return {(r.column, r.term_key): r for r in rows}
+
+
+def remembered_terms(session: Session, version: DatasetVersion) -> dict[tuple[str, str], str]:
+    """``{(column, term_key): value}`` the version's institution confirmed for its table."""
+    return {key: row.value for key, row in _term_rows(session, version).items()}
 
 
 def term_proposals(
@@ -524,15 +529,7 @@ def _remember_terms(
     """Keep the institution's confirmed terms for its next uploads (the latest wins). A
     term held back is not kept (a stray identifier in a category column must not outlive
     the upload) and forgets an earlier mapping of it: its next use is asked about again."""
-    existing = {
-        (r.column, r.term_key): r
-        for r in session.scalars(
-            select(InstitutionTerm).where(
-                InstitutionTerm.institution_id == version.institution_id,
-                InstitutionTerm.cdm_table == version.cdm_table,
-            )
-        )
-    }
+    existing = _term_rows(session, version)
     for column, chosen in decided.items():
         for term, value in chosen.items():
             key = term_key(term)

@@ -107,11 +107,12 @@ def propose(
         if column.type != ColumnType.CATEGORY or not column.allowed or source not in distinct:
             continue
         codes = book.column(table.name, target)
+        known = _by_fold(codes)
         pairs = distinct[source]
         values = pd.Series([v for v, _ in pairs], dtype=object)
         canonical = normalise_categories(values, column.allowed)
         terms = [
-            _propose_one(str(term), int(rows), target, codes, remembered, column.allowed)
+            _propose_one(str(term), int(rows), target, codes, known, remembered, column.allowed)
             for (term, rows), canon in zip(pairs, canonical, strict=True)
             if pd.isna(canon)
         ]
@@ -120,11 +121,21 @@ def propose(
     return out
 
 
+def _by_fold(codes: CodeList | None) -> dict[str, tuple[str, str]]:
+    """``{folded term: (value, term)}`` of every term the code book knows for a column,
+    the first term of each folded form kept."""
+    by_fold: dict[str, tuple[str, str]] = {}
+    for label, value in codes.synonyms() if codes is not None else ():
+        by_fold.setdefault(_fold(label), (value, label))
+    return by_fold
+
+
 def _propose_one(
     term: str,
     rows: int,
     target: str,
     codes: CodeList | None,
+    by_fold: Mapping[str, tuple[str, str]],
     remembered: Mapping[tuple[str, str], str],
     allowed: tuple[str, ...],
 ) -> Term:
@@ -134,9 +145,6 @@ def _propose_one(
     if codes is None:
         return Term(term, rows, None, "new", "not a value of this column")
     folded = _fold(term)
-    by_fold: dict[str, tuple[str, str]] = {}
-    for label, value in codes.synonyms():
-        by_fold.setdefault(_fold(label), (value, label))
     if folded in by_fold:
         value, label = by_fold[folded]
         code = codes.codes[value]

@@ -129,11 +129,13 @@ def _user() -> User:
     return user
 
 
-def _version(version: DatasetVersion) -> dict[str, Any]:
-    """``version`` as JSON for the signed-in caller (content-free unless theirs). While the
-    mapping waits for confirmation, the uploading institution also gets the file's terms
-    for category values, each with what is proposed for it (``open``: needs a decision)."""
-    content = _sees_content(_user(), version)
+def _version(version: DatasetVersion, content: bool | None = None) -> dict[str, Any]:
+    """``version`` as JSON for the signed-in caller (content-free unless theirs: ``content``
+    when the caller has asked already). While the mapping waits for confirmation, the
+    uploading institution also gets the file's terms for category values, each with what is
+    proposed for it (``open``: needs a decision)."""
+    if content is None:
+        content = _sees_content(_user(), version)
     out = services.version_dict(version, content=content)
     if content and version.state == VersionState.AWAITING_MAPPING:
         out["terms"] = {
@@ -578,7 +580,7 @@ def api_show(version_id: int) -> ResponseReturnValue:
     content = _sees_content(_user(), version)
     return jsonify(
         {
-            **_version(version),
+            **_version(version, content),
             "progress": _progress(version, content=content),
             **(_next_steps(version) if content else {}),
         }

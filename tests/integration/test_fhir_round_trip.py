@@ -36,7 +36,14 @@ from hub.settings import Settings, load_settings
 from hub.synth.models import SyntheticVersion
 from hub.synth.views import ALL_LINKED
 from tests.conftest import PASSWORD, AuthActions, Users, activate_agreement, bearer, csrf_from
-from tests.unit.hub.uploads import api_upload, auth_headers, drain, pooled_rows, release_all, show
+from tests.unit.hub.uploads import (
+    accept_mapping,
+    api_upload,
+    drain,
+    pooled_rows,
+    release_all,
+    show,
+)
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -315,11 +322,7 @@ def site_to_synthetic_fhir(
         resp = api_upload(client, token, text.encode(), f"{table}.csv", table=table)
         assert resp.status_code == 201, resp.get_json()
         vid = resp.get_json()["id"]
-        drain(database, settings)
-        resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
-        assert resp.status_code == 200, resp.get_json()
-        drain(database, settings)
-        reviewed = show(client, token, vid)
+        reviewed = accept_mapping(client, token, database, settings, vid)
         assert reviewed["state"] == "awaiting_review", reviewed["error"]
         release_all(client, token, [vid])
     pool = {t: pooled_rows(app, database, t) for t in TABLES}

@@ -29,8 +29,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
@@ -46,7 +44,7 @@ from hub.gateway.models import GatewayAnswer, PrivacyBudget, RateCounter
 from hub.settings import Settings, load_settings
 from tests.conftest import Users, activate_agreement, bearer, release_into_pool
 from tests.serving import cleanroom_command, free_port, healthy, server_env, stop
-from tests.unit.hub.conftest import V2V_TERMS
+from tests.unit.hub.conftest import V2V_TERMS, batch_frame
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
@@ -55,19 +53,6 @@ SERVERS = 3
 HEALTH_DEADLINE_SECONDS = 60.0
 REQUEST_TIMEOUT_SECONDS = 120
 BUDGET_TERMS = V2V_TERMS + "disclosure:\n  epsilon_per_answer: 1\n  epsilon_total: 5\n"
-
-
-def _batch(seed: int, rows: int = 80) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "lot_id": [f"{seed:02d}{i:030x}" for i in range(rows)],
-            "platform": rng.choice(["central", "point_of_care"], rows),
-            "manufacturing_outcome": rng.choice(["conforming", "failed"], rows, p=[0.8, 0.2]),
-            "viability": rng.normal(88, 4, rows).round(1),
-            "culture_days": rng.integers(7, 12, rows),
-        }
-    )
 
 
 @pytest.fixture
@@ -82,7 +67,7 @@ def pooled(users: Users, database: Database, app: Flask) -> None:
     storage = app.extensions["cleanroom.storage"]
     with database.session() as s:
         for n, slug in enumerate(SITES):
-            release_into_pool(s, storage, slug, "batch", _batch(n))
+            release_into_pool(s, storage, slug, "batch", batch_frame(n, rows=80))
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ from hub.ingest.models import DatasetVersion, DateAnchor
 from hub.jobs.services import Worker
 from hub.settings import Settings, load_settings
 from tests.conftest import AuthActions, csrf_from
-from tests.unit.hub.uploads import APPROVE, EPISODE_CSV, auth_headers, drain, show, upload
+from tests.unit.hub.uploads import (
+    APPROVE,
+    EPISODE_CSV,
+    accept_mapping,
+    auth_headers,
+    drain,
+    show,
+    upload,
+)
 
 pytestmark = pytest.mark.db
 
@@ -42,16 +50,7 @@ def _through(
     """Upload, accept the proposed mapping, process; returns the version under review."""
     resp = upload(client, token, table, f"{table}.csv", data)
     assert resp.status_code == 201, resp.get_json()
-    vid = resp.get_json()["id"]
-    drain(database, settings)
-    assert (
-        client.post(
-            f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token)
-        ).status_code
-        == 200
-    )
-    drain(database, settings)
-    version = show(client, token, vid)
+    version = accept_mapping(client, token, database, settings, resp.get_json()["id"])
     assert version["state"] == "awaiting_review", version["error"]
     return version
 

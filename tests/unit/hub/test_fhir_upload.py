@@ -35,7 +35,14 @@ from hub.db import Database
 from hub.ingest.models import DatasetVersion
 from hub.settings import Settings, load_settings
 from tests.conftest import PASSWORD, AuthActions, Users, csrf_from
-from tests.unit.hub.uploads import api_upload, auth_headers, drain, pooled_rows, release_all, show
+from tests.unit.hub.uploads import (
+    accept_mapping,
+    api_upload,
+    drain,
+    pooled_rows,
+    release_all,
+    show,
+)
 
 pytestmark = pytest.mark.db
 
@@ -312,11 +319,7 @@ def _through_mapping(
     resp = api_upload(client, token, SITE_FILES[table].encode(), f"{table}.csv", table=table)
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
-    drain(db, settings)
-    resp = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
-    assert resp.status_code == 200, resp.get_json()
-    drain(db, settings)
-    assert show(client, token, vid)["state"] == "awaiting_review"
+    assert accept_mapping(client, token, db, settings, vid)["state"] == "awaiting_review"
     release_all(client, token, [vid])
     return vid
 

@@ -21,6 +21,7 @@ from tests.unit.hub.uploads import (
     APPROVE,
     BATCH_CSV,
     EPISODE_CSV,
+    accept_mapping,
     auth_headers,
     drain,
     release_episode,
@@ -51,14 +52,7 @@ def test_upload_to_release(
     assert targets["Patient Name"] == "patient_name"
     assert targets["Weight (kg)"] == "weight_kg"
 
-    assert (
-        client.post(
-            f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token)
-        ).status_code
-        == 200
-    )
-    drain(database, settings)
-    reviewed = show(client, token, vid)
+    reviewed = accept_mapping(client, token, database, settings, vid)
     assert reviewed["state"] == "awaiting_review", reviewed["error"]
     assert (reviewed["rows"], reviewed["valid_rows"]) == (24, 23)  # age 130 is held back
     report = reviewed["deidentification"]

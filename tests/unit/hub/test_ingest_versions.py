@@ -28,6 +28,7 @@ from tests.unit.hub.uploads import (
     APPROVE,
     BATCH_CSV,
     EPISODE_CSV,
+    accept_mapping,
     auth_headers,
     drain,
     release_episode,
@@ -50,10 +51,7 @@ def _to_review(client, token, database, settings, table, data, **params) -> int:
     )
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
-    drain(database, settings)
-    mapped = client.post(f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token))
-    assert mapped.status_code == 200, mapped.get_json()
-    drain(database, settings)
+    accept_mapping(client, token, database, settings, vid)
     return vid
 
 

@@ -116,18 +116,25 @@ BATCH_CSV = (
 )
 
 
+def accept_mapping(
+    client: FlaskClient, token: str, database: Database, settings: Settings, version_id: int
+) -> dict:
+    """Profile the upload, accept its proposed mapping and process it (the jobs run here);
+    the version as the API then shows it."""
+    drain(database, settings)
+    mapped = client.post(
+        f"/api/v1/uploads/{version_id}/mapping", json={}, headers=auth_headers(token)
+    )
+    assert mapped.status_code == 200, mapped.get_json()
+    drain(database, settings)
+    return show(client, token, version_id)
+
+
 def release_episode(client, token, database, settings) -> dict:
     resp = upload(client, token, "episode", "episodes.csv", EPISODE_CSV)
     assert resp.status_code == 201, resp.get_json()
     vid = resp.get_json()["id"]
-    drain(database, settings)
-    assert (
-        client.post(
-            f"/api/v1/uploads/{vid}/mapping", json={}, headers=auth_headers(token)
-        ).status_code
-        == 200
-    )
-    drain(database, settings)
+    accept_mapping(client, token, database, settings, vid)
     resp = client.post(f"/api/v1/uploads/{vid}/release", headers=auth_headers(token), json=APPROVE)
     assert resp.status_code == 200, resp.get_json()
     return resp.get_json()
