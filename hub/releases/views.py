@@ -553,6 +553,7 @@ def page(request_id: int) -> ResponseReturnValue:
         outputs=outputs,
         approvals=services.approvals(found),
         needed=app_settings().release_approvals,
+        held=found.state == "approved" and found.reason == services.HELD,
         may_review=services.may_review(user, found) and found.state == "in_review",
         reviewed=any(
             r.reviewer_id == user.id and r.revision == found.revision for r in found.reviews

@@ -230,7 +230,7 @@ def test_recheck_asks_in_the_agreement_domain_as_the_user(
 
 
 def test_an_approved_release_waits_while_its_agreement_is_suspended(
-    database: Database, release_world: ReleaseWorld
+    client: FlaskClient, auth, database: Database, release_world: ReleaseWorld
 ) -> None:
     """The outputs leave only while the agreement stands for the researcher."""
     from hub.releases import services as releases
@@ -247,6 +247,11 @@ def test_an_approved_release_waits_while_its_agreement_is_suspended(
         assert request.reason == releases.HELD
     with database.session() as s:  # the workers settle each minute: the hold is said once
         assert not releases.settle(s, releases.get(s, rid), after + timedelta(minutes=1))
+    auth.login("rosa")  # the researcher's page says it is held, and what happens next
+    page = client.get(f"/releases/{rid}").get_data(as_text=True)
+    assert 'data-testid="held"' in page and "as soon as it stands again" in page
+    assert 'data-testid="reason"' not in page  # said once, in the box
+    auth.logout()
     with database.session() as s:
         agreements.transition(s, agreements.get(s, "v2v"), "resume", actor="user:sam")
     with database.session() as s:
